@@ -1,0 +1,39 @@
+"""Readable tables of results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def fmt_number(x: float | None, digits: int = 4) -> str:
+    """Fixed digits for ordinary magnitudes, scientific notation for tiny/huge ones."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "nan" if x is not None else "-"
+    ax = abs(x)
+    if ax != 0 and (ax < 10 ** -(digits - 1) or ax >= 1e6):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}f}"
+
+
+def mean_std(values: Sequence[float], digits: int = 2) -> str:
+    """'mean ± std' with the population std (the papers' convention)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return "-"
+    if v.size == 1:
+        return fmt_number(float(v[0]), digits)
+    return f"{fmt_number(float(v.mean()), digits)} ± {fmt_number(float(v.std()), digits)}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table with padded columns (readable as plain text)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
