@@ -1,0 +1,170 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2) in the layout of the reference
+(model/resnet_cifar10.py, after akamaster/pytorch_resnet_cifar10), NHWC.
+
+``conv1 -> bn1 -> relu -> layer1 -> layer2 -> layer3 -> global mean -> linear``,
+three stages of ``n = (depth - 2) / 6`` basic blocks with 16, 32, 64 channels;
+stages 2 and 3 start with stride 2. A block is
+``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``; convs are 3x3, pad 1,
+without bias. The shortcut of a block that changes stride or width is
+
+- option A (the paper's, default): parameter-free, ``x[:, ::s, ::s, :]`` then
+  zero channels padded, ``(out - in) // 2`` before and the rest after;
+- option B: ``downsample.0`` = 1x1 conv with the stride, ``downsample.1`` = BN.
+
+Parameters of ResNet-20/32/44/56/110: option A 269,722 / 464,154 / 658,586 /
+853,018 / 1,727,962; option B 2,752 more (272,474 / … / 855,770 / 1,730,714).
+
+Residual streams: the stem ``conv1`` and every ``layer1.*.conv2`` are summed
+into one stream, likewise ``layer{2,3}.*.conv2`` (plus ``downsample.0`` in
+option B); a stream's members must share one width. The model lists them in
+the static attribute ``streams``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from isotpp.errors import UserError
+from isotpp.models.layers import (
+    GlobalAvgPool,
+    Identity,
+    LayerFactory,
+    ReLU,
+    Sequential,
+    WidthsPlan,
+    check_image_input,
+    record_module_order,
+    resolve_widths,
+)
+
+STAGE_WIDTHS = (16, 32, 64)
+DEPTHS = (20, 32, 44, 56, 110, 1202)
+
+
+class ZeroPadShortcut(nnx.Module):
+    """Option-A shortcut: subsample spatially by ``stride``, zero-pad channels."""
+
+    def __init__(self, stride: int, pad_before: int, pad_after: int):
+        self.stride = stride
+        self.pads = (pad_before, pad_after)
+
+    def __call__(self, x):
+        s = self.stride
+        if s != 1:
+            x = x[:, ::s, ::s, :]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), self.pads))
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, make: LayerFactory, cin: int, mid: int, cout: int, stride: int,
+                 shortcut: str, ds_width: int | None = None):
+        self.conv1 = make.conv(cin, mid, 3, stride, 1)
+        self.bn1 = make.bn(mid)
+        self.conv2 = make.conv(mid, cout, 3, 1, 1)
+        self.bn2 = make.bn(cout)
+        if shortcut == "B":
+            self.downsample = Sequential([make.conv(cin, ds_width, 1, stride, 0), make.bn(ds_width)])
+        elif shortcut == "A":
+            self.downsample = ZeroPadShortcut(stride, (cout - cin) // 2, cout - cin - (cout - cin) // 2)
+        else:
+            self.downsample = Identity()
+        self.relu = ReLU()
+
+    def __call__(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+def cifar_plan(num_blocks: int, option: str, num_classes: int) -> tuple[WidthsPlan, list]:
+    """Canonical widths, streams and the per-block layout (stride, shortcut kind)."""
+    canonical = {"conv1": STAGE_WIDTHS[0]}
+    streams: list[list[str]] = []
+    grows: list[tuple[int, int]] = []
+    current = ["conv1"]
+    blocks = []  # (stage, index, stride, shortcut kind)
+    in_planes = STAGE_WIDTHS[0]
+    for s, planes in enumerate(STAGE_WIDTHS, start=1):
+        for i in range(num_blocks):
+            stride = 2 if (s > 1 and i == 0) else 1
+            p = f"layer{s}.{i}"
+            canonical[f"{p}.conv1"] = planes
+            canonical[f"{p}.conv2"] = planes
+            kind = "id"
+            if stride != 1 or in_planes != planes:
+                kind = option
+                streams.append(current)
+                if option == "B":
+                    canonical[f"{p}.downsample.0"] = planes
+                    current = [f"{p}.downsample.0", f"{p}.conv2"]
+                else:
+                    grows.append((len(streams) - 1, len(streams)))
+                    current = [f"{p}.conv2"]
+            else:
+                current.append(f"{p}.conv2")
+            blocks.append((s, i, stride, kind))
+            in_planes = planes
+    streams.append(current)
+    canonical["linear"] = num_classes
+    return WidthsPlan(canonical, "linear", streams, grows), blocks
+
+
+class CifarResNet(nnx.Module):
+    def __init__(
+        self,
+        depth: int = 56,
+        num_classes: int = 10,
+        option: str = "A",
+        widths: Mapping[str, int] | None = None,
+        *,
+        input_shape: Sequence[int] = (32, 32, 3),
+        arch: str | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        conv_fn=None,
+        rngs: nnx.Rngs,
+    ):
+        arch = arch or f"resnet{depth}" + ("_B" if option == "B" else "")
+        if depth < 8 or (depth - 2) % 6:
+            raise UserError(f"{arch}: CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+        if option not in ("A", "B"):
+            raise UserError(f"{arch}: shortcut option must be 'A' or 'B', got {option!r}")
+        plan, blocks = cifar_plan((depth - 2) // 6, option, num_classes)
+        w = resolve_widths(arch, plan, widths)
+
+        make = LayerFactory(rngs, dtype, param_dtype, conv_fn)
+        cin = input_shape[-1]
+        self.conv1 = make.conv(cin, w["conv1"], 3, 1, 1)
+        self.bn1 = make.bn(w["conv1"])
+        self.relu = ReLU()
+        stages: dict[int, list] = {1: [], 2: [], 3: []}
+        x_width = w["conv1"]
+        for s, i, stride, kind in blocks:
+            p = f"layer{s}.{i}"
+            out = w[f"{p}.conv2"]
+            stages[s].append(BasicBlock(make, x_width, w[f"{p}.conv1"], out, stride, kind,
+                                        w.get(f"{p}.downsample.0")))
+            x_width = out
+        self.layer1 = Sequential(stages[1])
+        self.layer2 = Sequential(stages[2])
+        self.layer3 = Sequential(stages[3])
+        self.avgpool = GlobalAvgPool()
+        self.linear = make.dense(x_width, num_classes)
+
+        self.arch = arch
+        self.option = option
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.streams = tuple(tuple(m) for m in plan.streams)
+        record_module_order(self)
+
+    def __call__(self, x):
+        if x.ndim != 4 or x.shape[-1] != self.input_shape[-1]:
+            check_image_input(self.arch, x, self.input_shape[-1])
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(self.avgpool(x))
