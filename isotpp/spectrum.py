@@ -50,6 +50,9 @@ METHODS = ("gram", "jacobian", "linear", "auto")
 _UNROLL_CLASSES = 32
 # Default bound on the bytes of Jacobian rows held at once per chunk.
 _ROW_BYTES = 256 * 2**20
+# Chunks of ~64 samples measured fastest on CPU (ResNet56: 22 ms/sample at 32-64,
+# 25 ms at 128: the ten backward passes of a larger chunk spill out of cache).
+_MAX_CHUNK = 64
 
 
 # --------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def model_singular_values(
     if chunk_size is None:
         c = _num_outputs(graphdef, state, x[:1])
         d = math.prod(x.shape[1:])
-        chunk_size = max(1, min(n, _ROW_BYTES // max(1, c * d * x.dtype.itemsize)))
+        chunk_size = max(1, min(n, _MAX_CHUNK, _ROW_BYTES // max(1, c * d * x.dtype.itemsize)))
         if method == "jacobian":
             chunk_size = max(1, chunk_size // 2)  # jacrev keeps an extra copy of the rows
     out = []

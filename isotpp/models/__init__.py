@@ -24,13 +24,14 @@ from isotpp.models.layers import (
     iter_modules,
     out_features,
 )
-from isotpp.models.registry import MODEL_NAMES, ModelSpec, create_model, model_spec
+from isotpp.models.registry import MODEL_NAMES, BuildConfig, ModelSpec, create_model, model_spec
 
 __all__ = [
     "ACT_GAIN",
     "INIT_SCHEMES",
     "MODEL_NAMES",
     "SCHEMES",
+    "BuildConfig",
     "ModelSpec",
     "Sequential",
     "apply_init",

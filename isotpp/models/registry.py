@@ -217,8 +217,12 @@ def create_model(
                       conv_fn=conv_fn)
         return entry.build(num_classes, input_shape, widths, common, **arch_kwargs)
 
+    config = BuildConfig(name, num_classes, tuple(input_shape) if input_shape is not None else None,
+                         tuple(sorted(arch_kwargs.items())))
     if init == "default":
-        return build()
+        model = build()
+        model.build_config = config
+        return model
     # Every parameter and statistic is overwritten by apply_init, so skip Flax's
     # per-layer draws (one compiled random kernel per distinct shape, seconds
     # on CPU): build the structure abstractly and fill it in one compiled draw.
@@ -226,4 +230,45 @@ def create_model(
     apply_init(model, init, sigma_w=sigma_w, key=jax.random.fold_in(jax.random.key(seed), 1))
     if any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(nnx.state(model))):
         raise AssertionError(f"{name}: init {init!r} left variables uninitialised")
+    model.build_config = config
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """What :func:`create_model` needs to rebuild an architecture (widths aside).
+
+    Stored on every model as ``model.build_config``; with the widths record it
+    is all a checkpoint needs to recreate the structure of a pruned network.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...] | None
+    arch_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.name, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+                "arch_kwargs": dict(self.arch_kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BuildConfig:
+        try:
+            shape = d.get("input_shape")
+            return cls(str(d["arch"]), int(d["num_classes"]), tuple(shape) if shape is not None else None,
+                       tuple(sorted(dict(d.get("arch_kwargs") or {}).items())))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"model description {dict(d)!r} is incomplete ({e}): regenerate the file") from None
+
+    def create(self, *, widths: Mapping[str, int] | None = None, abstract: bool = False, **kwargs) -> nnx.Module:
+        """The architecture with these widths; ``abstract`` builds shapes only (to be filled)."""
+        def make():
+            return create_model(self.name, num_classes=self.num_classes, input_shape=self.input_shape,
+                                widths=widths, **dict(self.arch_kwargs), **kwargs)
+
+        if not abstract:
+            return make()
+        model = nnx.eval_shape(make)
+        model.build_config = self
+        return model

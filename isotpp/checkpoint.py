@@ -1,0 +1,106 @@
+"""Model files: the weights of one network plus what rebuilds its architecture.
+
+A model file is a ``.npz`` archive holding every variable of the NNX state
+under its dotted path (``layer1.0.conv1.kernel``, ``bn1.mean``) and a JSON
+header (``__isotpp__``) with the build config (architecture, classes, input
+shape, arch kwargs), the widths record of a pruned network and free-form
+metadata. It is written atomically, so an interrupted save never replaces a
+good file with a broken one. (Training checkpoints with optimiser and method
+state are a separate, orbax-based format.)
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from isotpp.errors import UserError
+from isotpp.io import atomic_write
+
+_HEADER = "__isotpp__"
+FORMAT_VERSION = 1
+
+
+def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        out[".".join(str(p) for p in path)] = np.asarray(var[...])
+    return out
+
+
+def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights, BN statistics, architecture) to ``path`` (.npz)."""
+    from isotpp.models import widths_of
+
+    config = getattr(model, "build_config", None)
+    if config is None:
+        raise UserError("this model was not built by isotpp.models.create_model: it cannot be saved as a model file")
+    header = {
+        "format": FORMAT_VERSION,
+        "build": config.to_dict(),
+        "widths": widths_of(model),
+        "meta": meta or {},
+    }
+    arrays = _flat_state(model)
+    arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    path = Path(path)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    with _open(path) as data:
+        return _header(path, data)
+
+
+def _open(path: str | Path):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model file {path} does not exist: check the path")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"model file {path} is not a readable .npz ({e}): it may be truncated; re-save it") from None
+
+
+def _header(path, data) -> dict[str, Any]:
+    if _HEADER not in data.files:
+        raise UserError(f"{path} is not an isotpp model file (no {_HEADER} header): save it with isotpp.checkpoint.save_model")
+    try:
+        return json.loads(bytes(data[_HEADER]).decode())
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        raise UserError(f"model file {path} has a corrupt header ({e}): re-save it") from None
+
+
+def load_model(path: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
+    """Rebuild the network stored in ``path``; returns (model, header)."""
+    from isotpp.models import BuildConfig
+
+    with _open(path) as data:
+        header = _header(path, data)
+        config = BuildConfig.from_dict(header.get("build", {}))
+        model = config.create(widths=header.get("widths") or None, abstract=True)
+        state = nnx.state(model)
+        flat = []
+        for key_path, var in nnx.to_flat_state(state):
+            key = ".".join(str(p) for p in key_path)
+            if key not in data.files:
+                raise UserError(f"model file {path} lacks {key} for {config.name}: it was saved from another architecture")
+            try:
+                value = data[key]
+            except (OSError, ValueError, zipfile.BadZipFile) as e:
+                raise UserError(f"model file {path} is corrupt at {key} ({e}): re-save it") from None
+            if tuple(value.shape) != tuple(var.shape):
+                raise UserError(
+                    f"model file {path}: {key} has shape {tuple(value.shape)}, {config.name} expects {tuple(var.shape)}"
+                )
+            flat.append((key_path, var.replace(jax.numpy.asarray(value, dtype=var.dtype))))
+        nnx.update(model, nnx.from_flat_state(flat))
+    return model, {**header["build"], "widths": header.get("widths"), "meta": header.get("meta", {})}

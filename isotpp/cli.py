@@ -1,0 +1,145 @@
+"""The ``isotpp`` command line: thin sub-commands over the library.
+
+Every sub-command reports bad input as one line on stderr and exits 2 (no
+traceback); results are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from isotpp.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of usage + error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# isotpp spectrum
+# --------------------------------------------------------------------------
+
+
+def _add_spectrum(sub) -> None:
+    from isotpp.models.init import INIT_SCHEMES
+
+    p = sub.add_parser(
+        "spectrum",
+        help="per-sample Jacobian singular values of a model and their summary",
+        description=(
+            "Jacobian singular values (JSV) of d logits / d input, per sample, with the TPP "
+            "reference's summary (mean, std, max, min, mean condition number, mean (s-1)^2). "
+            "Inputs come from --data or are standard Gaussian."
+        ),
+    )
+    p.add_argument("--model", default="mlp", help="architecture name, e.g. mlp, mlp_7_linear, lenet5, resnet56, vgg19, resnet50")
+    p.add_argument("--depth", type=_positive_int, default=7, help="mlp: number of dense layers (default 7)")
+    p.add_argument("--width", type=_positive_int, default=100, help="mlp: hidden width (default 100)")
+    p.add_argument("--act", choices=("linear", "relu", "tanh"), default="linear", help="mlp: activation")
+    p.add_argument("--input-dim", type=_positive_int, default=None, help="mlp: input dimension (default 1024)")
+    p.add_argument("--num-classes", type=_positive_int, default=None, help="number of outputs (default: the model's)")
+    p.add_argument("--init", choices=INIT_SCHEMES, default="default", help="weight initialisation (default: Flax's)")
+    p.add_argument("--sigma-w", type=_positive_float, default=1.0, help="weight scale for gaussian/orthogonal inits")
+    p.add_argument("--samples", type=_positive_int, default=100, help="number of input samples (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights (inputs use seed+1)")
+    p.add_argument("--method", choices=("auto", "gram", "jacobian", "linear"), default="auto",
+                   help="auto: exact kernel product for linear MLPs, else gram (J·Jᵀ from VJPs)")
+    p.add_argument("--bn", choices=("eval", "batch"), default="eval",
+                   help="BatchNorm statistics: running (eval) or of each batch (batch, as the reference)")
+    p.add_argument("--float64", action="store_true", help="compute in float64 (badly conditioned spectra)")
+    p.add_argument("--checkpoint", default=None, help="model file (.npz) written by isotpp to load weights from")
+    p.add_argument("--data", default=None, help="take inputs from a dataset: fashion_mnist, mnist, cifar10, cifar100")
+    p.add_argument("--data-dir", default=None, help="where the dataset files are (else $ISOTPP_DATA, cache, system)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None, help="samples per jitted chunk")
+    p.add_argument("--values", action="store_true", help="include every sample's singular values in the JSON")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write a histogram (PNG) with the theory overlay")
+    p.set_defaults(func=_run_spectrum)
+
+
+def _run_spectrum(args) -> int:
+    from isotpp.commands.spectrum import run_spectrum
+
+    result = run_spectrum(
+        model=args.model,
+        depth=args.depth,
+        width=args.width,
+        act=args.act,
+        input_dim=args.input_dim,
+        num_classes=args.num_classes,
+        init=args.init,
+        sigma_w=args.sigma_w,
+        samples=args.samples,
+        seed=args.seed,
+        method=args.method,
+        bn=args.bn,
+        float64=args.float64,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        data_dir=args.data_dir,
+        chunk_size=args.chunk_size,
+        values=args.values,
+        json_path=args.json,
+        plot_path=args.plot,
+    )
+    print(result["table"])
+    for key in ("json", "plot"):
+        if result.get(key):
+            print(f"{key}: {result[key]}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+
+_COMMANDS: list[Callable] = [_add_spectrum]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="isotpp", description="Dynamical-isometry analysis of neural-network pruning.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"isotpp {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"isotpp {args.command}: interrupted; finished results were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

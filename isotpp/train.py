@@ -1,0 +1,258 @@
+"""The training engine: one jitted epoch per call, data held on device.
+
+An epoch is a ``lax.scan`` over its batches; the batch indices come from a
+per-epoch permutation, so the data set never leaves the device. The state is a
+plain pytree (:class:`TrainState`), which makes two things cheap:
+
+* several runs that share an architecture (methods × learning rates × seeds of
+  a study) train as one program with ``jax.vmap`` over their states, and
+* checkpoints and sharding see ordinary arrays.
+
+The optimiser is the reference's: SGD with momentum 0.9 and weight decay added
+to the gradient (PyTorch's ``weight_decay``), with the learning rate a
+hyper-parameter in the optimiser state that each epoch sets from a
+piecewise-constant, epoch-indexed schedule (``"0:0.01,30:0.001,60:0.0001"``).
+Extra penalties enter the loss with per-run weights; pruning methods such as
+TPP wrap the optimiser (``isotpp.tpp``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from isotpp.errors import UserError
+
+# --------------------------------------------------------------------------
+# Learning-rate schedules in the reference's string form.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LRSchedule:
+    """Piecewise-constant learning rate by epoch: ``((0, 0.01), (30, 0.001), ...)``."""
+
+    points: tuple[tuple[int, float], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> LRSchedule:
+        """Parse ``"0:0.01,30:0.001"``; a bare number means a constant rate."""
+        text = str(text).strip()
+        hint = "write it like '0:0.01,30:0.001,60:0.0001' (epoch:lr, epochs increasing from 0)"
+        try:
+            if ":" not in text:
+                points = [(0, float(text))]
+            else:
+                points = []
+                for item in text.split(","):
+                    epoch, lr = item.split(":")
+                    points.append((int(epoch), float(lr)))
+        except ValueError:
+            raise UserError(f"bad learning-rate schedule {text!r}: {hint}") from None
+        epochs = [e for e, _ in points]
+        if not points or epochs[0] != 0 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise UserError(f"bad learning-rate schedule {text!r}: {hint}")
+        if any(not (lr > 0 and np.isfinite(lr)) for _, lr in points):
+            raise UserError(f"bad learning-rate schedule {text!r}: learning rates must be positive and finite")
+        return cls(tuple(points))
+
+    def __call__(self, epoch: int) -> float:
+        lr = self.points[0][1]
+        for start, value in self.points:
+            if epoch >= start:
+                lr = value
+        return lr
+
+    def __str__(self) -> str:
+        return ",".join(f"{e}:{lr:g}" for e, lr in self.points)
+
+    @property
+    def initial(self) -> float:
+        return self.points[0][1]
+
+
+# --------------------------------------------------------------------------
+# Optimiser.
+# --------------------------------------------------------------------------
+
+
+def _reference_sgd(learning_rate, weight_decay=0.0, momentum=0.9):
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
+
+
+def reference_sgd(learning_rate: float = 0.01, weight_decay: float = 0.0, momentum: float = 0.9):
+    """PyTorch's ``SGD(momentum, weight_decay)``: g += wd·w; buf = m·buf + g; w -= lr·buf.
+
+    The learning rate (and weight decay) live in the optimiser state, set with
+    :func:`set_learning_rate`, so one compiled step serves every epoch and every
+    run of a vmapped batch of runs.
+    """
+    return optax.inject_hyperparams(_reference_sgd, static_args=("momentum",))(
+        learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum
+    )
+
+
+def set_learning_rate(opt_state, lr):
+    """The optimiser state with its (injected) learning rate replaced, wherever it is nested."""
+    return optax.tree_utils.tree_set(opt_state, learning_rate=jnp.asarray(lr, jnp.float32))
+
+
+# --------------------------------------------------------------------------
+# State and model plumbing.
+# --------------------------------------------------------------------------
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training, as arrays."""
+
+    params: Any  # nnx.State of nnx.Param
+    rest: Any  # nnx.State of everything else (BatchNorm statistics)
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFns:
+    """A model split once into pure train/eval functions of (params, rest, x)."""
+
+    train_def: Any
+    eval_def: Any
+
+    @classmethod
+    def from_model(cls, model: nnx.Module) -> tuple[ModelFns, Any, Any]:
+        model.train()
+        train_def, params, rest = nnx.split(model, nnx.Param, ...)
+        model.eval()
+        eval_def = nnx.graphdef(model)
+        model.train()
+        return cls(train_def, eval_def), params, rest
+
+    def train_apply(self, params, rest, x):
+        """Logits in train mode and the updated non-parameter state (BN statistics)."""
+        model = nnx.merge(self.train_def, params, rest, copy=True)
+        logits = model(x)
+        return logits, nnx.state(model, nnx.Not(nnx.Param))
+
+    def eval_apply(self, params, rest, x):
+        return nnx.merge(self.eval_def, params, rest, copy=True)(x)
+
+    def merge(self, params, rest) -> nnx.Module:
+        """A model (eval mode) holding these arrays."""
+        return nnx.merge(self.eval_def, params, rest, copy=True)
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+
+
+def init_state(params, rest, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(params, rest, tx.init(params))
+
+
+# --------------------------------------------------------------------------
+# The epoch.
+# --------------------------------------------------------------------------
+
+Penalty = Callable[[Any], jax.Array]  # params -> scalar
+
+
+def make_epoch_fn(
+    fns: ModelFns,
+    tx: optax.GradientTransformation,
+    *,
+    penalties: Mapping[str, Penalty] | None = None,
+) -> Callable:
+    """``epoch(state, images, labels, batches, lr, weights) -> (state, metrics)``.
+
+    ``batches`` is an int array (steps, batch) of example indices; ``weights``
+    maps each penalty name to its (per-run) weight in the loss. ``metrics``
+    holds per-step ``loss`` (the data loss) and ``correct`` counts. Not jitted
+    here: callers jit (and vmap) it as their runs need.
+    """
+    penalties = dict(penalties or {})
+
+    def loss_fn(params, rest, x, y, weights):
+        logits, new_rest = fns.train_apply(params, rest, x)
+        loss = cross_entropy(logits, y)
+        total = loss
+        for name, fn in penalties.items():
+            total = total + weights[name] * fn(params)
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        return total, (loss, correct, new_rest)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def step(carry, idx, images, labels, weights):
+        params, rest, opt_state = carry
+        x, y = images[idx], labels[idx]
+        grads, (loss, correct, rest) = grad_fn(params, rest, x, y, weights)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return TrainState(params, rest, opt_state), {"loss": loss, "correct": correct}
+
+    def epoch(state: TrainState, images, labels, batches, lr, weights=None):
+        weights = {k: jnp.asarray((weights or {}).get(k, 0.0), jnp.float32) for k in penalties}
+        state = state._replace(opt_state=set_learning_rate(state.opt_state, lr))
+        body = functools.partial(step, images=images, labels=labels, weights=weights)
+        return jax.lax.scan(body, state, batches)
+
+    return epoch
+
+
+def epoch_batches(key, n_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
+    """A shuffled (steps, batch) index array for one epoch.
+
+    With ``drop_last=False`` the last partial batch is filled up with examples
+    from the start of the permutation (every example is seen at least once and
+    every batch has the same size, which ``lax.scan`` needs).
+    """
+    perm = jax.random.permutation(key, n_examples)
+    steps = n_examples // batch_size if drop_last else -(-n_examples // batch_size)
+    if steps == 0:
+        raise UserError(f"batch size {batch_size} exceeds the {n_examples} training examples: lower it")
+    total = steps * batch_size
+    if total > n_examples:
+        perm = jnp.concatenate([perm, perm[: total - n_examples]])
+    return perm[:total].reshape(steps, batch_size)
+
+
+def make_eval_fn(fns: ModelFns, *, batch_size: int = 1000) -> Callable:
+    """``evaluate(params, rest, images, labels) -> (accuracy %, mean loss)`` in eval mode.
+
+    Runs as a ``lax.map`` over fixed-size chunks (padded), so memory stays
+    bounded and one compiled program serves any test-set size.
+    """
+
+    def evaluate(params, rest, images, labels):
+        n = images.shape[0]
+        bs = min(batch_size, n)
+        chunks = -(-n // bs)
+        pad = chunks * bs - n
+        xs = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
+        ys = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)]) if pad else labels
+        valid = jnp.arange(chunks * bs) < n
+        xs = xs.reshape(chunks, bs, *images.shape[1:])
+
+        def chunk(x):
+            return fns.eval_apply(params, rest, x)
+
+        logits = jax.lax.map(chunk, xs).reshape(chunks * bs, -1).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, ys)
+        correct = (jnp.argmax(logits, -1) == ys) & valid
+        return 100.0 * correct.sum() / n, jnp.where(valid, nll, 0.0).sum() / n
+
+    return evaluate
+
+
+def check_finite(loss: float | np.ndarray, *, where: str) -> None:
+    """Raise a one-line UserError when training diverged."""
+    arr = np.asarray(loss)
+    if not np.all(np.isfinite(arr)):
+        raise UserError(f"training diverged ({where}: loss is NaN/inf): lower the learning rate or check the data")
