@@ -37,3 +37,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def mean_std_fixed(values: Sequence[float | None], decimals: int = 2) -> str:
+    """'mean ± std' (population std) in fixed-point notation for both numbers.
+
+    For quantities with a natural unit such as accuracies in percent, where
+    :func:`mean_std`'s switch to scientific notation for small numbers would
+    print a small std as ``5.0e-02``. ``None`` counts as nan; no values give "-".
+    """
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    if v.size == 0:
+        return "-"
+    if v.size == 1:
+        return f"{v[0]:.{decimals}f}"
+    return f"{v.mean():.{decimals}f} ± {v.std():.{decimals}f}"

@@ -256,3 +256,56 @@ def check_finite(loss: float | np.ndarray, *, where: str) -> None:
     arr = np.asarray(loss)
     if not np.all(np.isfinite(arr)):
         raise UserError(f"training diverged ({where}: loss is NaN/inf): lower the learning rate or check the data")
+
+
+# --------------------------------------------------------------------------
+# Several runs of one architecture, trained as one vmapped program.
+# --------------------------------------------------------------------------
+
+
+def stack_runs(trees: list) -> Any:
+    """Stack per-run pytrees along a new leading axis (runs must share structure and shapes)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack_run(tree, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+@dataclasses.dataclass
+class RunGroup:
+    """R runs of one architecture: stacked state, per-run schedules and penalty weights.
+
+    ``lrs[r]`` is run r's schedule; ``weights[name][r]`` the weight of penalty
+    ``name`` in run r's loss. Every run sees the same batches (paired runs:
+    differences between them come from the method, not the data order).
+    """
+
+    fns: ModelFns
+    tx: optax.GradientTransformation
+    state: TrainState
+    lrs: list[LRSchedule]
+    weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    penalties: dict[str, Penalty] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        epoch = make_epoch_fn(self.fns, self.tx, penalties=self.penalties)
+        self._epoch = jax.jit(jax.vmap(epoch, in_axes=(0, None, None, None, 0, 0)), donate_argnums=0)
+        self._eval = jax.jit(jax.vmap(make_eval_fn(self.fns), in_axes=(0, 0, None, None)))
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.lrs)
+
+    def run_epoch(self, images, labels, batches, epoch: int) -> dict[str, np.ndarray]:
+        """One epoch (or the first ``len(batches)`` steps of one) for every run."""
+        lr = jnp.asarray([s(epoch) for s in self.lrs], jnp.float32)
+        w = {k: jnp.asarray(self.weights.get(k, np.zeros(self.n_runs)), jnp.float32) for k in self.penalties}
+        self.state, m = self._epoch(self.state, images, labels, batches, lr, w)
+        loss = np.asarray(m["loss"])  # (R, steps)
+        correct = np.asarray(m["correct"])
+        return {"loss": loss.mean(axis=1), "train_acc": 100.0 * correct.sum(axis=1) / batches.size}
+
+    def evaluate(self, images, labels) -> np.ndarray:
+        acc, _ = self._eval(self.state.params, self.state.rest, images, labels)
+        return np.asarray(acc)

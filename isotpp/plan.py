@@ -1,0 +1,224 @@
+"""Pruning plans: which channels each group loses, and applying them.
+
+A :class:`Plan` is plain data (JSON-able): per group, its size and the indices
+of its pruned channels. It is made once by a selector (L1 here), then applied
+
+* *softly*: the pruned filters, their biases and the following BatchNorm's
+  scale/bias are zeroed, shapes kept (:func:`soft_prune`), or
+* *hardly*: every slot of every group is sliced and the architecture is rebuilt
+  at the new widths (:func:`hard_prune`).
+
+In eval mode both give the same outputs (a zeroed channel contributes nothing
+downstream); the tests demand it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from isotpp.errors import UserError
+from isotpp.groups import Group, Slot, channel_groups, flat_arrays, map_named, resolve_ratios
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Pruned channel indices per group (sorted), with each group's size."""
+
+    sizes: Mapping[str, int]
+    pruned: Mapping[str, tuple[int, ...]]
+
+    def __post_init__(self):
+        for name, idx in self.pruned.items():
+            n = self.sizes.get(name)
+            if n is None:
+                raise UserError(f"plan prunes unknown group {name!r}")
+            if len(set(idx)) != len(idx) or any(not (0 <= i < n) for i in idx):
+                raise UserError(f"plan for {name} has invalid channel indices (size {n}): regenerate the plan")
+            if len(idx) >= n:
+                raise UserError(f"plan would remove all {n} channels of {name}: a layer must keep at least one")
+
+    def kept(self, name: str) -> tuple[int, ...]:
+        gone = set(self.pruned.get(name, ()))
+        return tuple(i for i in range(self.sizes[name]) if i not in gone)
+
+    def mask(self, name: str) -> np.ndarray:
+        """(size,) float32 with 1 at pruned channels."""
+        m = np.zeros(self.sizes[name], np.float32)
+        m[list(self.pruned.get(name, ()))] = 1.0
+        return m
+
+    @property
+    def pruned_groups(self) -> tuple[str, ...]:
+        return tuple(n for n, idx in self.pruned.items() if idx)
+
+    def to_dict(self) -> dict:
+        return {"sizes": dict(self.sizes), "pruned": {k: list(v) for k, v in self.pruned.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Plan:
+        try:
+            return cls({k: int(v) for k, v in d["sizes"].items()},
+                       {k: tuple(int(i) for i in v) for k, v in d["pruned"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"not a pruning plan ({e}): expected {{'sizes': ..., 'pruned': ...}}") from None
+
+    def save(self, path: str | Path) -> Path:
+        from isotpp.io import write_json
+
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        from isotpp.io import read_json
+
+        return cls.from_dict(read_json(path))
+
+
+# --------------------------------------------------------------------------
+# Selection.
+# --------------------------------------------------------------------------
+
+
+def n_pruned(ratio: float, n: int) -> int:
+    """ceil(ratio · n), at most n − 1 (never a whole layer).
+
+    A 1e-9 tolerance keeps float artefacts such as 0.7·10 = 7.000000000000001
+    from pruning one channel more than intended (the reference's plain ceil
+    would prune 8 of 10 there).
+    """
+    if ratio <= 0:
+        return 0
+    return min(math.ceil(ratio * n - 1e-9), n - 1)
+
+
+def l1_scores(params: Mapping[str, jax.Array], group: Group) -> np.ndarray:
+    """Mean |w| of each output filter of the group's producers (averaged over producers)."""
+    scores = []
+    for slot in group.slots_with("out"):
+        w = np.abs(np.asarray(params[slot.param], dtype=np.float64))
+        w = np.moveaxis(w, slot.axis, -1).reshape(-1, w.shape[slot.axis])
+        scores.append(w.mean(axis=0))
+    return np.mean(scores, axis=0)
+
+
+def select_lowest(scores: np.ndarray, ratio: float) -> tuple[int, ...]:
+    """Indices of the ``n_pruned(ratio, n)`` lowest scores (stable: ties by index)."""
+    k = n_pruned(ratio, len(scores))
+    return tuple(sorted(int(i) for i in np.argsort(scores, kind="stable")[:k]))
+
+
+def l1_plan(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
+            groups: Sequence[Group] | None = None) -> Plan:
+    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w|."""
+    groups = list(groups) if groups is not None else channel_groups(model)
+    per_group = resolve_ratios(groups, ratios, skip)
+    params = flat_arrays(nnx.state(model, nnx.Param))
+    sizes, pruned = {}, {}
+    for g in groups:
+        if not g.prunable:
+            continue
+        sizes[g.name] = g.size
+        pruned[g.name] = select_lowest(l1_scores(params, g), per_group[g.name])
+    return Plan(sizes, pruned)
+
+
+# --------------------------------------------------------------------------
+# Applying a plan.
+# --------------------------------------------------------------------------
+
+
+def _groups_by_name(groups: Sequence[Group], plan: Plan) -> list[tuple[Group, tuple[int, ...]]]:
+    by = {g.name: g for g in groups}
+    out = []
+    for name, idx in plan.pruned.items():
+        if name not in by:
+            raise UserError(f"plan names group {name!r}, which this model does not have: was it made for another model?")
+        if by[name].size != plan.sizes[name]:
+            raise UserError(f"plan expects {plan.sizes[name]} channels in {name}, the model has {by[name].size}")
+        out.append((by[name], idx))
+    return out
+
+
+def _axis_mask(slot: Slot, shape: Sequence[int], channel_mask: np.ndarray) -> np.ndarray:
+    """Broadcastable mask for ``slot`` of a variable of ``shape`` (1 at the group's marked channels)."""
+    m = np.tile(channel_mask, slot.interleave)
+    axis = slot.axis % len(shape)
+    if m.shape[0] != shape[axis]:
+        raise AssertionError(f"{slot.param}: axis {axis} has {shape[axis]} entries, the group {m.shape[0]}")
+    return m.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+
+
+def param_masks(state, plan: Plan, groups: Sequence[Group], roles: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{variable name: broadcastable 0/1 mask}`` marking the pruned entries in slots of ``roles``.
+
+    Variables touched by several groups get the union of their masks.
+    """
+    shapes = {k: v.shape for k, v in flat_arrays(state).items()}
+    masks: dict[str, np.ndarray] = {}
+    for g, idx in _groups_by_name(groups, plan):
+        if not idx:
+            continue
+        cm = plan.mask(g.name)
+        for slot in g.slots_with(*roles):
+            m = _axis_mask(slot, shapes[slot.param], cm)
+            masks[slot.param] = np.maximum(masks[slot.param], m) if slot.param in masks else m
+    return masks
+
+
+def soft_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None) -> nnx.Module:
+    """Zero the pruned filters, their biases and the following BN's scale/bias, in place; returns the model."""
+    groups = list(groups) if groups is not None else channel_groups(model)
+    state = nnx.state(model)
+    masks = param_masks(state, plan, groups, ("out", "bias", "bn"))
+    new = map_named(lambda name, x: x * (1 - masks[name]).astype(x.dtype) if name in masks else x, state)
+    nnx.update(model, new)
+    return model
+
+
+def _take(x: np.ndarray, slot: Slot, kept: Sequence[int], size: int) -> np.ndarray:
+    axis = slot.axis % x.ndim
+    idx = np.asarray(kept)
+    if slot.interleave > 1:
+        idx = (np.arange(slot.interleave)[:, None] * size + idx[None, :]).reshape(-1)
+    return np.take(x, idx, axis=axis)
+
+
+def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None) -> nnx.Module:
+    """A new, smaller model without the pruned channels (every slot sliced, BN statistics included).
+
+    The architecture is rebuilt at the new widths from ``model.build_config``,
+    so the result can be saved and reloaded like any model.
+    """
+    groups = list(groups) if groups is not None else channel_groups(model)
+    config = getattr(model, "build_config", None)
+    if config is None:
+        raise UserError("hard pruning needs a model built by isotpp.models.create_model")
+    arrays = {k: np.asarray(v) for k, v in flat_arrays(nnx.state(model)).items()}
+    from isotpp.models import widths_of
+
+    widths = widths_of(model)
+    for g, idx in _groups_by_name(groups, plan):
+        if not idx:
+            continue
+        kept = plan.kept(g.name)
+        for slot in g.slots:
+            arrays[slot.param] = _take(arrays[slot.param], slot, kept, g.size)
+        for layer in g.layers:
+            widths[layer] = len(kept)
+    small = config.create(widths=widths, abstract=True)
+    state = nnx.state(small)
+    target = flat_arrays(state)
+    for name, spec in target.items():
+        if tuple(arrays[name].shape) != tuple(spec.shape):
+            raise AssertionError(f"surgery left {name} at {arrays[name].shape}, the new model needs {spec.shape}")
+    new = map_named(lambda name, spec: jnp.asarray(arrays[name], dtype=spec.dtype), state)
+    nnx.update(small, new)
+    return small

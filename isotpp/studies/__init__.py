@@ -1,0 +1,1 @@
+"""Reproductions of the papers' studies, each a small module over the library."""

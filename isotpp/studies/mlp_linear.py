@@ -1,0 +1,464 @@
+"""The linear-network study of the TPP paper, end to end (REFERENCE §5).
+
+Train MLP-7-Linear (1024 → 100×5 → 10, identity activations) from scratch,
+prune 80 % of every hidden layer with each method, record the mean JSV right
+after pruning, retrain at two learning rates and record test accuracy and mean
+JSV per epoch. Methods:
+
+========== ==============================================================
+L1         L1 filter pruning, retrain
+L1+OrthP   L1, then OrthP (exact orthogonalisation) before retraining
+TPP        TPP's penalty phases from the trained model, then removal
+L1+KernOrth L1, retrain with the KernOrth penalty (weight 0.1)
+L1+AI      L1, then approximate isometry (data-free), then retrain
+========== ==============================================================
+
+All retraining cells of a seed (methods × learning rates) share one
+architecture, so they train as one vmapped program over the same batches. Each
+finished piece (base model, TPP model, retraining cells) is saved in the run
+directory as it completes; a rerun reuses them and computes only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from isotpp.errors import UserError
+from isotpp.io import read_json, write_json
+from isotpp.train import LRSchedule
+
+ARCH = "mlp_7_linear"
+METHODS = ("L1", "L1+OrthP", "TPP", "L1+KernOrth", "L1+AI")
+MAIN_METHODS = ("L1", "L1+OrthP", "TPP")
+ALIASES = {"kernorth": "L1+KernOrth", "ai": "L1+AI", "orthp": "L1+OrthP"}
+PAPER_LRS = {"0.01": "0:0.01,30:0.001,60:0.0001", "0.001": "0:0.001,45:0.0001"}
+
+
+def canonical_method(name: str) -> str:
+    by_lower = {m.lower(): m for m in METHODS} | ALIASES
+    try:
+        return by_lower[name.strip().lower()]
+    except KeyError:
+        raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)} (aliases KernOrth, AI)") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Everything that defines a study; the defaults are the paper's schedule."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    ratio: float = 0.8
+    batch_size: int = 100
+    weight_decay: float = 1e-4  # the reference's default --wd
+    init: str = "torch"  # the reference trains from PyTorch's default init
+    base_epochs: int = 90
+    base_lr: str = "0:0.01,30:0.001,60:0.0001"
+    retrain_epochs: int = 90
+    lr_schedules: tuple[tuple[str, str], ...] = tuple(PAPER_LRS.items())
+    tpp_lr: float = 1e-3
+    tpp_reg_granularity: float = 1e-4
+    tpp_update_reg_interval: int = 10
+    tpp_stabilize_iters: int = 10_000
+    tpp_zero_out_interval: int = 100
+    kernorth_weight: float = 0.1
+    ai_iters: int = 10_000
+    ai_lr: float = 0.1
+    train_limit: int | None = None  # first n training examples (tests)
+    quick: bool = False
+
+    # fields that may differ between runs sharing one directory
+    _REUSABLE = ("seeds", "methods", "data_dir")
+
+    def validate(self) -> StudyConfig:
+        if not (0.0 < self.ratio < 1.0):
+            raise UserError(f"pruning ratio {self.ratio} is outside (0, 1): use e.g. 0.8")
+        if not self.seeds:
+            raise UserError("no seeds: pass --seeds N with N >= 1")
+        for m in self.methods:
+            canonical_method(m)
+        for _, text in self.lr_schedules:
+            LRSchedule.parse(text)
+        LRSchedule.parse(self.base_lr)
+        for name in ("batch_size", "base_epochs", "retrain_epochs", "tpp_update_reg_interval",
+                     "tpp_stabilize_iters", "tpp_zero_out_interval"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_schedules"] = dict(self.lr_schedules)
+        return d
+
+    def tpp_config(self):
+        from isotpp.tpp import TPPConfig
+
+        return TPPConfig(reg_granularity=self.tpp_reg_granularity, update_reg_interval=self.tpp_update_reg_interval,
+                         stabilize_iters=self.tpp_stabilize_iters, zero_out_interval=self.tpp_zero_out_interval)
+
+
+def quick_config(**overrides) -> StudyConfig:
+    """A reduced schedule that shows the mechanism in a few minutes on a 2-core CPU."""
+    base = dict(
+        base_epochs=10, base_lr="0:0.01,6:0.001",
+        retrain_epochs=10, lr_schedules=(("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
+        tpp_reg_granularity=1e-3, tpp_update_reg_interval=1, tpp_stabilize_iters=700,
+        ai_iters=2000, quick=True,
+    )
+    return StudyConfig(**(base | overrides))
+
+
+# --------------------------------------------------------------------------
+# Pieces.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Data:
+    train_x: jax.Array
+    train_y: jax.Array
+    test_x: jax.Array
+    test_y: jax.Array
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+
+def load_data(config: StudyConfig) -> Data:
+    from isotpp.data import load_dataset
+
+    train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
+    test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    if train.images.shape[1:] != (32, 32, 1):
+        raise UserError(f"{config.dataset} gives images of shape {train.images.shape[1:]}, MLP-7-Linear needs 32x32x1")
+    return Data(jnp.asarray(train.images), jnp.asarray(train.labels), jnp.asarray(test.images), jnp.asarray(test.labels))
+
+
+def mean_jsv_fn(layer_kernels: Sequence[str]) -> Callable:
+    """Params → mean JSV of the (linear) network, exact; vmappable over runs."""
+    from isotpp.groups import flat_arrays
+    from isotpp.spectrum import kernel_product_singular_values
+
+    def f(params):
+        flat = flat_arrays(params)
+        return jnp.mean(kernel_product_singular_values([flat[k] for k in layer_kernels]))
+
+    return f
+
+
+def model_mean_jsv(model) -> float:
+    from isotpp.spectrum import model_singular_values
+
+    return float(np.mean(model_singular_values(model, None, method="linear")))
+
+
+class Recorder:
+    """Appends metrics as JSON lines to DIR/metrics.jsonl (one line per event)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, **record):
+        from isotpp.io import _jsonable
+
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", leave=False, disable=None if enabled else True,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def _kernel_names(model) -> list[str]:
+    from isotpp.models import layer_names
+
+    return [f"{n}.kernel" for n in layer_names(model)]
+
+
+def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, progress: bool):
+    """MLP-7-Linear from scratch; returns (model, test accuracy, mean JSV)."""
+    from isotpp.models import create_model
+    from isotpp.train import (ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd,
+                              stack_runs, unstack_run)
+
+    model = create_model(ARCH, init=config.init, seed=seed)
+    fns, params, rest = ModelFns.from_model(model)
+    tx = reference_sgd(weight_decay=config.weight_decay)
+    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(config.base_lr)])
+    jsv = jax.jit(jax.vmap(mean_jsv_fn(_kernel_names(model))))
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    bar = _progress(config.base_epochs, f"seed {seed}: base", progress)
+    acc = np.zeros(1)
+    for epoch in range(config.base_epochs):
+        batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
+        m = group.run_epoch(data.train_x, data.train_y, batches, epoch)
+        check_finite(m["loss"], where=f"base training, seed {seed}, epoch {epoch + 1}")
+        acc = group.evaluate(data.test_x, data.test_y)
+        j = np.asarray(jsv(group.state.params))
+        record(phase="base", seed=seed, epoch=epoch + 1, loss=m["loss"][0], train_acc=m["train_acc"][0],
+               test_acc=acc[0], mean_jsv=j[0])
+        bar.set_postfix(loss=f"{m['loss'][0]:.3f}", acc=f"{acc[0]:.2f}")
+        bar.update()
+    bar.close()
+    trained = fns.merge(unstack_run(group.state.params, 0), unstack_run(group.state.rest, 0))
+    return trained, float(acc[0]), model_mean_jsv(trained)
+
+
+def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Recorder, progress: bool):
+    """TPP's penalty phases from the trained base; returns the model after physical removal."""
+    from isotpp.groups import channel_groups
+    from isotpp.models import layer_names
+    from isotpp.plan import hard_prune
+    from isotpp.tpp import DONE, describe, targets_for, tpp
+    from isotpp.train import (ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd,
+                              stack_runs, unstack_run)
+
+    cfg = config.tpp_config()
+    groups = channel_groups(base)
+    targets = targets_for(plan, groups, layer_names(base), cfg)
+    fns, params, rest = ModelFns.from_model(base)
+    tx = tpp(reference_sgd(config.tpp_lr, weight_decay=config.weight_decay), plan, targets, cfg)
+    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(str(config.tpp_lr))])
+    key = jax.random.fold_in(jax.random.key(seed), 2)
+    total = cfg.total_iters
+    steps = -(-data.n_train // config.batch_size)
+    n_epochs = -(-total // steps)
+    bar = _progress(n_epochs, f"seed {seed}: TPP", progress)
+    done = 0
+    for epoch in range(n_epochs):
+        batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
+        batches = batches[: total - done]
+        m = group.run_epoch(data.train_x, data.train_y, batches, 0)
+        done += int(batches.shape[0])
+        check_finite(m["loss"], where=f"TPP, seed {seed}, iteration {done}")
+        st = describe(unstack_run(group.state.opt_state, 0))
+        record(phase="tpp", seed=seed, iteration=done, loss=m["loss"][0], reg=st["reg"], tpp_phase=st["phase"],
+               gram_penalty=st["gram_penalty"])
+        bar.set_postfix(reg=f"{st['reg']:.3g}", phase=st["phase"])
+        bar.update()
+    bar.close()
+    state = unstack_run(group.state.opt_state, 0)
+    if int(state.phase) != DONE:
+        raise AssertionError(f"TPP ended in phase {int(state.phase)} after {done} iterations")
+    model = fns.merge(unstack_run(group.state.params, 0), unstack_run(group.state.rest, 0))
+    return hard_prune(model, plan, groups), describe(state)
+
+
+def pruned_start(method: str, config: StudyConfig, base, plan, tpp_model):
+    """The network each method retrains, and its KernOrth weight."""
+    import copy
+
+    from isotpp.isometry import approximate_isometry
+    from isotpp.orthp import orthp
+    from isotpp.plan import hard_prune
+
+    if method == "TPP":
+        return copy.deepcopy(tpp_model), 0.0
+    small = hard_prune(base, plan)
+    if method == "L1+OrthP":
+        orthp(small, act="linear")
+    elif method == "L1+AI":
+        from flax import nnx
+
+        from isotpp.groups import flat_arrays, map_named
+
+        names = set(_kernel_names(small))
+        params = nnx.state(small, nnx.Param)
+        kernels = {k: v for k, v in flat_arrays(params).items() if k in names}
+        new = approximate_isometry(kernels, iters=config.ai_iters, lr=config.ai_lr)
+        nnx.update(small, map_named(lambda n, x: new[n] if n in new else x, params))
+    return small, (config.kernorth_weight if method == "L1+KernOrth" else 0.0)
+
+
+def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], starts: dict, seed: int,
+            record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
+    """Retrain every (method, LR) cell of a seed as one vmapped group; per-cell results."""
+    from flax import nnx
+
+    from isotpp import penalties
+    from isotpp.groups import flat_arrays
+    from isotpp.train import ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd, stack_runs
+
+    schedules = dict(config.lr_schedules)
+    tx = reference_sgd(weight_decay=config.weight_decay)
+    states, lrs, kern_w, jsv0 = [], [], [], []
+    fns = None
+    for method, lr in cells:
+        model, kw = starts[method]
+        f, params, rest = ModelFns.from_model(model)
+        fns = fns or f
+        states.append(init_state(params, rest, tx))
+        lrs.append(LRSchedule.parse(schedules[lr]))
+        kern_w.append(kw)
+        jsv0.append(model_mean_jsv(model))
+    kernel_names = _kernel_names(starts[cells[0][0]][0])
+
+    def kernorth(params):
+        flat = flat_arrays(params)
+        return sum(penalties.kernorth_penalty(flat[k]) for k in kernel_names)
+
+    group = RunGroup(fns, tx, stack_runs(states), lrs, {"kernorth": np.asarray(kern_w)}, {"kernorth": kernorth})
+    jsv = jax.jit(jax.vmap(mean_jsv_fn(kernel_names)))
+    key = jax.random.fold_in(jax.random.key(seed), 3)
+    acc_hist, jsv_hist = [], []
+    bar = _progress(config.retrain_epochs, f"seed {seed}: retrain {len(cells)} runs", progress)
+    for epoch in range(config.retrain_epochs):
+        batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
+        m = group.run_epoch(data.train_x, data.train_y, batches, epoch)
+        for i, (method, lr) in enumerate(cells):
+            check_finite(m["loss"][i], where=f"retraining {method} at LR {lr}, seed {seed}, epoch {epoch + 1}")
+        acc = group.evaluate(data.test_x, data.test_y)
+        j = np.asarray(jsv(group.state.params))
+        acc_hist.append(acc)
+        jsv_hist.append(j)
+        for i, (method, lr) in enumerate(cells):
+            record(phase="retrain", seed=seed, method=method, lr=lr, epoch=epoch + 1, loss=m["loss"][i],
+                   train_acc=m["train_acc"][i], test_acc=acc[i], mean_jsv=j[i])
+        bar.set_postfix(best=f"{np.max(acc):.2f}")
+        bar.update()
+    bar.close()
+    acc_hist, jsv_hist = np.stack(acc_hist, 1), np.stack(jsv_hist, 1)  # (R, epochs)
+    del nnx
+    return {
+        cell: {"best_acc": float(acc_hist[i].max()), "final_acc": float(acc_hist[i, -1]),
+               "jsv_after_prune": jsv0[i], "acc_per_epoch": acc_hist[i].tolist(),
+               "jsv_per_epoch": jsv_hist[i].tolist()}
+        for i, cell in enumerate(cells)
+    }
+
+
+# --------------------------------------------------------------------------
+# The study.
+# --------------------------------------------------------------------------
+
+
+def _cell_path(out: Path, seed: int, method: str, lr: str) -> Path:
+    safe = method.replace("+", "_plus_").replace("/", "_")
+    return out / f"seed{seed}" / "cells" / f"{safe}__lr{lr}.json"
+
+
+def _check_dir(out: Path, config: StudyConfig) -> None:
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = read_json(path)
+    new = config.to_dict()
+    diff = [k for k in new if k not in StudyConfig._REUSABLE and old.get(k) != new[k]]
+    if diff:
+        raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
+
+
+def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or complete) the study in ``out``; returns the results dict (also written as results.json)."""
+    from flax import nnx
+
+    from isotpp.checkpoint import load_model, save_model
+    from isotpp.plan import Plan, l1_plan
+
+    config = config.validate()
+    out = Path(out)
+    _check_dir(out, config)
+    write_json(out / "config.json", config.to_dict())
+    record = Recorder(out / "metrics.jsonl")
+    t0 = time.time()
+    data = load_data(config)
+    methods = [(m, canonical_method(m)) for m in config.methods]
+    lr_keys = [k for k, _ in config.lr_schedules]
+    log(f"{config.dataset}: {data.n_train} train / {int(data.test_x.shape[0])} test examples; "
+        f"seeds {list(config.seeds)}; methods {[m for m, _ in methods]}; out {out}")
+    base_info = {}
+    for seed in config.seeds:
+        sdir = out / f"seed{seed}"
+        todo = [(m, lr) for m, _ in methods for lr in lr_keys if not _cell_path(out, seed, m, lr).exists()]
+        # the base model
+        if (sdir / "base.npz").exists():
+            base, _ = load_model(sdir / "base.npz")
+            info = read_json(sdir / "base.json")
+        else:
+            base, acc, jsv = train_base(config, data, seed, record, progress)
+            info = {"acc": acc, "jsv": jsv}
+            save_model(sdir / "base.npz", base, {"seed": seed, **info})
+            write_json(sdir / "base.json", info)
+            log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
+        base_info[seed] = info
+        if not todo:
+            continue
+        plan_path = sdir / "plan.json"
+        if plan_path.exists():
+            plan = Plan.load(plan_path)
+        else:
+            plan = l1_plan(base, {"*": config.ratio}, skip=["net.12"])
+            plan.save(plan_path)
+        # TPP's penalty phases (the expensive part), once per seed
+        tpp_model = None
+        if any(canonical_method(m) == "TPP" for m, _ in todo):
+            if (sdir / "tpp.npz").exists():
+                tpp_model, _ = load_model(sdir / "tpp.npz")
+            else:
+                tpp_model, state = run_tpp(config, data, base, plan, seed, record, progress)
+                save_model(sdir / "tpp.npz", tpp_model, {"seed": seed})
+                write_json(sdir / "tpp_state.json", state)
+                log(f"seed {seed}: TPP done after {state['iteration']} iterations (reg {state['reg']:.3g})")
+        starts = {}
+        for m, canon in methods:
+            if any(c == m for c, _ in todo):
+                starts[m] = pruned_start(canon, config, base, plan, tpp_model)
+        results = retrain(config, data, todo, starts, seed, record, progress)
+        for (m, lr), res in results.items():
+            write_json(_cell_path(out, seed, m, lr), res)
+        log(f"seed {seed}: retrained {len(todo)} cells")
+        del nnx
+        from flax import nnx  # noqa: F811 (keeps the import local to the study)
+
+    results = collect(out, config, base_info, wall_s=time.time() - t0)
+    write_json(out / "results.json", results)
+    from isotpp.study_report import write_report
+
+    paths = write_report(results, out)
+    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
+    return results
+
+
+def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> dict[str, Any]:
+    """results.json from the per-cell files of the configured seeds."""
+    runs: dict[str, dict[str, dict[str, list]]] = {}
+    keys = ("best_acc", "final_acc", "jsv_after_prune", "acc_per_epoch", "jsv_per_epoch")
+    for m in config.methods:
+        runs[m] = {}
+        for lr, _ in config.lr_schedules:
+            cell = {k: [] for k in keys}
+            for seed in config.seeds:
+                path = _cell_path(out, seed, m, lr)
+                if path.exists():
+                    res = read_json(path)
+                    for k in keys:
+                        cell[k].append(res[k])
+            runs[m][lr] = cell
+    seeds = [s for s in config.seeds if s in base_info]
+    return {
+        "config": config.to_dict(),
+        "runs": runs,
+        "base": {"acc": [base_info[s]["acc"] for s in seeds], "jsv": [base_info[s]["jsv"] for s in seeds]},
+        "wall_s": wall_s,
+    }

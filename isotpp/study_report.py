@@ -1,0 +1,328 @@
+"""The linear-network study's table and figure, from its ``results.json``.
+
+``isotpp reproduce mlp-linear --out DIR`` writes ``DIR/results.json``::
+
+    {"config": {...free-form...},
+     "runs": {METHOD: {LR: {"best_acc": [per seed], "final_acc": [per seed],
+                            "jsv_after_prune": [per seed],
+                            "acc_per_epoch": [[per epoch] per seed],
+                            "jsv_per_epoch": [[per epoch] per seed]}}},
+     "base": {"acc": [per seed], "jsv": [per seed]},    # optional
+     "wall_s": 123.4}                                    # optional
+
+This module turns it into the paper's table (best test accuracy at each
+learning rate and the mean Jacobian singular value right after pruning) and
+the paper's figure (mean JSV and test accuracy per retraining epoch). Methods
+keep the file's order; learning rates are ordered from the largest down. A
+study that was interrupted may have fewer seeds in some cells: statistics use
+the seeds present, and a cell without any seed shows "-".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from isotpp.errors import UserError
+from isotpp.io import write_text
+from isotpp.plots import save_figure
+from isotpp.report import markdown_table, mean_std, mean_std_fixed
+
+__all__ = [
+    "draw_results_figure",
+    "learning_rates",
+    "load_results",
+    "lr_label",
+    "results_figure",
+    "results_table",
+    "write_report",
+]
+
+Metric = Literal["best_acc", "final_acc"]
+METRICS: tuple[str, ...] = ("best_acc", "final_acc")
+_PER_SEED = ("best_acc", "final_acc", "jsv_after_prune")
+_PER_EPOCH = ("acc_per_epoch", "jsv_per_epoch")
+_REGENERATE = "regenerate it with `isotpp reproduce mlp-linear --out DIR`"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a study's ``results.json`` (or a directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise UserError(f"results file {path} does not exist: check the path, or run "
+                        "`isotpp reproduce mlp-linear --out DIR` to create it") from e  # fmt: skip
+    except OSError as e:
+        raise UserError(f"cannot read results file {path}: {e.strerror or e}; check the path and permissions") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"results file {path} is not UTF-8 text: {_REGENERATE}") from e
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"results file {path} is not valid JSON ({e}); it may be truncated: {_REGENERATE}") from e
+    _validate(results, str(path))
+    return results
+
+
+def _validate(results: Any, source: str = "results") -> None:
+    """Raise UserError at the first thing the table and figure could not read."""
+
+    def bad(where: str, what: str) -> UserError:
+        return UserError(f"{source}: {where} {what}; {_REGENERATE}")
+
+    if not isinstance(results, Mapping):
+        raise bad("the top level", "must be a JSON object")
+    runs = results.get("runs")
+    if runs is None:
+        raise bad('key "runs"', "is missing (is this a study's results.json?)")
+    if not isinstance(runs, Mapping):
+        raise bad('"runs"', "must be an object {method: {lr: cell}}")
+    for method, by_lr in runs.items():
+        if not isinstance(by_lr, Mapping):
+            raise bad(f"runs[{method!r}]", "must be an object {lr: cell}")
+        for lr, cell in by_lr.items():
+            where = f"runs[{method!r}][{lr!r}]"
+            if not _is_lr(lr):
+                raise bad(f"the learning-rate key {lr!r} of runs[{method!r}]", "must be a positive number like '0.01'")
+            if not isinstance(cell, Mapping):
+                raise bad(where, "must be an object of per-seed lists")
+            for key in _PER_SEED:
+                if key in cell and not _is_numbers(cell[key]):
+                    raise bad(f"{where}[{key!r}]", "must be a list of numbers, one per seed")
+            for key in _PER_EPOCH:
+                if key in cell and not (
+                    isinstance(cell[key], list) and all(_is_numbers(c) for c in cell[key])
+                ):
+                    raise bad(f"{where}[{key!r}]", "must be a list of per-epoch number lists, one per seed")
+    base = results.get("base")
+    if base is not None:
+        if not isinstance(base, Mapping):
+            raise bad('"base"', 'must be an object {"acc": [...], "jsv": [...]}')
+        for key in ("acc", "jsv"):
+            if key in base and not _is_numbers(base[key]):
+                raise bad(f'base[{key!r}]', "must be a list of numbers, one per seed")
+    wall = results.get("wall_s")
+    if wall is not None and not _is_number(wall):
+        raise bad('"wall_s"', "must be a number of seconds")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_numbers(xs: Any) -> bool:
+    # None stands for nan (strict JSON has no nan)
+    return isinstance(xs, list) and all(x is None or _is_number(x) for x in xs)
+
+
+def _is_lr(key: Any) -> bool:
+    try:
+        v = float(key)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and v > 0
+
+
+def _values(xs: Sequence[float | None] | None) -> list[float]:
+    return [math.nan if x is None else float(x) for x in (xs or [])]
+
+
+# ---------------------------------------------------------------- table
+
+
+def learning_rates(results: Mapping[str, Any]) -> list[str]:
+    """Every learning-rate key of the study, the largest first (as in the paper)."""
+    keys: dict[str, None] = {}
+    for by_lr in results["runs"].values():
+        keys.update(dict.fromkeys(by_lr))
+    return sorted(keys, key=lambda k: (-float(k), k))
+
+
+def lr_label(lr: str) -> str:
+    """'0.01' -> '1e-2', '0.0015' -> '1.5e-3' (the paper's way of naming LRs)."""
+    mantissa, exponent = f"{float(lr):.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def results_table(results: Mapping[str, Any], *, metric: Metric = "best_acc") -> str:
+    """The paper's table as markdown, with a line on seeds and wall time below it.
+
+    One row per method (the file's order), preceded by "Unpruned" when the file
+    has a base model: accuracy (``metric``: best or final test accuracy, in %)
+    per learning rate, and the mean JSV right after pruning, averaged over all
+    learning rates and seeds of the method. Cells are mean ± population std.
+    """
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    _validate(results)
+    runs = results["runs"]
+    lrs = learning_rates(results)
+    acc_name = "Acc." if metric == "best_acc" else "Final acc."
+    headers = ["Method", *(f"{acc_name} (LR {lr})" for lr in lrs), "Mean JSV after pruning"]
+
+    rows = []
+    base = results.get("base")
+    if base is not None:
+        base_acc = mean_std_fixed(_values(base.get("acc")), 2)
+        rows.append(["Unpruned", *([base_acc] * len(lrs)), mean_std(_values(base.get("jsv")), 4)])
+    seed_counts = []
+    for method, by_lr in runs.items():
+        row = [method]
+        jsv: list[float] = []
+        for lr in lrs:
+            cell = by_lr.get(lr, {})
+            accs = _values(cell.get(metric))
+            seed_counts.append(len(accs))
+            row.append(mean_std_fixed(accs, 2))
+            # pruning precedes retraining: the JSV does not depend on the LR, so pool them
+            jsv += _values(cell.get("jsv_after_prune"))
+        row.append(mean_std(jsv, 4))
+        rows.append(row)
+    return markdown_table(headers, rows) + "\n\n" + _footer(results, metric, seed_counts) + "\n"
+
+
+def _footer(results: Mapping[str, Any], metric: str, seed_counts: list[int]) -> str:
+    what = "Best" if metric == "best_acc" else "Final"
+    parts = [f"{what} test accuracy (%) and mean Jacobian singular value right after pruning"]
+    if seed_counts:
+        lo, hi = min(seed_counts), max(seed_counts)
+        seeds = f"{hi} seed{'s' if hi != 1 else ''}" if lo == hi else f"{lo} to {hi} seeds (incomplete cells)"
+        parts.append(f"mean ± population std over {seeds}")
+    config = results.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("dataset"), str):
+        parts.append(f"dataset {config['dataset']}")
+    wall = results.get("wall_s")
+    if wall is not None:
+        parts.append(f"wall time {_duration(float(wall))}")
+    return "; ".join(parts) + "."
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+# ---------------------------------------------------------------- figure
+
+
+def _curves(cell: Mapping[str, Any], key: str) -> np.ndarray | None:
+    """Per-seed curves cut to the shortest non-empty one, shape (seeds, epochs)."""
+    seqs = [_values(c) for c in cell.get(key) or [] if c]  # an empty curve: a seed cut before epoch 1
+    if not seqs:
+        return None
+    n = min(len(c) for c in seqs)
+    return np.array([c[:n] for c in seqs], dtype=np.float64)
+
+
+def draw_results_figure(results: Mapping[str, Any]) -> Figure:
+    """The paper's figure as a matplotlib Figure (no pyplot state, nothing saved).
+
+    One column per learning rate (largest first); top row the mean JSV per
+    retraining epoch (log scale; epoch 0 is right after pruning), bottom row the test accuracy per epoch. One
+    line per method (mean over seeds), same colour in every panel, a band of
+    ± population std when there are several seeds; the unpruned model, when
+    present, is a grey dashed line.
+    """
+    _validate(results)
+    runs = results["runs"]
+    lrs = learning_rates(results)
+    ncols = max(1, len(lrs))
+    fig = Figure(figsize=(4.6 * ncols, 7.0), layout="constrained")
+    axes = fig.subplots(2, ncols, squeeze=False, sharex="col")
+    colours = {m: f"C{i % 10}" for i, m in enumerate(runs)}
+    handles: dict[str, Any] = {}
+
+    base = results.get("base") or {}
+    base_vals = {"jsv_per_epoch": _values(base.get("jsv")), "acc_per_epoch": _values(base.get("acc"))}
+
+    rows = (("jsv_per_epoch", "mean JSV", True), ("acc_per_epoch", "test accuracy", False))
+    for col, lr in enumerate(lrs or [None]):
+        for row, (key, name, log_y) in enumerate(rows):
+            ax = axes[row][col]
+            ax.set_title(f"LR {lr_label(lr)}: {name}" if lr is not None else name)
+            drawn = False
+            for method, by_lr in runs.items():
+                cell = by_lr.get(lr, {}) if lr is not None else {}
+                y = _curves(cell, key) if lr is not None else None
+                if y is None or y.shape[1] == 0:
+                    continue
+                x = np.arange(1, y.shape[1] + 1)
+                after = _values(cell.get("jsv_after_prune"))
+                if log_y and len(after) == y.shape[0]:
+                    # epoch 0: right after pruning, where the collapse (or its repair) shows
+                    y = np.concatenate([np.asarray(after, dtype=np.float64)[:, None], y], axis=1)
+                    x = np.arange(0, y.shape[1])
+                mean = y.mean(axis=0)
+                (line,) = ax.plot(x, mean, color=colours[method], lw=1.6, label=method)
+                handles.setdefault(method, line)
+                if y.shape[0] > 1:
+                    std = y.std(axis=0)  # population std, as in the table
+                    lo = mean - std
+                    if log_y:  # a band below every seed's value is meaningless, and <= 0 cannot be drawn
+                        lo = np.maximum(lo, y.min(axis=0))
+                    ax.fill_between(x, lo, mean + std, color=colours[method], alpha=0.18, lw=0)
+                drawn = True
+            ref = [v for v in base_vals[key] if math.isfinite(v)]
+            if drawn and ref:
+                line = ax.axhline(float(np.mean(ref)), color="0.45", ls="--", lw=1.0, label="Unpruned")
+                handles.setdefault("Unpruned", line)
+            if not drawn:
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5")
+            elif log_y:
+                ax.set_yscale("log")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if row == 1:
+                ax.set_xlabel("retraining epoch")
+            if col == 0:
+                ax.set_ylabel("mean JSV" if log_y else "test accuracy (%)")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncol=min(len(handles), 6), frameon=False)  # fmt: skip
+    return fig
+
+
+def results_figure(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Draw the paper's figure (see :func:`draw_results_figure`) and write it as PNG, atomically."""
+    return save_figure(draw_results_figure(results), path)
+
+
+# ---------------------------------------------------------------- both
+
+
+def write_report(
+    results: Mapping[str, Any], out_dir: str | os.PathLike, *, metric: Metric = "best_acc"
+) -> dict[str, Path]:
+    """Write ``table.md`` and ``figure.png`` into ``out_dir`` (created if needed), atomically.
+
+    Returns ``{"table": path, "figure": path}``.
+    """
+    out_dir = Path(out_dir)
+    table = results_table(results, metric=metric)  # validates before anything is written
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create directory {out_dir}: {e.strerror or e}; choose a writable path") from e
+    try:
+        table_path = write_text(out_dir / "table.md", table)
+    except OSError as e:
+        raise UserError(f"cannot write {out_dir / 'table.md'}: {e.strerror or e}; check the path and free space") from e
+    return {"table": table_path, "figure": results_figure(results, out_dir / "figure.png")}
