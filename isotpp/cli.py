@@ -144,6 +144,11 @@ def _study_args(p, default_seeds: int) -> None:
     p.add_argument("--methods", default=None,
                    help="comma-separated methods (default: L1,L1+OrthP,TPP,L1+KernOrth,L1+AI)")
     p.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist")
+    p.add_argument("--ratio", type=float, default=None, help="pruning ratio of every hidden layer (default 0.8)")
+    p.add_argument("--lr-schedule", action="append", default=None, metavar="LR=SCHEDULE",
+                   help="retraining schedule per LR label, e.g. '0.001=0:0.001,45:0.0001' (repeatable; "
+                        "default: the paper's two)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="retraining epochs (default 90, quick 10)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are (else $ISOTPP_DATA, cache, system)")
     p.add_argument("--out", required=True, help="run directory (reruns reuse what is already there)")
 
@@ -157,6 +162,18 @@ def _study_config(args, seeds: int):
     for m in methods:
         study.canonical_method(m)
     kw = dict(dataset=args.dataset, data_dir=args.data_dir, seeds=tuple(range(seeds)), methods=methods)
+    if args.ratio is not None:
+        kw["ratio"] = args.ratio
+    if args.epochs is not None:
+        kw["retrain_epochs"] = args.epochs
+    if args.lr_schedule:
+        schedules = []
+        for item in args.lr_schedule:
+            label, sep, text = item.partition("=")
+            if not sep or not label.strip():
+                raise UserError(f"bad --lr-schedule {item!r}: write LABEL=SCHEDULE, e.g. '0.001=0:0.001,45:0.0001'")
+            schedules.append((label.strip(), text.strip()))
+        kw["lr_schedules"] = tuple(schedules)
     return study.quick_config(**kw) if args.quick else study.StudyConfig(**kw)
 
 

@@ -10,7 +10,7 @@ _FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                   "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")  # fmt: skip
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
     """The real Fashion-MNIST files (Debian package dataset-fashion-mnist); skips when absent."""
     missing = [f for f in _FASHION_FILES if not (FASHION_MNIST_SYSTEM_DIR / f).is_file()]

@@ -1,0 +1,273 @@
+"""What a network costs, before and after structured pruning: parameters and FLOPs.
+
+Counting convention (the TPP reference's, ``smilelogging/utils.py``:
+``get_n_params_`` lines 117-126 and ``get_n_flops_`` lines 235-290, used by
+``main.py`` lines 336-415 for the "reduction ratio -- params / flops" it logs
+and the paper's Table 1 header):
+
+* **parameters** = weights and biases of the conv and dense layers only;
+  BatchNorm scale/bias (and running statistics) are not counted.
+  :attr:`Cost.params_all` also gives every ``nnx.Param`` (BN included).
+* **FLOPs** = multiply-adds (MACs) of the conv and dense layers for ONE
+  sample at the model's input shape: a conv costs ``kernel size × output
+  positions`` (kh·kw·cin/groups·cout·H_out·W_out), a dense layer its kernel
+  size per output position. Biases, BatchNorm, activations, pooling and the
+  residual adds are not counted ("negligible", says the reference).
+  The reference multiplies this by 2 (``count_adds=True``: one multiply and
+  one add per MAC), so the paper's "FLOPs: 0.25G" of ResNet56 is 2 × our
+  0.125 G; :attr:`Cost.flops_x2` gives that figure. Ratios (speedup) are the
+  same either way. (For grouped convs the reference divides the full kernel
+  size by ``groups`` once more; isotpp's zoo has none.)
+* **sparsity** = 1 − params_after / params_before and **speedup** =
+  flops_before / flops_after (``main.py``: ``ratio_param``,
+  ``speedup_ratio = 1 / (1 - ratio_flops)``).
+
+Costs are structural: they depend on layer widths only (pruned channels are
+removed, not counted as zeros), so everything here runs on abstract models
+(``nnx.eval_shape``) and never materialises a weight. Output sizes come from
+tracing the forward pass abstractly with each layer's convolution /
+dot-product function wrapped to record the shapes it sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from isotpp.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """One conv / dense layer: its parameters (weights + bias), MACs per sample
+    and the shape of its output for one sample."""
+
+    kind: str  # "conv" or "dense"
+    params: int
+    flops: int
+    out_shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Parameters and FLOPs (multiply-adds) of a model for one sample."""
+
+    params: int  # conv/dense weights + biases (the reference's count)
+    flops: int  # conv/dense multiply-adds per sample
+    params_all: int  # every nnx.Param, BatchNorm scale/bias included
+    input_shape: tuple[int, ...]
+    layers: Mapping[str, LayerCost]
+
+    @property
+    def flops_x2(self) -> int:
+        """The reference's FLOPs (``get_n_flops_`` with ``count_adds=True``): 2 × MACs."""
+        return 2 * self.flops
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "flops": self.flops, "params_all": self.params_all,
+                "input_shape": list(self.input_shape),
+                "layers": {n: dataclasses.asdict(c) for n, c in self.layers.items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanCost:
+    """A model's cost before and after pruning to narrower widths.
+
+    ``layers`` holds only the layers whose width changes: ``{name: (before, after)}``.
+    """
+
+    params: int
+    params_pruned: int
+    flops: int
+    flops_pruned: int
+    layers: Mapping[str, tuple[int, int]]
+    before: Cost
+    after: Cost
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.params_pruned / self.params
+
+    @property
+    def speedup(self) -> float:
+        return self.flops / self.flops_pruned
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON record of ``isotpp prune --dry-run``."""
+        return {"params": self.params, "params_pruned": self.params_pruned, "sparsity": self.sparsity,
+                "flops": self.flops, "flops_pruned": self.flops_pruned, "speedup": self.speedup,
+                "layers": {n: [b, a] for n, (b, a) in self.layers.items()}}
+
+
+# --------------------------------------------------------------------------
+# Counting.
+# --------------------------------------------------------------------------
+
+
+def _size(v) -> int:
+    return math.prod(v.shape)
+
+
+def _own_params(layer: nnx.Module) -> int:
+    return sum(_size(v) for v in vars(layer).values() if isinstance(v, nnx.Param))
+
+
+def _recorder(name: str, fn, seen: dict[str, list[tuple[int, ...]]], rhs_arg: int):
+    """Wrap a conv / dot_general function to record (kernel shape, output shape) per call."""
+
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        seen.setdefault(name, []).append((tuple(args[rhs_arg].shape), tuple(out.shape)))
+        return out
+
+    return wrapped
+
+
+def _trace_layers(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, list]:
+    """Per conv/dense layer, the (kernel shape, output shape) of every call in
+    one abstract forward pass of a batch of one."""
+    from isotpp.models import iter_layers
+
+    graphdef, state = nnx.split(model)
+    seen: dict[str, list] = {}
+
+    def forward(state, x):
+        # a fresh copy: the wrappers never touch the caller's model
+        m = nnx.merge(graphdef, state)
+        for name, layer in iter_layers(m):
+            if isinstance(layer, nnx.Conv):
+                layer.conv_general_dilated = _recorder(name, layer.conv_general_dilated, seen, 1)
+            elif isinstance(layer, nnx.Linear):
+                layer.dot_general = _recorder(name, layer.dot_general or jax.lax.dot_general, seen, 1)
+        return m(x)
+
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    try:
+        jax.eval_shape(forward, state, x)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:
+        arch = getattr(model, "arch", type(model).__name__)
+        raise UserError(f"{arch} cannot run on inputs of shape {tuple(input_shape)} ({e}): "
+                        "pass the model's per-sample input shape (H, W, C)") from None
+    return seen
+
+
+def count_cost(model: nnx.Module, input_shape: Sequence[int] | None = None) -> Cost:
+    """Parameters and multiply-adds of ``model`` for one sample (see the module doc).
+
+    ``input_shape`` is per sample (H, W, C), default ``model.input_shape``.
+    Works on abstract models (``nnx.eval_shape``); nothing is computed on
+    device. A layer called several times counts every call; one never called
+    costs no FLOPs.
+    """
+    from isotpp.models import count_params, iter_layers
+
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise UserError("the model has no input_shape: pass input_shape= (per sample, e.g. (32, 32, 3))")
+    input_shape = tuple(int(d) for d in input_shape)
+    seen = _trace_layers(model, input_shape)
+    layers = {}
+    for name, layer in iter_layers(model):
+        calls = seen.get(name, [])
+        # a conv's kernel holds kh·kw·cin/groups·cout weights, each used once per
+        # output position; a dense kernel likewise, once per leading (non-batch) position
+        flops = sum(math.prod(k) * math.prod(out[1:-1]) for k, out in calls)
+        out_shape = calls[-1][1][1:] if calls else ()
+        layers[name] = LayerCost("conv" if isinstance(layer, nnx.Conv) else "dense",
+                                 _own_params(layer), int(flops), tuple(int(d) for d in out_shape))
+    return Cost(
+        params=sum(c.params for c in layers.values()),
+        flops=sum(c.flops for c in layers.values()),
+        params_all=count_params(model),
+        input_shape=input_shape,
+        layers=layers,
+    )
+
+
+# --------------------------------------------------------------------------
+# Pruned widths and their cost.
+# --------------------------------------------------------------------------
+
+
+def _groups(model, groups):
+    from isotpp.groups import channel_groups
+
+    return list(groups) if groups is not None else channel_groups(model)
+
+
+def pruned_widths(model: nnx.Module, plan, groups=None) -> dict[str, int]:
+    """Widths of every conv/dense layer after applying ``plan`` (its kept counts)."""
+    from isotpp.models import widths_of
+
+    by = {g.name: g for g in _groups(model, groups)}
+    widths = widths_of(model)
+    for name, size in plan.sizes.items():
+        g = by.get(name)
+        if g is None:
+            raise UserError(f"plan names group {name!r}, which this model does not have: "
+                            "was it made for another model?")
+        if g.size != size:
+            raise UserError(f"plan expects {size} channels in {name}, the model has {g.size}")
+        for layer in g.layers:
+            widths[layer] = len(plan.kept(name))
+    return widths
+
+
+def widths_after(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
+                 groups=None) -> dict[str, int]:
+    """Widths after pruning by glob ``ratios`` (the reference's ``stage_pr``) with
+    ``skip`` patterns, without choosing which channels go: each group keeps
+    ``n − n_pruned(ratio, n)`` (the count any selector, L1 included, prunes).
+    Raises UserError for patterns that match nothing or would prune the
+    classifier or a residual-stream conv."""
+    from isotpp.groups import resolve_ratios
+    from isotpp.models import widths_of
+    from isotpp.plan import n_pruned
+
+    groups = _groups(model, groups)
+    per_group = resolve_ratios(groups, ratios, skip)
+    widths = widths_of(model)
+    for g in groups:
+        if g.prunable:
+            for layer in g.layers:
+                widths[layer] = g.size - n_pruned(per_group[g.name], g.size)
+    return widths
+
+
+def widths_cost(model: nnx.Module, widths: Mapping[str, int],
+                input_shape: Sequence[int] | None = None) -> PlanCost:
+    """Cost of ``model`` and of the same architecture at ``widths``, built abstractly."""
+    from isotpp.models import widths_of
+
+    config = getattr(model, "build_config", None)
+    if config is None:
+        raise UserError("costs after pruning need a model built by isotpp.models.create_model")
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    before = count_cost(model, input_shape)
+    small = config.create(widths=dict(widths), abstract=True)
+    after = count_cost(small, before.input_shape)
+    old, new = widths_of(model), widths_of(small)
+    changed = {n: (old[n], new[n]) for n in old if new.get(n, old[n]) != old[n]}
+    return PlanCost(before.params, after.params, before.flops, after.flops, changed, before, after)
+
+
+def plan_cost(model: nnx.Module, plan, input_shape: Sequence[int] | None = None) -> PlanCost:
+    """Cost before and after ``plan`` (a :class:`isotpp.plan.Plan`). Only the
+    kept counts matter: which channels are pruned does not change the cost."""
+    return widths_cost(model, pruned_widths(model, plan), input_shape)
+
+
+def ratios_cost(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
+                input_shape: Sequence[int] | None = None) -> PlanCost:
+    """Cost before and after pruning by glob ``ratios`` (see :func:`widths_after`)."""
+    return widths_cost(model, widths_after(model, ratios, skip), input_shape)
