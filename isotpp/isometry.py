@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from isotpp.errors import UserError
 from isotpp.penalties import isometry_penalty
 
 
@@ -35,6 +36,9 @@ def _run(kernels, masks, iters, lr):
 def approximate_isometry(kernels: Mapping[str, jax.Array], masks: Mapping[str, jax.Array] | None = None,
                          *, iters: int = 10_000, lr: float = 0.1) -> dict[str, jax.Array]:
     """The kernels after ``iters`` SGD steps on :func:`isometry_loss` (masked entries stay 0)."""
+    unknown = sorted(set(masks or {}) - set(kernels))
+    if unknown:
+        raise UserError(f"masks given for {', '.join(unknown)}, which are not among the kernels: check the names")
     masks = {n: jnp.asarray(m, dtype=kernels[n].dtype) for n, m in (masks or {}).items()}
     kernels = {n: (jnp.asarray(k) * masks[n] if n in masks else jnp.asarray(k)) for n, k in kernels.items()}
     return _run(kernels, masks, jnp.asarray(iters, jnp.int32), jnp.asarray(lr, jnp.float32))

@@ -42,7 +42,9 @@ def kernorth_penalty(kernel: jax.Array) -> jax.Array:
     """Kernel orthogonality (Xie et al. 2017) as the reference's ``orth_regularization``.
 
     W (n, fan_in) is transposed first when it has fewer rows than columns; the
-    loss is mean((W Wᵀ − I)²). (For a wide layer this is the larger Gram,
+    loss is mean((W Wᵀ − I)²). (The reference code compares n with the conv's
+    input channels instead of its fan-in, an evident slip; for c_in ≤ n < fan_in
+    it would use the n×n Gram. We follow the stated rule.) (For a wide layer this is the larger Gram,
     whose minimisers are the same as the smaller one's: all singular values 1.)
     """
     w = filters(kernel)
@@ -72,7 +74,10 @@ def orthconv_penalty(kernel: jax.Array, *, stride: int = 2, padding: int = 1) ->
     the kernel with itself has shape (n, n, h, w); its target E is the identity
     at the centre tap and zero elsewhere. Dense and 1×1 kernels use the plain
     row-orthogonality norm ‖WᵀW − I‖_F of the taller orientation (the
-    reference's ``orth_dist``).
+    reference's ``orth_dist``). Stride 2 / padding 1 are the TPP reference's
+    choice (``deconv_orth_dist``); with them the "centre" tap of the 2×2 output
+    is a shifted correlation, not the filters' aligned inner product (stride 1,
+    padding 2 would give that). We keep the reference's settings.
     """
     if kernel.ndim == 2 or (kernel.ndim == 4 and kernel.shape[0] == kernel.shape[1] == 1):
         w = filters(kernel)  # (n, fan_in)

@@ -36,6 +36,21 @@ class Plan:
     pruned: Mapping[str, tuple[int, ...]]
 
     def __post_init__(self):
+        def as_int(v, what):
+            if isinstance(v, bool) or not float(v).is_integer():
+                raise UserError(f"plan has a non-integer {what} {v!r}: regenerate the plan")
+            return int(v)
+
+        try:
+            sizes = {str(k): as_int(v, "size") for k, v in self.sizes.items()}
+            pruned = {str(k): tuple(as_int(i, "channel index") for i in v) for k, v in self.pruned.items()}
+        except (TypeError, ValueError):
+            raise UserError("plan sizes and indices must be integers: regenerate the plan") from None
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "pruned", pruned)
+        for name, n in sizes.items():
+            if n < 1:
+                raise UserError(f"plan gives group {name} size {n}: sizes must be positive")
         for name, idx in self.pruned.items():
             n = self.sizes.get(name)
             if n is None:
@@ -65,8 +80,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Mapping) -> Plan:
         try:
-            return cls({k: int(v) for k, v in d["sizes"].items()},
-                       {k: tuple(int(i) for i in v) for k, v in d["pruned"].items()})
+            return cls(dict(d["sizes"]), {k: tuple(v) for k, v in d["pruned"].items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UserError(f"not a pruning plan ({e}): expected {{'sizes': ..., 'pruned': ...}}") from None
 

@@ -86,10 +86,13 @@ def test_orthogonalize_keeps_dtype_and_accepts_jax_arrays(dtype):
 
 
 def test_orthogonalize_dense_by_hand():
-    # kernel (fan_in 2, n 2) = [[3, 0], [4, 5]]: filters w0 = (3, 4), w1 = (0, 5).
-    # Gram–Schmidt: q0 = (0.6, 0.8); w1 − (w1·q0) q0 = (0, 5) − 4 (0.6, 0.8) = (−2.4, 1.8) → q1 = (−0.8, 0.6).
-    k = np.array([[3.0, 0.0], [4.0, 5.0]], np.float32)
-    np.testing.assert_allclose(orthogonalize(k), [[0.6, -0.8], [0.8, 0.6]], atol=1e-6)
+    # kernel (fan_in 2, n 2) = [[3, 4], [0, 5]] → W = kernelᵀ = [[3, 0], [4, 5]] (rows = filters).
+    # QR orthonormalises W's columns c0 = (3, 4), c1 = (0, 5): q0 = (0.6, 0.8);
+    # c1 − (c1·q0) q0 = (0, 5) − 4 (0.6, 0.8) = (−2.4, 1.8) → q1 = (−0.8, 0.6); R = [[5, 4], [0, 3]].
+    # W_out = [q0 q1] = [[0.6, −0.8], [0.8, 0.6]], back in the kernel layout as its transpose.
+    k = np.array([[3.0, 4.0], [0.0, 5.0]], np.float32)
+    np.testing.assert_allclose(orthogonalize(k), [[0.6, 0.8], [-0.8, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(orthogonalize(k, 2.0), [[1.2, 1.6], [-1.6, 1.2]], atol=1e-6)
 
 
 # --------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_tpp_gram_penalty_value_and_closed_form_gradient(shape, pruned):
     dw = 4.0 / n**2 * (g - t) @ w
     expected_grad = _to_kernel_layout(dw, shape)
     assert grad.shape == k.shape and grad.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-5, atol=1e-6 * np.abs(expected_grad).max() + 1e-7)
+    atol = 1e-6 * np.abs(expected_grad).max() + 1e-7
+    np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-5, atol=atol)
 
 
 def test_tpp_gram_penalty_by_explicit_sum_over_pruned_entries():

@@ -1,0 +1,141 @@
+"""``isotpp prune``: structured pruning by glob ratios (the reference's ``stage_pr``).
+
+This version offers the dry run only: ``--dry-run`` builds the architecture
+abstractly (no weights), resolves the ratios to widths exactly as the L1
+selector would prune them (ceil(ratio · n) filters per layer, at most n − 1)
+and reports parameters, FLOPs, sparsity and speedup before and after, under
+the reference's counting convention (:mod:`isotpp.cost`).
+
+Wiring: ``add_parser(sub)`` registers the sub-command on the ``isotpp``
+sub-parsers object; the parsed arguments carry ``func`` = :func:`run_prune_args`,
+which :func:`isotpp.cli.main` calls (UserError -> one line, exit 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isotpp.errors import UserError
+
+_RATIOS_HELP = ("layer-wise pruning ratios as comma-separated 'GLOB:RATIO' items on layer names, "
+                "the last matching pattern winning, e.g. '*layer*.conv1:0.5' (ResNet56) or "
+                "'*layer[1-3]*conv[1-2]:0.3,*layer4*conv[1-2]:0.14' (ResNet50); ratios in [0, 1)")
+
+
+def _parse_skip(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _positive_int(text: str) -> int:
+    from isotpp.cli import _positive_int as parse
+
+    return parse(text)
+
+
+def add_parser(sub) -> None:
+    """Register ``isotpp prune`` on ``sub`` (an argparse sub-parsers object made
+    with ``parser_class=isotpp.cli._Parser``, so bad arguments exit 2 with one line)."""
+    p = sub.add_parser(
+        "prune",
+        help="structured (filter) pruning by glob ratios; --dry-run reports sparsity and speedup",
+        description=(
+            "Structured pruning of a model's conv/dense filters by layer-name glob ratios "
+            "(the TPP reference's --stage_pr). With --dry-run, print the parameters, FLOPs "
+            "(multiply-adds of conv and dense layers per sample), sparsity and speedup before "
+            "and after, and the layers whose width changes; nothing is trained or allocated. "
+            "Only --dry-run is available in this version."
+        ),
+    )
+    p.add_argument("--model", required=True,
+                   help="architecture name, e.g. resnet56, vgg19, resnet50, mlp_7_linear, lenet5")
+    p.add_argument("--ratios", required=True, metavar="'PATTERN:R,...'", help=_RATIOS_HELP)
+    p.add_argument("--skip", default=None, metavar="PATTERN,...",
+                   help="comma-separated glob patterns of layers never pruned, e.g. '*features.0' (VGG19)")
+    p.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="number of outputs (default: the model's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only report the cost before and after pruning (the one mode of this version)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write {params, params_pruned, sparsity, flops, flops_pruned, speedup, layers} as JSON")
+    p.set_defaults(func=run_prune_args)
+
+
+def run_prune_args(args) -> int:
+    """The ``func`` of the parsed ``prune`` arguments: run, print, return 0."""
+    result = run_prune(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
+                       num_classes=args.num_classes, dry_run=args.dry_run, json_path=args.json)
+    print(result["table"])
+    if result.get("json"):
+        print(f"json: {result['json']}")
+    return 0
+
+
+def _millions(n: int) -> str:
+    return f"{n:,} ({n / 1e6:.3f} M)"
+
+
+def _giga(n: int) -> str:
+    return f"{n:,} ({n / 1e9:.4f} G)"
+
+
+def run_prune(
+    *,
+    model: str,
+    ratios: str | dict[str, float],
+    skip: tuple[str, ...] | list[str] = (),
+    num_classes: int | None = None,
+    dry_run: bool = True,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Cost of pruning ``model`` by ``ratios``; returns the JSON record plus ``table``
+    (printable) and ``json`` (the path written, if any)."""
+    if not dry_run:
+        raise UserError("only --dry-run is available in this version (the full prune pipeline comes later): "
+                        "add --dry-run")
+    from isotpp.cost import ratios_cost
+    from isotpp.groups import parse_ratios
+    from isotpp.models import BuildConfig, model_spec
+    from isotpp.report import markdown_table
+
+    spec = model_spec(model)  # unknown model -> UserError
+    patterns = parse_ratios(ratios)  # bad syntax or ratio outside [0, 1) -> UserError
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise UserError(f"--num-classes must be a positive integer, got {num_classes!r}")
+    config = BuildConfig(model, num_classes or spec.num_classes, None)
+    net = config.create(abstract=True)
+    pc = ratios_cost(net, patterns, tuple(skip))
+
+    record = pc.as_dict()
+    rows = [
+        ["parameters", _millions(pc.params)],
+        ["parameters after", _millions(pc.params_pruned)],
+        ["sparsity", f"{pc.sparsity * 100:.2f} %"],
+        ["FLOPs (multiply-adds)", _giga(pc.flops)],
+        ["FLOPs after", _giga(pc.flops_pruned)],
+        ["speedup", f"{pc.speedup:.2f} ×"],
+    ]
+    shape = "×".join(str(d) for d in spec.input_shape)
+    header = (f"{model} ({config.num_classes} classes, input {shape}) · ratios "
+              f"{','.join(f'{p}:{r:g}' for p, r in patterns.items())}"
+              + (f" · skip {','.join(skip)}" if skip else "") + " · dry run")
+    layer_rows = [[name, str(b), str(a), f"{(1 - a / b) * 100:.1f} %"] for name, (b, a) in pc.layers.items()]
+    table = "\n".join([
+        header,
+        markdown_table(["cost", "value"], rows),
+        "",
+        f"{len(layer_rows)} layer(s) change width:",
+        markdown_table(["layer", "width", "after", "pruned"], layer_rows),
+        "",
+        "parameters: conv/dense weights and biases + BatchNorm scale and bias; FLOPs: conv/dense "
+        "multiply-adds per sample (the TPP reference logs twice this, counting adds separately)",
+    ])
+    out: dict[str, Any] = dict(record)
+    out["table"] = table
+    if json_path:
+        from isotpp.io import write_json
+
+        out["json"] = str(write_json(json_path, record))
+    return out
