@@ -41,7 +41,10 @@ Costs are structural: they depend on layer widths only (pruned channels are
 removed, not counted as zeros), so everything here runs on abstract models
 (``nnx.eval_shape``) and never materialises a weight. Output sizes come from
 tracing the forward pass abstractly with each layer's convolution /
-dot-product function wrapped to record the shapes it sees.
+dot-product function wrapped to record the shapes it sees. A pruned network
+is rebuilt abstractly at its new widths and counted with the output
+positions traced for the unpruned one (widths never change them), so a dry
+run traces each architecture once.
 """
 
 from __future__ import annotations
@@ -62,13 +65,16 @@ from isotpp.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class LayerCost:
-    """One conv / dense layer: its parameters (weights + bias), MACs per sample
-    and the shape of its output for one sample."""
+    """One conv / dense layer: its parameters (weights + bias), MACs per sample,
+    the shape of its output for one sample and its output positions (H_out·W_out
+    for a conv, 1 for a dense layer on vectors; summed over calls), so that
+    ``flops == kernel size × positions``."""
 
     kind: str  # "conv" or "dense"
     params: int
     flops: int
     out_shape: tuple[int, ...]
+    positions: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,23 +190,39 @@ def count_cost(model: nnx.Module, input_shape: Sequence[int] | None = None) -> C
     device. A layer called several times counts every call; one never called
     costs no FLOPs.
     """
-    from isotpp.models import count_params, iter_layers
+    from isotpp.models import iter_layers
 
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-        if input_shape is None:
-            raise UserError("the model has no input_shape: pass input_shape= (per sample, e.g. (32, 32, 3))")
-    input_shape = tuple(int(d) for d in input_shape)
+    input_shape = _input_shape(model, input_shape)
     seen = _trace_layers(model, input_shape)
     layers = {}
     for name, layer in iter_layers(model):
         calls = seen.get(name, [])
         # a conv's kernel holds kh·kw·cin/groups·cout weights, each used once per
         # output position; a dense kernel likewise, once per leading (non-batch) position
-        flops = sum(math.prod(k) * math.prod(out[1:-1]) for k, out in calls)
+        positions = sum(math.prod(out[1:-1]) for _, out in calls)
         out_shape = calls[-1][1][1:] if calls else ()
-        layers[name] = LayerCost("conv" if isinstance(layer, nnx.Conv) else "dense",
-                                 _own_params(layer), int(flops), tuple(int(d) for d in out_shape))
+        if any(math.prod(k) != _size(layer.kernel) for k, _ in calls):
+            raise AssertionError(f"{name}: the traced kernel is not the layer's kernel")
+        layers[name] = _layer_cost(layer, positions, out_shape)
+    return _total(model, input_shape, layers)
+
+
+def _input_shape(model, input_shape) -> tuple[int, ...]:
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise UserError("the model has no input_shape: pass input_shape= (per sample, e.g. (32, 32, 3))")
+    return tuple(int(d) for d in input_shape)
+
+
+def _layer_cost(layer, positions: int, out_shape) -> LayerCost:
+    return LayerCost("conv" if isinstance(layer, nnx.Conv) else "dense", _own_params(layer),
+                     int(_size(layer.kernel) * positions), tuple(int(d) for d in out_shape), int(positions))
+
+
+def _total(model, input_shape, layers) -> Cost:
+    from isotpp.models import count_params
+
     return Cost(
         params=count_params(model),
         flops=sum(c.flops for c in layers.values()),
@@ -210,18 +232,39 @@ def count_cost(model: nnx.Module, input_shape: Sequence[int] | None = None) -> C
     )
 
 
-@functools.lru_cache(maxsize=64)
+def _narrowed_cost(model: nnx.Module, like: Cost) -> Cost:
+    """Cost of ``model``, the architecture of ``like`` at other widths, without
+    tracing it again: widths never change a layer's output positions (those
+    depend on input size, kernel, stride and padding only), so each layer's
+    FLOPs are its new kernel size times the positions traced for ``like``."""
+    from isotpp.models import iter_layers
+
+    layers = {}
+    for name, layer in iter_layers(model):
+        ref = like.layers.get(name)
+        if ref is None:
+            raise AssertionError(f"{name} is not a layer of the unpruned architecture")
+        out_shape = (*ref.out_shape[:-1], int(layer.out_features)) if ref.out_shape else ()
+        layers[name] = _layer_cost(layer, ref.positions, out_shape)
+    if set(layers) != set(like.layers):
+        raise AssertionError("pruning changed the set of layers")
+    return _total(model, like.input_shape, layers)
+
+
+@functools.lru_cache(maxsize=32)
 def _structure_cost(config, widths: tuple[tuple[str, int], ...], input_shape: tuple[int, ...]) -> Cost:
     # a build config and a widths record fix the structure, hence the cost
     return count_cost(config.create(widths=dict(widths), abstract=True), input_shape)
 
 
-def _cost_at(config, widths: Mapping[str, int], input_shape: tuple[int, ...]) -> Cost:
-    key = tuple((str(k), int(v)) for k, v in widths.items())
+def _unpruned_cost(model, config, input_shape: tuple[int, ...]) -> Cost:
+    from isotpp.models import widths_of
+
     try:
-        return _structure_cost(config, key, input_shape)
+        hash(config)
     except TypeError:  # an unhashable arch kwarg: no caching
-        return count_cost(config.create(widths=dict(widths), abstract=True), input_shape)
+        return count_cost(model, input_shape)
+    return _structure_cost(config, tuple(widths_of(model).items()), input_shape)
 
 
 # --------------------------------------------------------------------------
@@ -282,14 +325,10 @@ def widths_cost(model: nnx.Module, widths: Mapping[str, int],
     config = getattr(model, "build_config", None)
     if config is None:
         raise UserError("costs after pruning need a model built by isotpp.models.create_model")
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-        if input_shape is None:
-            raise UserError("the model has no input_shape: pass input_shape= (per sample, e.g. (32, 32, 3))")
-    input_shape = tuple(int(d) for d in input_shape)
+    input_shape = _input_shape(model, input_shape)
     old = widths_of(model)
-    before = _cost_at(config, old, input_shape)
-    after = _cost_at(config, widths, input_shape)
+    before = _unpruned_cost(model, config, input_shape)
+    after = _narrowed_cost(config.create(widths=dict(widths), abstract=True), before)
     changed = {n: (old[n], int(widths[n])) for n in old if n in widths and int(widths[n]) != old[n]}
     return PlanCost(before.params, after.params, before.flops, after.flops,
                     types.MappingProxyType(changed), before, after)

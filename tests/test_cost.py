@@ -19,7 +19,7 @@ from isotpp import cli
 from isotpp.commands.prune import add_parser
 from isotpp.cost import count_cost, plan_cost, ratios_cost, widths_after, widths_cost
 from isotpp.errors import UserError
-from isotpp.models import BuildConfig, create_model
+from isotpp.models import BuildConfig
 from isotpp.plan import Plan, hard_prune, l1_plan
 
 
@@ -30,6 +30,19 @@ def _abstract(name, num_classes=None, **kw):
                        tuple(sorted(kw.items()))).create(abstract=True)
 
 
+def _concrete(name, seed=0, **kw):
+    """A model with real (random) weights, filled from numpy: no per-shape initialiser compiles."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = _abstract(name, **kw)
+    rng = np.random.default_rng(seed)
+    nnx.update(model, jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype),
+                                   nnx.state(model)))
+    return model
+
+
 # --------------------------------------------------------------------------
 # Hand-computed tiny cases.
 # --------------------------------------------------------------------------
@@ -38,7 +51,7 @@ def _abstract(name, num_classes=None, **kw):
 def test_two_layer_mlp_by_hand():
     """4 -> 5 -> 3 with biases: 4·5+5 + 5·3+3 = 43 parameters, 20 + 15 = 35 MACs;
     pruning 2 of the 5 hidden units: 4·3+3 + 3·3+3 = 27 parameters, 12 + 9 = 21 MACs."""
-    model = create_model("mlp", depth=2, width=5, input_dim=4, num_classes=3)
+    model = _concrete("mlp", depth=2, width=5, input_dim=4, num_classes=3)
     cost = count_cost(model)
     assert (cost.params, cost.params_conv_fc, cost.flops) == (43, 43, 35)
     assert {n: (c.kind, c.params, c.flops, c.out_shape) for n, c in cost.layers.items()} == {
@@ -59,7 +72,7 @@ def test_lenet5_by_hand_and_against_the_materialised_pruned_model():
     conv1 1·6·25+6 = 156;  150·28·28 = 117,600    conv2 6·16·25+16 = 2,416; 2,400·10·10 = 240,000
     conv3 16·120·25+120 = 48,120; 48,000·1·1      fc1 120·84+84 = 10,164; 10,080      fc2 84·10+10 = 850; 840
     """
-    model = create_model("lenet5")
+    model = _concrete("lenet5")
     cost = count_cost(model)
     per_layer = {n: (c.params, c.flops, c.out_shape) for n, c in cost.layers.items()}
     assert per_layer == {
@@ -85,7 +98,7 @@ def test_lenet5_by_hand_and_against_the_materialised_pruned_model():
 def test_abstract_and_concrete_models_agree_and_are_left_untouched():
     import jax
 
-    real = create_model("lenet5")
+    real = _concrete("lenet5")
     conv_fn = real.conv1.conv_general_dilated
     assert count_cost(real) == count_cost(_abstract("lenet5"))
     assert real.conv1.conv_general_dilated is conv_fn  # the recording wrappers live on a copy
@@ -227,6 +240,15 @@ def test_table1_high_ratio_columns_fit_no_stage_widths():
         hit = (speedup == float(su)) & ((sparsity["all"] == float(sp)) | (sparsity["conv_fc"] == float(sp)))
         assert hit.any() == (ratio in (0.3, 0.5)), ratio
     assert speedup[10, 21, 43] == 1.45 and sparsity["all"][10, 21, 43] == 31.14  # L1 at 0.3: 11/22/44
+
+
+def test_pruned_cost_equals_tracing_the_pruned_architecture():
+    """plan/ratio costs reuse the unpruned trace's output positions; tracing the narrow model agrees."""
+    for name, ratios in (("resnet20", "*layer*.conv1:0.7"), ("lenet5", "conv1:0.5,fc1:0.5")):
+        model = _abstract(name)
+        pc = ratios_cost(model, ratios)
+        narrow = model.build_config.create(widths=widths_after(model, ratios), abstract=True)
+        assert count_cost(narrow) == pc.after
 
 
 def test_resnet50_table2_speedups():

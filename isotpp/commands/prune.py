@@ -13,6 +13,7 @@ which :func:`isotpp.cli.main` calls (UserError -> one line, exit 2).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from isotpp.errors import UserError
@@ -72,6 +73,14 @@ def run_prune_args(args) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=8)
+def _abstract_model(name: str, num_classes: int):
+    """The unpruned architecture, shapes only; only read here, so repeated dry runs share it."""
+    from isotpp.models import BuildConfig
+
+    return BuildConfig(name, num_classes, None).create(abstract=True)
+
+
 def _millions(n: int) -> str:
     return f"{n:,} ({n / 1e6:.3f} M)"
 
@@ -96,7 +105,7 @@ def run_prune(
                         "add --dry-run")
     from isotpp.cost import ratios_cost
     from isotpp.groups import parse_ratios
-    from isotpp.models import BuildConfig, model_spec
+    from isotpp.models import model_spec
     from isotpp.report import markdown_table
 
     spec = model_spec(model)  # unknown model -> UserError
@@ -104,9 +113,8 @@ def run_prune(
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise UserError(f"--num-classes must be a positive integer, got {num_classes!r}")
-    config = BuildConfig(model, num_classes or spec.num_classes, None)
-    net = config.create(abstract=True)
-    pc = ratios_cost(net, patterns, tuple(skip))
+    num_classes = num_classes or spec.num_classes
+    pc = ratios_cost(_abstract_model(model, num_classes), patterns, tuple(skip))
 
     record = pc.as_dict()
     rows = [
@@ -118,7 +126,7 @@ def run_prune(
         ["speedup", f"{pc.speedup:.2f} ×"],
     ]
     shape = "×".join(str(d) for d in spec.input_shape)
-    header = (f"{model} ({config.num_classes} classes, input {shape}) · ratios "
+    header = (f"{model} ({num_classes} classes, input {shape}) · ratios "
               f"{','.join(f'{p}:{r:g}' for p, r in patterns.items())}"
               + (f" · skip {','.join(skip)}" if skip else "") + " · dry run")
     layer_rows = [[name, str(b), str(a), f"{(1 - a / b) * 100:.1f} %"] for name, (b, a) in pc.layers.items()]
