@@ -136,6 +136,56 @@ def _add_reproduce(sub) -> None:
     )
     _study_args(m, default_seeds=3)
     m.set_defaults(func=_run_reproduce_mlp)
+    _add_reproduce_pai(studies)
+
+
+def _add_reproduce_pai(studies) -> None:
+    p = studies.add_parser(
+        "pai", help="pruning at initialisation + AutoSparse on Fashion-MNIST (LeNet-300-100, a small ConvNet)",
+        description="Random, magnitude, SNIP, GraSP, SynFlow, IRP and AutoSparse masks (each also with "
+                    "approximate isometry) at several densities: mean JSV at initialisation and final test "
+                    "accuracy, 3 seeds; the AutoSparse scorer is also transferred to a small ConvNet.",
+    )
+    p.add_argument("--quick", action="store_true", help="a reduced run (minutes on a CPU)")
+    p.add_argument("--seeds", type=_seeds, default=None, help="number of seeds (default 3, quick 1)")
+    p.add_argument("--densities", default=None, help="kept fractions, e.g. '0.1,0.05,0.01' or '10%%,1%%' "
+                                                     "(default 10,5,2,1,0.5 %%; quick 5,1 %%)")
+    p.add_argument("--methods", default=None, help="comma-separated, e.g. 'snip,grasp+ai,autosparse' "
+                                                   "(default: all seven and each +ai)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 10, quick 3)")
+    p.add_argument("--scope", choices=("global", "layerwise"), default="global", help="one threshold or per layer")
+    p.add_argument("--no-transfer", action="store_true", help="skip the transfer to the small ConvNet")
+    p.add_argument("--scorer", default=None, metavar="PATH", help="use this trained AutoSparse scorer (.npz)")
+    p.add_argument("--irp-record", default=None, metavar="PATH",
+                   help="train the AutoSparse scorer from this LeNet-300-100 IRP record (.npz)")
+    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (else $ISOTPP_DATA, cache, system)")
+    p.add_argument("--out", required=True, help="run directory (reruns reuse what is already there)")
+    p.set_defaults(func=_run_reproduce_pai)
+
+
+def _run_reproduce_pai(args) -> int:
+    from isotpp.pai.masks import parse_densities
+    from isotpp.studies import pai as study
+    from isotpp.studies.pai_report import pai_tables
+
+    kw = dict(data_dir=args.data_dir, scope=args.scope, scorer_path=args.scorer, irp_record_path=args.irp_record)
+    if args.seeds is not None:
+        kw["seeds"] = tuple(range(args.seeds))
+    if args.densities is not None:
+        kw["densities"] = parse_densities(args.densities)
+    if args.methods is not None:
+        kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        if not kw["methods"]:
+            raise UserError("--methods is empty: name at least one method")
+    if args.epochs is not None:
+        kw["epochs"] = args.epochs
+    if args.no_transfer:
+        kw["transfer"] = False
+    results = study.run_study(study.quick_config(**kw) if args.quick else study.PaIConfig(**kw), args.out)
+    print(pai_tables(results))
+    for key, path in results["files"].items():
+        print(f"{key}: {path}")
+    return 0
 
 
 def _study_args(p, default_seeds: int) -> None:

@@ -24,7 +24,7 @@ from flax import nnx
 
 from isotpp.errors import UserError
 
-Role = Literal["out", "bias", "bn", "bn_stat", "in"]
+Role = Literal["out", "bias", "bn", "bn_stat", "in", "out_fixed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +36,9 @@ class Slot:
     ``interleave`` times with the channel index fastest (flatten of NHWC),
     i.e. index = position · n_channels + channel. ``role`` says what the axis
     is: a producer's kernel outputs (``out``) or bias (``bias``), a following
-    BatchNorm's scale/bias (``bn``) or running statistics (``bn_stat``), or a
-    consumer's inputs (``in``).
+    BatchNorm's scale/bias (``bn``) or running statistics (``bn_stat``), a
+    consumer's inputs (``in``), or the outputs of a fixed (untrained) channel
+    map such as an option-A shortcut (``out_fixed``).
     """
 
     param: str
@@ -169,39 +170,76 @@ def _vgg_bn_after(model, params) -> dict[str, str | None]:
     return out
 
 
-def _block_groups(model, params, *, conv_bn: Sequence[tuple[str, str, str]], stream_layers: set[str],
-                  classifier: str) -> list[Group]:
-    """ResNets: the inner convs of a block are prunable groups (their output
-    feeds only the next conv of the block); convs whose output meets a residual
-    add belong to a stream and are not prunable on their own."""
-    groups = []
-    for conv, bn, consumer in conv_bn:
-        groups.append(_single(conv, params[_kernel(conv)].shape[-1], bias=False, bn=bn, consumers=[(consumer, 1)]))
-    for name in sorted(stream_layers):
-        groups.append(Group(name, (name,), params[_kernel(name)].shape[-1], (), prunable=False,
-                            why_not="its output feeds a residual add (prune inner block convs such as *.conv1)"))
+def _bn_slots(bn: str) -> list[Slot]:
+    return [Slot(f"{bn}.scale", 0, "bn"), Slot(f"{bn}.bias", 0, "bn"),
+            Slot(f"{bn}.mean", 0, "bn_stat"), Slot(f"{bn}.var", 0, "bn_stat")]
+
+
+@dataclasses.dataclass
+class _Stream:
+    """A residual stream being declared: producers (conv, following BN) and consumers."""
+
+    stages: list[str]
+    producers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    consumers: list[str] = dataclasses.field(default_factory=list)
+    fixed_in: list[str] = dataclasses.field(default_factory=list)  # option-A maps reading this stream
+    fixed_out: list[str] = dataclasses.field(default_factory=list)  # option-A maps writing into it
+
+    def group(self, params) -> Group:
+        slots = []
+        for conv, bn in self.producers:
+            slots += [Slot(_kernel(conv), -1, "out")] + _bn_slots(bn)
+        slots += [Slot(m, -1, "out_fixed") for m in self.fixed_out]
+        slots += [Slot(_kernel(c), -2, "in") for c in self.consumers]
+        slots += [Slot(m, 0, "in") for m in self.fixed_in]
+        size = params[_kernel(self.producers[0][0])].shape[-1]
+        name = "stream:" + "+".join(dict.fromkeys(self.stages))
+        return Group(name, tuple(c for c, _ in self.producers), size, tuple(slots))
+
+
+def _resnet_groups(model, params) -> list[Group]:
+    """ResNets, both pruning conventions at once.
+
+    *Inner* groups: a block's conv1 (and a bottleneck's conv2) feeds only the
+    next conv of its block — the reference's convention (``*layer*.conv1``).
+    *Stream* groups: the convs whose outputs meet in residual adds (the stem,
+    every block's last conv, ``downsample.0``) share one channel set per stream;
+    its consumers are every block's conv1 (and downsample) reading the stream
+    and the classifier. An option-A shortcut is a fixed channel map read by one
+    stream and written into the next, so each stream prunes on its own.
+    """
+    names = [n for n, _ in _layers(model)]
+    classifier = names[-1]
+    blocks = list(dict.fromkeys(n.rpartition(".")[0] for n in names
+                                if n.startswith("layer") and n.split(".")[-1].startswith("conv")))
+    groups: list[Group] = []
+    current = _Stream(["stem"], [("conv1", "bn1")])
+    streams = [current]
+    for block in blocks:
+        stage = block.split(".")[0]
+        bottleneck = _kernel(f"{block}.conv3") in params
+        last = "conv3" if bottleneck else "conv2"
+        inner = [("conv1", "bn1", "conv2")] + ([("conv2", "bn2", "conv3")] if bottleneck else [])
+        for conv, bn, consumer in inner:
+            groups.append(_single(f"{block}.{conv}", params[_kernel(f"{block}.{conv}")].shape[-1], bias=False,
+                                  bn=f"{block}.{bn}", consumers=[(f"{block}.{consumer}", 1)]))
+        current.consumers.append(f"{block}.conv1")
+        if _kernel(f"{block}.downsample.0") in params:  # option B / torchvision: a 1x1 conv + BN
+            current.consumers.append(f"{block}.downsample.0")
+            current = _Stream([stage], [(f"{block}.downsample.0", f"{block}.downsample.1")])
+            streams.append(current)
+        elif f"{block}.downsample.proj" in params:  # option A: a fixed channel map
+            current.fixed_in.append(f"{block}.downsample.proj")
+            current = _Stream([stage], fixed_out=[f"{block}.downsample.proj"])
+            streams.append(current)
+        elif stage not in current.stages:
+            current.stages.append(stage)
+        current.producers.append((f"{block}.{last}", f"{block}.bn{3 if bottleneck else 2}"))
+    current.consumers.append(classifier)
+    groups += [st.group(params) for st in streams]
     groups.append(Group(classifier, (classifier,), params[_kernel(classifier)].shape[-1], (), prunable=False,
                         why_not="it is the classifier (its outputs are the classes)"))
     return groups
-
-
-def _resnet_inner(model, params, family: str):
-    names = [n for n, _ in _layers(model)]
-    conv_bn = []
-    for name in names:
-        block, _, conv = name.rpartition(".")
-        if family == "resnet_cifar" and conv == "conv1" and block:
-            conv_bn.append((name, f"{block}.bn1", f"{block}.conv2"))
-        elif family == "resnet_imagenet" and block and conv in ("conv1", "conv2"):
-            has_conv3 = f"{block}.conv3.kernel" in params
-            if conv == "conv1":
-                conv_bn.append((name, f"{block}.bn1", f"{block}.conv2"))
-            elif has_conv3:
-                conv_bn.append((name, f"{block}.bn2", f"{block}.conv3"))
-    inner = {c for c, _, _ in conv_bn}
-    classifier = names[-1]
-    streams = {n for n in names if n not in inner and n != classifier}
-    return _block_groups(model, params, conv_bn=conv_bn, stream_layers=streams, classifier=classifier)
 
 
 def _layers(model):
@@ -230,7 +268,7 @@ def channel_groups(model: nnx.Module) -> list[Group]:
     elif family == "vgg":
         groups = _sequential_conv_groups(model, params, _vgg_bn_after(model, params))
     elif family in ("resnet_cifar", "resnet_imagenet"):
-        groups = _resnet_inner(model, params, family)
+        groups = _resnet_groups(model, params)
     else:  # pragma: no cover - every registered family is handled above
         raise UserError(f"no channel groups are declared for {family} models")
     for g in groups:
@@ -302,6 +340,15 @@ def resolve_ratios(groups: Sequence[Group], patterns: Mapping[str, float] | str,
             ratio = 0.0
         if ratio > 0 and not g.prunable:
             raise UserError(f"the ratios would prune {g.name}, but {g.why_not}: add it to the skip list")
+        if ratio > 0 and len(g.layers) > 1:
+            missed = [layer for layer in g.layers if not any(fnmatch.fnmatchcase(layer, p) for p in patterns)]
+            if missed:
+                shown = ", ".join(missed[:4]) + (", …" if len(missed) > 4 else "")
+                raise UserError(
+                    f"the patterns match only part of residual {g.name} (not {shown}); its {len(g.layers)} convs "
+                    "share one channel set and are pruned together: match all of them, or none "
+                    "(the reference prunes only convs outside streams, e.g. '*layer*.conv1')"
+                )
         if g.prunable:
             ratios[g.name] = ratio
     if not any(r > 0 for r in ratios.values()):

@@ -188,10 +188,10 @@ def param_masks(state, plan: Plan, groups: Sequence[Group], roles: Sequence[str]
 
 
 def soft_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None) -> nnx.Module:
-    """Zero the pruned filters, their biases and the following BN's scale/bias, in place; returns the model."""
+    """Zero the pruned filters, their biases, the following BN's scale/bias and fixed maps' outputs, in place."""
     groups = list(groups) if groups is not None else channel_groups(model)
     state = nnx.state(model)
-    masks = param_masks(state, plan, groups, ("out", "bias", "bn"))
+    masks = param_masks(state, plan, groups, ("out", "bias", "bn", "out_fixed"))
     new = map_named(lambda name, x: x * (1 - masks[name]).astype(x.dtype) if name in masks else x, state)
     nnx.update(model, new)
     return model

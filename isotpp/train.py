@@ -149,7 +149,9 @@ class ModelFns:
 
 
 def cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+    """Mean cross-entropy, computed in at least float32 (bf16 logits are promoted, float64 kept)."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def init_state(params, rest, tx: optax.GradientTransformation) -> TrainState:
@@ -161,6 +163,57 @@ def init_state(params, rest, tx: optax.GradientTransformation) -> TrainState:
 # --------------------------------------------------------------------------
 
 Penalty = Callable[[Any], jax.Array]  # params -> scalar
+
+
+def make_update_fn(
+    fns: ModelFns,
+    tx: optax.GradientTransformation,
+    *,
+    penalties: Mapping[str, Penalty] | None = None,
+    health: bool = False,
+) -> Callable:
+    """``update(state, x, y, weights) -> (state, metrics)``: one optimiser step on one batch.
+
+    The one training step of the project, shared by the scanned epoch
+    (:func:`make_epoch_fn`) and the sharded trainer (:mod:`isotpp.trainer`):
+    cross-entropy (float32) plus the weighted penalties, BatchNorm statistics
+    of the batch it is given (the *global* batch when jitted over a sharded
+    one), then ``tx`` (any optax transformation: TPP's state rides in the
+    optimiser state). ``weights`` maps each penalty name to its weight.
+    ``metrics`` holds ``loss`` (the data loss) and ``correct``; with ``health``
+    also ``grad_norm`` and ``param_norm`` (global L2 norms).
+    """
+    penalties = dict(penalties or {})
+
+    def loss_fn(params, rest, x, y, weights):
+        logits, new_rest = fns.train_apply(params, rest, x)
+        loss = cross_entropy(logits, y)
+        total = loss
+        for name, fn in penalties.items():
+            total = total + weights[name] * fn(params)
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        return total, (loss, correct, new_rest)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def update(state: TrainState, x, y, weights):
+        params, rest, opt_state = state
+        grads, (loss, correct, rest) = grad_fn(params, rest, x, y, weights)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        metrics = {"loss": loss, "correct": correct}
+        if health:
+            metrics["grad_norm"] = optax.tree.norm(grads)
+        params = optax.apply_updates(params, updates)
+        if health:
+            metrics["param_norm"] = optax.tree.norm(params)
+        return TrainState(params, rest, opt_state), metrics
+
+    return update
+
+
+def penalty_weights(penalties: Mapping[str, Penalty] | None, weights: Mapping[str, Any] | None) -> dict:
+    """Float32 weight per penalty name (0 for those not given)."""
+    return {k: jnp.asarray((weights or {}).get(k, 0.0), jnp.float32) for k in (penalties or {})}
 
 
 def make_epoch_fn(
@@ -176,29 +229,13 @@ def make_epoch_fn(
     holds per-step ``loss`` (the data loss) and ``correct`` counts. Not jitted
     here: callers jit (and vmap) it as their runs need.
     """
-    penalties = dict(penalties or {})
+    update = make_update_fn(fns, tx, penalties=penalties)
 
-    def loss_fn(params, rest, x, y, weights):
-        logits, new_rest = fns.train_apply(params, rest, x)
-        loss = cross_entropy(logits, y)
-        total = loss
-        for name, fn in penalties.items():
-            total = total + weights[name] * fn(params)
-        correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return total, (loss, correct, new_rest)
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-
-    def step(carry, idx, images, labels, weights):
-        params, rest, opt_state = carry
-        x, y = images[idx], labels[idx]
-        grads, (loss, correct, rest) = grad_fn(params, rest, x, y, weights)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return TrainState(params, rest, opt_state), {"loss": loss, "correct": correct}
+    def step(state, idx, images, labels, weights):
+        return update(state, images[idx], labels[idx], weights)
 
     def epoch(state: TrainState, images, labels, batches, lr, weights=None):
-        weights = {k: jnp.asarray((weights or {}).get(k, 0.0), jnp.float32) for k in penalties}
+        weights = penalty_weights(penalties, weights)
         state = state._replace(opt_state=set_learning_rate(state.opt_state, lr))
         body = functools.partial(step, images=images, labels=labels, weights=weights)
         return jax.lax.scan(body, state, batches)

@@ -326,7 +326,7 @@ def test_cli_json_keys_and_table(run_cli, tmp_path):
     (("--model", "resnet56", "--ratios", "*block*:0.5", "--dry-run"), "matches no layer"),
     (("--model", "resnet56", "--ratios", "*linear:0.5", "--dry-run"), "classifier"),
     (("--model", "vgg19", "--ratios", "*:0.5", "--dry-run"), "classifier"),
-    (("--model", "resnet56", "--ratios", "*conv2:0.5", "--dry-run"), "residual add"),
+    (("--model", "resnet56", "--ratios", "*conv2:0.5", "--dry-run"), "only part of residual stream"),
     (("--model", "resnet56", "--ratios", "*layer*.conv1:0.5", "--skip", "*nothing*", "--dry-run"),
      "matches no layer"),
     (("--model", "resnet56", "--ratios", "*layer*.conv1:0.5"), "only --dry-run is available"),

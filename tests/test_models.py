@@ -211,15 +211,16 @@ def test_pruned_resnet20_streams_run():
     w |= {n: 40 for n in base if n.startswith("layer3") and n.endswith("conv2")}
     m = create_model("resnet20", widths=w, init="torch")
     m.eval()
-    shortcut = get_layer(m, "layer2.0.downsample")
-    assert shortcut.pads == (4, 4)  # (20 - 12) // 2 before, the rest after
-    assert get_layer(m, "layer3.0.downsample").pads == (10, 10)
+    proj = np.asarray(get_layer(m, "layer2.0.downsample").proj[...])
+    np.testing.assert_array_equal(proj, np.eye(12, 20, k=4))  # (20 - 12) // 2 before, the rest after
+    np.testing.assert_array_equal(np.asarray(get_layer(m, "layer3.0.downsample").proj[...]), np.eye(20, 40, k=10))
     assert get_layer(m, "linear").kernel.shape == (40, 10)
     y = m(jnp.ones((1, 32, 32, 3)))
     assert y.shape == (1, 10)
     # odd padding: 12 -> 21 puts 4 before and 5 after
     w2 = w | {n: 21 for n in base if n.startswith("layer2") and n.endswith("conv2")}
-    assert get_layer(abstract_with("resnet20", widths=w2), "layer2.0.downsample").pads == (4, 5)
+    proj2 = np.asarray(get_layer(create_model("resnet20", widths=w2, init="torch"), "layer2.0.downsample").proj[...])
+    np.testing.assert_array_equal(proj2, np.eye(12, 21, k=4))
 
 
 def test_pruned_mlp_and_vgg():
@@ -246,10 +247,14 @@ def test_widths_validation_errors():
     # ... but not in resnet50, where layer1.0 has a downsample
     assert get_layer(abstract_with("resnet50", widths={"conv1": 32}), "layer1.0.conv1").kernel.shape \
         == (1, 1, 32, 64)
-    # option A cannot shrink across a padding shortcut; option B can
+    # a stream may narrow across a shortcut: option A's fixed channel map keeps the first ones
     narrow = {f"layer2.{i}.conv2": 8 for i in range(3)}
-    with pytest.raises(UserError, match="option A"):
-        abstract_with("resnet20", widths=narrow)
+    a = abstract_with("resnet20", widths=narrow)
+    assert get_layer(a, "layer2.0.downsample").proj.shape == (16, 8)
+    proj = np.asarray(get_layer(create_model("resnet20", widths=narrow), "layer2.0.downsample").proj[...])
+    np.testing.assert_array_equal(proj, np.eye(16, 8))
+    canonical = np.asarray(get_layer(create_model("resnet20"), "layer2.0.downsample").proj[...])
+    np.testing.assert_array_equal(canonical, np.eye(16, 32, k=8))  # 8 zero channels before, 8 after
     narrow_b = narrow | {"layer2.0.downsample.0": 8}
     assert get_layer(abstract_with("resnet20_B", widths=narrow_b), "layer3.0.conv1").kernel.shape \
         == (3, 3, 8, 64)

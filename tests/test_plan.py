@@ -51,7 +51,7 @@ def test_channel_groups_of_mlp_7_linear():
     assert groups[-1].slots_with("out") == (Slot("net.12.kernel", -1, "out"),)
 
 
-def test_channel_groups_of_resnet20_prune_only_inner_convs():
+def test_channel_groups_of_resnet20_inner_convs_and_streams():
     groups = {g.name: g for g in channel_groups(_abstract("resnet20"))}
     g = groups["layer2.1.conv1"]
     assert g.prunable and g.size == 32
@@ -61,10 +61,32 @@ def test_channel_groups_of_resnet20_prune_only_inner_convs():
         Slot("layer2.1.bn1.mean", 0, "bn_stat"), Slot("layer2.1.bn1.var", 0, "bn_stat"),
         Slot("layer2.1.conv2.kernel", -2, "in"),
     }  # fmt: skip
-    assert sorted(n for n, g in groups.items() if g.prunable) == sorted(
-        f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
-    for name in ("conv1", "layer1.0.conv2", "layer3.2.conv2"):
-        assert not groups[name].prunable and "residual" in groups[name].why_not
+    inner = sorted(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
+    streams = ["stream:layer2", "stream:layer3", "stream:stem+layer1"]
+    assert sorted(n for n, g in groups.items() if g.prunable) == sorted(inner + streams)
+    s1, s2 = groups["stream:stem+layer1"], groups["stream:layer2"]
+    assert s1.layers == ("conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2") and s1.size == 16
+    assert s2.layers == ("layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2") and s2.size == 32
+    # stream 2 is written by the option-A map of layer2.0 and read by the next blocks, layer3.0 and its map
+    assert Slot("layer2.0.downsample.proj", -1, "out_fixed") in s2.slots
+    assert {s.param for s in s2.slots_with("in")} == {
+        "layer2.1.conv1.kernel", "layer2.2.conv1.kernel", "layer3.0.conv1.kernel", "layer3.0.downsample.proj"}
+    assert Slot("layer2.0.downsample.proj", 0, "in") in s1.slots
+    assert {s.param for s in groups["stream:layer3"].slots_with("in")} >= {"linear.kernel"}
+    assert not groups["linear"].prunable
+
+
+def test_channel_groups_of_option_b_and_torchvision_streams():
+    b = {g.name: g for g in channel_groups(_abstract("resnet20_B"))}
+    assert b["stream:layer2"].layers == ("layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2")
+    assert Slot("layer2.0.downsample.0.kernel", -2, "in") in b["stream:stem+layer1"].slots
+    r50 = {g.name: g for g in channel_groups(_abstract("resnet50"))}
+    assert r50["stream:stem"].layers == ("conv1",)
+    assert {s.param for s in r50["stream:stem"].slots_with("in")} == {"layer1.0.conv1.kernel",
+                                                                      "layer1.0.downsample.0.kernel"}
+    assert r50["stream:layer4"].size == 2048 and "layer4.1.conv2" in r50
+    r18 = {g.name: g for g in channel_groups(_abstract("resnet18"))}
+    assert r18["stream:stem+layer1"].layers == ("conv1", "layer1.0.conv2", "layer1.1.conv2")
 
 
 def test_leaf_names_flat_arrays_and_map_named():
@@ -117,7 +139,8 @@ def test_resolve_ratios_last_match_wins_and_skip_forces_zero():
     assert r["layer1.0.conv1"] == 0.5 and r["layer3.2.conv1"] == 0.5
     assert r["layer2.0.conv1"] == r["layer2.2.conv1"] == 0.3
     r = resolve_ratios(groups, "*layer2*conv1:0.3,*layer*.conv1:0.5")
-    assert set(r.values()) == {0.5}
+    assert {v for k, v in r.items() if not k.startswith("stream:")} == {0.5}
+    assert all(v == 0 for k, v in r.items() if k.startswith("stream:"))
     r = resolve_ratios(groups, {"*layer*.conv1": 0.5}, skip=["layer3.*", "layer1.1.conv1"])
     assert r["layer1.1.conv1"] == 0.0 and all(r[f"layer3.{b}.conv1"] == 0.0 for b in range(3))
     assert r["layer1.0.conv1"] == r["layer2.2.conv1"] == 0.5
@@ -142,10 +165,15 @@ def test_resolve_ratios_refuses_to_prune_the_classifier():
         resolve_ratios(groups, "*:0.5")
 
 
-def test_resolve_ratios_refuses_a_residual_stream_conv():
+def test_resolve_ratios_prunes_streams_whole_or_not_at_all():
     groups = channel_groups(_abstract("resnet20"))
-    with pytest.raises(UserError, match=r"layer1\.0\.conv2.*residual"):
+    with pytest.raises(UserError, match=r"only part of residual stream:stem\+layer1.*conv1"):
         resolve_ratios(groups, "*layer1.0.conv2:0.5")
+    with pytest.raises(UserError, match=r"only part of residual stream:stem\+layer1"):
+        resolve_ratios(groups, "*conv2:0.5")  # the stem conv1 is a member of stream 1
+    ratios = resolve_ratios(groups, "*conv2:0.5,conv1:0.25")
+    assert ratios["stream:stem+layer1"] == 0.25 and ratios["stream:layer2"] == 0.5
+    assert ratios["layer1.0.conv1"] == 0.0
 
 
 @pytest.mark.parametrize("ratios,skip", [("*:0", ["net.12"]), ("net.0:0.5", ["net.0"]), ({"net.2": 0.0}, [])])
@@ -365,8 +393,10 @@ def test_batchnorm_was_randomised_so_it_is_not_the_identity(pruned):
 def test_hard_prune_widths_match_the_plan(pruned):
     plan, model, small = pruned["plan"], pruned["model"], pruned["small"]
     expected = widths_of(model)
+    groups = {g.name: g for g in channel_groups(model)}
     for name, idx in plan.pruned.items():
-        expected[name] = plan.sizes[name] - len(idx)
+        for layer in groups[name].layers:
+            expected[layer] = plan.sizes[name] - len(idx)
     assert widths_of(small) == expected
     assert any(len(idx) for idx in plan.pruned.values())
     assert small.build_config == model.build_config

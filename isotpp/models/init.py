@@ -135,6 +135,8 @@ def apply_init(model: nnx.Module, scheme: str = "default", *, sigma_w: float = 1
                     v.set_value(jnp.full(v.shape, fill, v.dtype))
         elif isinstance(m, nnx.Conv | nnx.Linear):
             layers.append(m)
+        elif hasattr(m, "init_constants"):  # fixed arrays of the architecture (option-A channel maps)
+            m.init_constants()
     specs = tuple(
         (tuple(m.kernel.shape), isinstance(m, nnx.Conv), jnp.dtype(m.kernel.dtype),
          None if m.bias is None else tuple(m.bias.shape),

@@ -52,6 +52,14 @@ class Sequential(nnx.List):
         return x
 
 
+class Constant(nnx.Variable):
+    """A fixed array of the architecture (not trained, not a BatchNorm statistic).
+
+    Part of the model's state, so checkpoints and surgery carry it, but not an
+    ``nnx.Param``: optimisers and parameter counts never see it.
+    """
+
+
 class Identity(nnx.Module):
     def __call__(self, x):
         return x
@@ -247,14 +255,11 @@ class WidthsPlan:
     """What an architecture declares before building: its canonical widths (in
     definition order), the classifier (fixed), and its residual streams: groups
     of layers whose outputs are summed and must therefore share one width.
-    ``grows`` lists (stream index before, stream index after) pairs joined by
-    a zero-padding shortcut (option A): the later one must be at least as wide.
     """
 
     canonical: dict[str, int]
     classifier: str
     streams: list[list[str]] = dataclasses.field(default_factory=list)
-    grows: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
 
 def _fmt(names: Sequence[str], limit: int = 6) -> str:
@@ -266,8 +271,7 @@ def resolve_widths(arch: str, plan: WidthsPlan, widths: Mapping[str, int] | None
     """Canonical widths overridden by ``widths``, validated.
 
     Raises UserError for unknown names, non-positive widths, a changed
-    classifier, disagreeing members of a residual stream and (option A) a
-    stream narrower than the one it pads from.
+    classifier, disagreeing members of a residual stream.
     """
     out = dict(plan.canonical)
     if not widths:
@@ -308,14 +312,6 @@ def resolve_widths(arch: str, plan: WidthsPlan, widths: Mapping[str, int] | None
                 f"but {_fmt(bad)} {'differs' if len(bad) == 1 else 'differ'} from the other "
                 f"{values.count(common)} member(s) of the stream ({_fmt(members, 3)}) at {common}: "
                 f"give every member the same width"
-            )
-    for before, after in plan.grows:
-        w_in, w_out = out[plan.streams[before][0]], out[plan.streams[after][0]]
-        if w_out < w_in:
-            raise UserError(
-                f"{arch}: the zero-padding shortcut (option A) into {plan.streams[after][0]} "
-                f"needs its stream ({w_out}) at least as wide as the previous one ({w_in}, "
-                f"{plan.streams[before][0]}): widen it or use the option-B model"
             )
     return out
 

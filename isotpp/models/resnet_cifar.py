@@ -8,7 +8,11 @@ stages 2 and 3 start with stride 2. A block is
 without bias. The shortcut of a block that changes stride or width is
 
 - option A (the paper's, default): parameter-free, ``x[:, ::s, ::s, :]`` then
-  zero channels padded, ``(out - in) // 2`` before and the rest after;
+  zero channels padded, ``(out - in) // 2`` before and the rest after. It is
+  held as a fixed 0/1 channel map ``downsample.proj`` (in, out) — a
+  :class:`~isotpp.models.layers.Constant`, not a parameter — so pruning either
+  residual stream it joins can drop rows or columns of the map and keep the
+  remaining channels where they were;
 - option B: ``downsample.0`` = 1x1 conv with the stride, ``downsample.1`` = BN.
 
 Parameters of ResNet-20/32/44/56/110: option A 269,722 / 464,154 / 658,586 /
@@ -25,11 +29,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
 from isotpp.models.layers import (
+    Constant,
     GlobalAvgPool,
     Identity,
     LayerFactory,
@@ -46,17 +52,35 @@ DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 
 class ZeroPadShortcut(nnx.Module):
-    """Option-A shortcut: subsample spatially by ``stride``, zero-pad channels."""
+    """Option-A shortcut: subsample spatially by ``stride``, place the channels by a fixed map.
 
-    def __init__(self, stride: int, pad_before: int, pad_after: int):
+    Fresh, the map puts input channel i at output ``(out - in) // 2 + i`` (the
+    reference's zero padding; a narrowing map keeps the first ``out``
+    channels). After pruning it is whatever surgery left: a 0/1 matrix with at
+    most one 1 per row and column, applied exactly (x·1 + 0).
+    """
+
+    def __init__(self, stride: int, cin: int, cout: int, param_dtype: Any = jnp.float32):
         self.stride = stride
-        self.pads = (pad_before, pad_after)
+        self.proj = Constant(self.canonical_map(cin, cout, param_dtype))
+
+    @staticmethod
+    def canonical_map(cin: int, cout: int, dtype: Any = jnp.float32) -> jax.Array:
+        before = max(0, (cout - cin) // 2)
+        n = min(cin, cout)
+        return jnp.zeros((cin, cout), dtype).at[jnp.arange(n), before + jnp.arange(n)].set(1.0)
+
+    def init_constants(self) -> None:
+        """Fill the map of an abstractly built model (see ``create_model``)."""
+        cin, cout = self.proj.shape
+        self.proj = Constant(self.canonical_map(cin, cout, self.proj.dtype))
 
     def __call__(self, x):
         s = self.stride
         if s != 1:
             x = x[:, ::s, ::s, :]
-        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), self.pads))
+        proj = self.proj[...].astype(x.dtype)
+        return jnp.einsum("bhwc,cd->bhwd", x, proj, precision=jax.lax.Precision.HIGHEST)
 
 
 class BasicBlock(nnx.Module):
@@ -69,7 +93,7 @@ class BasicBlock(nnx.Module):
         if shortcut == "B":
             self.downsample = Sequential([make.conv(cin, ds_width, 1, stride, 0), make.bn(ds_width)])
         elif shortcut == "A":
-            self.downsample = ZeroPadShortcut(stride, (cout - cin) // 2, cout - cin - (cout - cin) // 2)
+            self.downsample = ZeroPadShortcut(stride, cin, cout, make.param_dtype)
         else:
             self.downsample = Identity()
         self.relu = ReLU()
@@ -84,7 +108,6 @@ def cifar_plan(num_blocks: int, option: str, num_classes: int) -> tuple[WidthsPl
     """Canonical widths, streams and the per-block layout (stride, shortcut kind)."""
     canonical = {"conv1": STAGE_WIDTHS[0]}
     streams: list[list[str]] = []
-    grows: list[tuple[int, int]] = []
     current = ["conv1"]
     blocks = []  # (stage, index, stride, shortcut kind)
     in_planes = STAGE_WIDTHS[0]
@@ -102,7 +125,6 @@ def cifar_plan(num_blocks: int, option: str, num_classes: int) -> tuple[WidthsPl
                     canonical[f"{p}.downsample.0"] = planes
                     current = [f"{p}.downsample.0", f"{p}.conv2"]
                 else:
-                    grows.append((len(streams) - 1, len(streams)))
                     current = [f"{p}.conv2"]
             else:
                 current.append(f"{p}.conv2")
@@ -110,7 +132,7 @@ def cifar_plan(num_blocks: int, option: str, num_classes: int) -> tuple[WidthsPl
             in_planes = planes
     streams.append(current)
     canonical["linear"] = num_classes
-    return WidthsPlan(canonical, "linear", streams, grows), blocks
+    return WidthsPlan(canonical, "linear", streams), blocks
 
 
 class CifarResNet(nnx.Module):

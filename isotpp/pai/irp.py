@@ -1,0 +1,220 @@
+"""Iterative rewind pruning (lottery tickets) and its run record.
+
+K rounds. Round j trains the current sparse network, then keeps the
+``keep_j`` largest |w| among the weights still alive, globally over every
+prunable kernel, and rewinds: the kept kernel weights go back to their values
+at initialisation (``rewind="kernels"``, the default), or every parameter and
+BatchNorm statistic does (``rewind="all"``). The optimiser restarts each round.
+
+**Counts.** With n weights and k = ``keep_count(density, n)`` kept at the end,
+round j keeps ``keep_j = n − ⌊j (n − k) / K⌋``: the same number of weights
+(to within one, when K does not divide n − k) is removed every round and round
+K ends at exactly k.
+
+An :class:`IRPRecord` holds what AutoSparse learns from: the architecture, the
+initial kernels w0, the summed initial gradient g0 (and how it was computed),
+and the mask after every round (K, *shape), from which the survival count of a
+weight (in how many of the K masks it is) and its label count / K follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isotpp.errors import UserError
+from isotpp.io import atomic_write
+from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_masks
+from isotpp.pai.net import PrunableNet
+
+__all__ = ["IRPRecord", "irp_keep_counts", "load_irp_record", "make_record", "run_irp"]
+
+Rewind = Literal["kernels", "all"]
+REWINDS = ("kernels", "all")
+_KIND = "isotpp.irp_record"
+_FORMAT = 1
+
+
+def irp_keep_counts(n: int, density, rounds: int) -> tuple[int, ...]:
+    """Weights kept after each of the ``rounds`` rounds (the last is ``keep_count(density, n)``)."""
+    if rounds < 1:
+        raise UserError(f"IRP needs at least one round, got {rounds}: pass rounds >= 1")
+    k = keep_count(density, n)
+    removed = n - k
+    return tuple(n - (j * removed) // rounds for j in range(1, rounds + 1))
+
+
+# --------------------------------------------------------------------------
+# The record.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IRPRecord:
+    """One IRP run: per prunable weight its w0, g0 and the masks of every round."""
+
+    arch: str
+    seed: int
+    density: float
+    rounds: int
+    rewind: str
+    names: tuple[str, ...]
+    w0: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]  # name -> (rounds, *shape) bool, the mask after each round
+    g0: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    g0_spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def survival(self) -> dict[str, np.ndarray]:
+        """In how many of the K round masks each weight is (0..K)."""
+        return {n: self.masks[n].sum(axis=0).astype(np.int32) for n in self.names}
+
+    def labels(self) -> dict[str, np.ndarray]:
+        """Survival count / K, AutoSparse's regression target."""
+        return {n: c.astype(np.float32) / self.rounds for n, c in self.survival().items()}
+
+    def final_masks(self) -> dict[str, np.ndarray]:
+        return {n: self.masks[n][-1] for n in self.names}
+
+    def round_masks(self, j: int) -> dict[str, np.ndarray]:
+        """The mask after round j (1-based)."""
+        return {n: self.masks[n][j - 1] for n in self.names}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(self.w0[n].shape) for n in self.names}
+
+    def check_net(self, net: PrunableNet, *, what: str = "this model") -> None:
+        """UserError unless ``net`` has this record's architecture and kernel shapes."""
+        if net.arch != self.arch or net.shapes() != self.shapes():
+            raise UserError(f"the IRP record is of {self.arch}, {what} is {net.arch}"
+                            f"{' with other kernel shapes' if net.arch == self.arch else ''}: "
+                            f"use a record made on {net.arch}")
+
+    # ---------------------------------------------------------------- files
+
+    def save(self, path: str | Path) -> Path:
+        header = {"kind": _KIND, "format": _FORMAT, "arch": self.arch, "seed": self.seed, "density": self.density,
+                  "rounds": self.rounds, "rewind": self.rewind, "names": list(self.names),
+                  "g0_spec": self.g0_spec, "meta": self.meta}
+        arrays = {f"w0/{n}": np.asarray(self.w0[n], np.float32) for n in self.names}
+        arrays |= {f"masks/{n}": np.asarray(self.masks[n], bool) for n in self.names}
+        arrays |= {f"g0/{n}": np.asarray(self.g0[n], np.float32) for n in self.g0}
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+        path = Path(path)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
+        return path
+
+
+def load_irp_record(path: str | Path, *, arch: str | None = None) -> IRPRecord:
+    """Read an IRP record; with ``arch``, refuse a record made on another architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"IRP record {path} does not exist: check the path")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "__header__" not in data.files:
+                raise UserError(f"{path} is not an IRP record (no header): make one with isotpp.pai.irp.run_irp")
+            header = json.loads(bytes(data["__header__"]).decode())
+            arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"IRP record {path} is not readable ({e}): it may be truncated; record it again") from None
+    if header.get("kind") != _KIND or header.get("format") != _FORMAT:
+        raise UserError(f"{path} is not an IRP record of format {_FORMAT} (kind {header.get('kind')!r}): "
+                        "record it again with this version")
+    if arch is not None and header["arch"] != arch:
+        raise UserError(f"IRP record {path} was made on {header['arch']}, not {arch}: "
+                        f"pass a record made on {arch}")
+    names = tuple(header["names"])
+    try:
+        record = IRPRecord(
+            arch=header["arch"], seed=int(header["seed"]), density=float(header["density"]),
+            rounds=int(header["rounds"]), rewind=header["rewind"], names=names,
+            w0={n: arrays[f"w0/{n}"] for n in names}, masks={n: arrays[f"masks/{n}"] for n in names},
+            g0={n: arrays[f"g0/{n}"] for n in names if f"g0/{n}" in arrays},
+            g0_spec=dict(header.get("g0_spec") or {}), meta=dict(header.get("meta") or {}))
+    except KeyError as e:
+        raise UserError(f"IRP record {path} lacks the array {e}: it is incomplete; record it again") from None
+    for n in names:
+        if record.masks[n].shape != (record.rounds, *record.w0[n].shape):
+            raise UserError(f"IRP record {path}: masks of {n} have shape {record.masks[n].shape}, expected "
+                            f"{(record.rounds, *record.w0[n].shape)}; record it again")
+    return record
+
+
+# --------------------------------------------------------------------------
+# Running it (several runs of one architecture at once).
+# --------------------------------------------------------------------------
+
+
+def _rewound(net: PrunableNet, trained_params, trained_rest, masks, rewind: str):
+    """Initial kernels under the new masks; the other parameters per ``rewind``."""
+    if rewind == "all":
+        return apply_masks(net.params, masks), net.rest
+    params = net.with_kernels({n: jnp.where(masks[n], k, 0.0) for n, k in net.kernels().items()}, trained_params)
+    return params, trained_rest
+
+
+def run_irp(nets: Sequence[PrunableNet], densities: Sequence[float], data, *, rounds: int, epochs: int,
+            lr, weight_decay: float, batch_size: int, key: jax.Array, rewind: Rewind = "kernels",
+            on_epoch: Callable[[int, int, dict], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """IRP for every (net, density) pair as one vmapped group; per run the masks of every round.
+
+    ``nets`` share one architecture (their initial weights may differ);
+    ``lr`` is an :class:`isotpp.train.LRSchedule` restarted each round.
+    ``on_epoch(round, epoch, metrics)`` reports progress. Returns, per run,
+    ``{name: (rounds, *shape) bool}``.
+    """
+    from isotpp.pai.masked_optim import masked, masked_train_state
+    from isotpp.pai.training import train_runs
+    from isotpp.train import RunGroup, reference_sgd, stack_runs, unstack_run
+
+    if rewind not in REWINDS:
+        raise UserError(f"unknown rewind {rewind!r}: choose 'kernels' (the kept weights) or 'all' (every parameter)")
+    if len(nets) != len(densities) or not nets:
+        raise ValueError("one density per net, at least one")
+    densities = [check_density(d) for d in densities]
+    n = nets[0].n_weights
+    counts = [irp_keep_counts(n, d, rounds) for d in densities]
+    tx = masked(reference_sgd(lr.initial, weight_decay=weight_decay), nets[0].names)
+    masks = [{name: jnp.ones(s, bool) for name, s in net.shapes().items()} for net in nets]
+    group = RunGroup(nets[0].fns, tx, stack_runs([masked_train_state(net.params, net.rest, tx, m)
+                                                  for net, m in zip(nets, masks)]), [lr] * len(nets))
+    history: list[list[dict]] = [[] for _ in nets]
+    for j in range(rounds):
+        cb = None if on_epoch is None else (lambda e, m, j=j: on_epoch(j, e, m))
+        res = train_runs(group, data, epochs=epochs, batch_size=batch_size, key=jax.random.fold_in(key, j),
+                         evaluate=False, on_epoch=cb)
+        if res["diverged"].any():
+            raise UserError(f"IRP training diverged in round {j + 1}: lower the IRP learning rate")
+        states = []
+        for r, net in enumerate(nets):
+            params = unstack_run(group.state.params, r)
+            rest = unstack_run(group.state.rest, r)
+            trained = net.kernels(params)
+            masks[r] = top_count_masks({k: jnp.abs(v) for k, v in trained.items()}, counts[r][j], alive=masks[r])
+            history[r].append({k: np.asarray(v) for k, v in masks[r].items()})
+            p, rs = _rewound(net, params, rest, masks[r], rewind)
+            states.append(masked_train_state(p, rs, tx, masks[r]))
+        group.state = stack_runs(states)
+    return [{name: np.stack([h[name] for h in hist]) for name in nets[0].names} for hist in history]
+
+
+def make_record(net: PrunableNet, masks: Mapping[str, np.ndarray], *, seed: int, density: float, rewind: str,
+                g0: Mapping[str, jax.Array] | None = None, g0_spec: Mapping[str, Any] | None = None,
+                meta: Mapping[str, Any] | None = None) -> IRPRecord:
+    """An :class:`IRPRecord` from a net at initialisation and the round masks :func:`run_irp` returned."""
+    rounds = int(next(iter(masks.values())).shape[0])
+    return IRPRecord(arch=net.arch, seed=int(seed), density=float(density), rounds=rounds, rewind=rewind,
+                     names=net.names, w0={n: np.asarray(k) for n, k in net.kernels().items()},
+                     masks={n: np.asarray(masks[n], bool) for n in net.names},
+                     g0={n: np.asarray(v) for n, v in (g0 or {}).items()}, g0_spec=dict(g0_spec or {}),
+                     meta=dict(meta or {}))

@@ -1,0 +1,490 @@
+"""Pruning at initialisation and AutoSparse on Fashion-MNIST, through the spectral lens.
+
+For every seed, LeNet-300-100 (784→300→100→10, ReLU, Kaiming-normal init) is
+pruned at initialisation by each method at each density, its mean JSV at
+initialisation is measured, and every masked network of the seed trains as one
+vmapped program (same batches for every run). Methods (each also "+ai":
+approximate isometry of the masked kernels before training):
+
+========== =================================================================
+random     a uniformly random subset (global ranking of i.i.d. scores)
+magnitude  the largest |w| at initialisation, one global threshold
+snip       |w ⊙ ∂L/∂w| on ``score_examples`` training examples
+grasp      keep the smallest −w ⊙ Hg (logits / 200), same examples
+synflow    data-free, ``synflow_rounds`` rounds, density^(k/rounds)
+irp        the ticket of iterative rewind pruning (``irp_rounds`` rounds of
+           ``irp_epochs`` epochs, same count removed per round), rewound
+autosparse a scoring MLP trained on one IRP record of *another* seed,
+           validated on a second IRP record of a third seed
+========== =================================================================
+
+plus ``dense`` (the unpruned network, same schedule). The AutoSparse scorer is
+then transferred to a small ConvNet (:mod:`isotpp.pai.convnet`), where it is
+compared with the data-free and one-shot baselines.
+
+Accuracy is reported at the **last epoch** (``final_acc``) and at the epoch of
+best accuracy on a validation split held out from the training set
+(``val_selected_acc``); never as a maximum over test epochs.
+
+Every finished piece (IRP records, the scorer and its validation, each seed's
+cells) is written to the run directory as it completes; a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isotpp.errors import UserError
+from isotpp.io import read_json, write_json
+from isotpp.pai.masks import SCOPES, check_density, layer_densities, mask_density
+from isotpp.pai.methods import ONE_SHOT, all_methods, canonical, parse_method
+from isotpp.train import LRSchedule
+
+ARCH = "lenet_300_100"
+TRANSFER_ARCH = "small_convnet"
+DEFAULT_DENSITIES = (0.1, 0.05, 0.02, 0.01, 0.005)
+TRANSFER_METHODS = ("random", "magnitude", "snip", "grasp", "synflow", "autosparse")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaIConfig:
+    """Everything that defines the study (defaults: the full run)."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    init: str = "kaiming"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    densities: tuple[float, ...] = DEFAULT_DENSITIES
+    methods: tuple[str, ...] = all_methods()
+    scope: str = "global"
+    val_size: int = 5000
+    batch_size: int = 256
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    lr: str = "0:0.1,5:0.01,8:0.001"
+    score_examples: int = 1000
+    grasp_temperature: float = 200.0
+    synflow_rounds: int = 100
+    irp_rounds: int = 10
+    irp_epochs: int = 2
+    irp_lr: str = "0:0.1,1:0.01"
+    irp_rewind: str = "kernels"
+    autosparse_seeds: tuple[int, int] = (100, 101)  # (scorer's IRP record, validation IRP record)
+    autosparse_density: float = 0.01
+    scorer_hidden: tuple[int, ...] = (64, 64)
+    scorer_epochs: int = 5
+    scorer_lr: float = 1e-3
+    ai_iters: int = 1000
+    ai_lr: float = 0.1
+    transfer: bool = True
+    transfer_methods: tuple[str, ...] = TRANSFER_METHODS
+    transfer_densities: tuple[float, ...] = (0.05, 0.01)
+    transfer_epochs: int = 10
+    jsv_samples: int = 100
+    train_limit: int | None = None  # first n training examples (tests)
+    scorer_path: str | None = None  # use this trained scorer instead of training one
+    irp_record_path: str | None = None  # train the scorer from this IRP record instead of running IRP
+    quick: bool = False
+
+    # fields that may differ between runs sharing one directory
+    _REUSABLE = ("seeds", "methods", "densities", "data_dir", "transfer", "transfer_methods", "transfer_densities")
+
+    def validate(self) -> PaIConfig:
+        if not self.seeds:
+            raise UserError("no seeds: pass --seeds N with N >= 1")
+        for d in (*self.densities, *self.transfer_densities, self.autosparse_density):
+            check_density(d)
+        if not self.methods:
+            raise UserError("no methods: name at least one, e.g. --methods snip,autosparse")
+        for m in (*self.methods, *self.transfer_methods):
+            parse_method(m)
+        if self.scope not in SCOPES:
+            raise UserError(f"unknown scope {self.scope!r}: choose 'global' or 'layerwise'")
+        for text in (self.lr, self.irp_lr):
+            LRSchedule.parse(text)
+        for name in ("batch_size", "epochs", "score_examples", "synflow_rounds", "irp_rounds", "irp_epochs",
+                     "scorer_epochs", "transfer_epochs", "jsv_samples", "val_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.irp_rewind not in ("kernels", "all"):
+            raise UserError(f"unknown IRP rewind {self.irp_rewind!r}: choose 'kernels' or 'all'")
+        if len(self.autosparse_seeds) != 2 or self.autosparse_seeds[0] == self.autosparse_seeds[1]:
+            raise UserError("autosparse_seeds must be two different seeds: (scorer's IRP run, validation IRP run)")
+        shared = sorted(set(self.autosparse_seeds) & set(self.seeds))
+        if shared:
+            raise UserError(f"seed {shared[0]} is both a study seed and an AutoSparse IRP seed: the pruned networks "
+                            "must not share a seed with the IRP runs; use other autosparse_seeds")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def methods_canonical(self) -> tuple[str, ...]:
+        return tuple(canonical(m) for m in self.methods)
+
+    @property
+    def needs_scorer(self) -> bool:
+        return any(parse_method(m)[0] == "autosparse" for m in self.methods) or (
+            self.transfer and any(parse_method(m)[0] == "autosparse" for m in self.transfer_methods))
+
+
+def quick_config(**overrides) -> PaIConfig:
+    """A reduced run that shows every piece in a few minutes on a 2-core CPU."""
+    base = dict(seeds=(0,), densities=(0.05, 0.01), epochs=3, lr="0:0.1,2:0.01", synflow_rounds=20,
+                irp_rounds=3, irp_epochs=1, irp_lr="0:0.1", scorer_epochs=3, ai_iters=200,
+                transfer_densities=(0.05,), transfer_epochs=2, quick=True)
+    return PaIConfig(**(base | overrides))
+
+
+# --------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------
+
+
+def load_data(config: PaIConfig):
+    """Fashion-MNIST at 28×28: training split minus a held-out validation split, and the test split."""
+    from isotpp.data import load_dataset
+    from isotpp.pai.training import PaIData, Split
+
+    train = load_dataset(config.dataset, "train", data_dir=config.data_dir, resize=None, limit=config.train_limit)
+    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, resize=None)
+    if train.images.shape[1:] != (28, 28, 1):
+        raise UserError(f"{config.dataset} gives images of shape {train.images.shape[1:]}; the study needs 28x28x1")
+    n = len(train)
+    if config.val_size >= n:
+        raise UserError(f"val_size {config.val_size} leaves no training examples out of {n}: lower it")
+    perm = np.random.default_rng(12345).permutation(n)  # fixed: every seed and method sees the same split
+    val, tr = perm[: config.val_size], perm[config.val_size:]
+    return PaIData(Split(jnp.asarray(train.images[tr]), jnp.asarray(train.labels[tr])),
+                   Split(jnp.asarray(train.images[val]), jnp.asarray(train.labels[val])),
+                   Split(jnp.asarray(test.images), jnp.asarray(test.labels)))
+
+
+def make_net(arch: str, config: PaIConfig, seed: int):
+    from isotpp.models import create_model
+    from isotpp.pai.convnet import small_convnet
+    from isotpp.pai.net import PrunableNet
+
+    if arch == TRANSFER_ARCH:
+        return PrunableNet.from_model(small_convnet(seed=seed, init=config.init))
+    return PrunableNet.from_model(create_model(arch, init=config.init, seed=seed))
+
+
+def _progress(total: int, desc: str, enabled: bool, unit: str = "ep"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None if enabled else True,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def _g0_spec(config: PaIConfig, data) -> dict[str, Any]:
+    from isotpp.pai.autosparse import G0_DEFINITION
+
+    return {"definition": G0_DEFINITION, "batch_size": config.batch_size, "dataset": config.dataset,
+            "examples": len(data.train)}
+
+
+# --------------------------------------------------------------------------
+# IRP and the AutoSparse scorer.
+# --------------------------------------------------------------------------
+
+
+def _irp(config: PaIConfig, data, nets, densities, key, desc: str, progress: bool):
+    from isotpp.pai.irp import run_irp
+
+    bar = _progress(config.irp_rounds * config.irp_epochs, desc, progress)
+
+    def tick(j, e, m):
+        bar.set_postfix(round=j + 1, loss=f"{np.nanmean(m['loss']):.3f}")
+        bar.update()
+
+    try:
+        return run_irp(nets, densities, data, rounds=config.irp_rounds, epochs=config.irp_epochs,
+                       lr=LRSchedule.parse(config.irp_lr), weight_decay=config.weight_decay,
+                       batch_size=config.batch_size, key=key, rewind=config.irp_rewind, on_epoch=tick)
+    finally:
+        bar.close()
+
+
+def autosparse_scorer(config: PaIConfig, data, out: Path, record, log, progress: bool):
+    """The scorer (trained on one IRP record, validated on another) and its validation metrics."""
+    from isotpp.pai.autosparse import load_scorer, train_scorer, validate_scorer
+    from isotpp.pai.irp import load_irp_record, make_record
+
+    adir = out / "autosparse"
+    if config.scorer_path is not None:
+        scorer = load_scorer(config.scorer_path)
+        if scorer.meta.get("record_seed") in config.seeds:
+            raise UserError(f"scorer {config.scorer_path} was trained on an IRP run of seed "
+                            f"{scorer.meta.get('record_seed')}, a study seed: use other --seeds or another scorer")
+        return scorer, dict(scorer.meta.get("validation") or {})
+    if (adir / "scorer.npz").exists() and (adir / "validation.json").exists():
+        return load_scorer(adir / "scorer.npz"), read_json(adir / "validation.json")
+
+    train_seed, val_seed = config.autosparse_seeds
+    paths = {s: adir / f"irp_{ARCH}_seed{s}.npz" for s in (train_seed, val_seed)}
+    records = {}
+    if config.irp_record_path is not None:
+        rec = load_irp_record(config.irp_record_path, arch=ARCH)
+        if rec.seed in config.seeds or rec.seed == val_seed:
+            raise UserError(f"IRP record {config.irp_record_path} has seed {rec.seed}, which the study also uses: "
+                            "pass a record of another seed")
+        records[train_seed] = rec
+    for s, p in paths.items():
+        if s not in records and p.exists():
+            records[s] = load_irp_record(p, arch=ARCH)
+    todo = [s for s in paths if s not in records]
+    if todo:
+        nets = [make_net(ARCH, config, s) for s in todo]
+        t0 = time.time()
+        hist = _irp(config, data, nets, [config.autosparse_density] * len(todo), jax.random.key(7919),
+                    f"AutoSparse IRP records (seeds {todo})", progress)
+        for s, net, masks in zip(todo, nets, hist):
+            g0 = net.gradient_sum(data.train.x, data.train.y, config.batch_size)
+            records[s] = make_record(net, masks, seed=s, density=config.autosparse_density,
+                                     rewind=config.irp_rewind, g0=g0, g0_spec=_g0_spec(config, data),
+                                     meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+            records[s].save(paths[s])
+        log(f"AutoSparse: IRP records for seeds {todo} in {time.time() - t0:.0f} s")
+        record(phase="autosparse_irp", seeds=todo, wall_s=time.time() - t0)
+    scorer = train_scorer(records[train_seed], hidden=config.scorer_hidden, epochs=config.scorer_epochs,
+                          lr=config.scorer_lr, seed=train_seed)
+    validation = validate_scorer(scorer, records[val_seed])
+    scorer = dataclasses.replace(scorer, meta=scorer.meta | {"validation": validation})
+    scorer.save(adir / "scorer.npz")
+    write_json(adir / "validation.json", validation)
+    log(f"AutoSparse scorer: validation MSE {validation['mse']:.4f} (constant {validation['mse_constant']:.4f}), "
+        f"Spearman {validation['spearman']:.3f}, ticket overlap {validation['ticket_overlap']:.3f} "
+        f"(|w0| {validation['ticket_overlap_magnitude']:.3f}, random {validation['ticket_overlap_random']:.3f})")
+    return scorer, validation
+
+
+# --------------------------------------------------------------------------
+# One seed of one architecture: masks, spectra, training.
+# --------------------------------------------------------------------------
+
+
+def _cells(methods, densities) -> list[tuple[str, float]]:
+    return [("dense", 1.0)] + [(m, d) for m in methods for d in densities]
+
+
+def _cell_path(out: Path, part: str, seed: int, method: str, density: float) -> Path:
+    return out / part / f"seed{seed}" / f"{method.replace('+', '_plus_')}__d{density:g}.json"
+
+
+def _score_batch(data, n: int, seed: int):
+    idx = np.random.default_rng(seed + 7).choice(len(data.train), size=min(n, len(data.train)), replace=False)
+    return data.train.x[jnp.asarray(idx)], data.train.y[jnp.asarray(idx)]
+
+
+def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, *, scorer, out: Path, part: str,
+                   log, progress: bool, record):
+    """``{(base method, density): masks}`` for every base method needed at this seed."""
+    from isotpp.pai.irp import load_irp_record, make_record
+    from isotpp.pai.methods import one_shot_masks, scored_masks
+
+    bases = sorted({parse_method(m)[0] for m in methods}, key=lambda b: ("random magnitude snip grasp synflow irp "
+                                                                         "autosparse").split().index(b))
+    key = jax.random.fold_in(jax.random.key(seed), 11)
+    x, y = _score_batch(data, config.score_examples, seed)
+    out_masks = {}
+    for base in bases:
+        t0 = time.time()
+        if base in ONE_SHOT:
+            by_d = one_shot_masks(base, net, densities, key=key, x=x, y=y, grasp_temperature=config.grasp_temperature,
+                                  synflow_rounds=config.synflow_rounds, scope=config.scope)
+        elif base == "autosparse":
+            g0 = net.gradient_sum(data.train.x, data.train.y, scorer.batch_size)
+            by_d = scored_masks(scorer(net.kernels(), g0), densities, scope=config.scope)
+        else:  # irp: one record per density, all densities as one vmapped group
+            paths = {d: out / part / f"seed{seed}" / f"irp_d{d:g}.npz" for d in densities}
+            by_d = {d: load_irp_record(p, arch=net.arch).final_masks() for d, p in paths.items() if p.exists()}
+            todo = [d for d in densities if d not in by_d]
+            if todo:
+                hist = _irp(config, data, [net] * len(todo), todo, jax.random.fold_in(key, 5),
+                            f"seed {seed}: IRP at {len(todo)} densities", progress)
+                for d, masks in zip(todo, hist):
+                    rec = make_record(net, masks, seed=seed, density=d, rewind=config.irp_rewind,
+                                      meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+                    rec.save(paths[d])
+                    by_d[d] = rec.final_masks()
+        for d in densities:
+            out_masks[(base, d)] = {n: jnp.asarray(m) for n, m in by_d[d].items()}
+        record(phase="masks", part=part, seed=seed, method=base, wall_s=time.time() - t0)
+    return out_masks
+
+
+def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities, epochs: int, *, scorer, out: Path,
+              part: str, log, progress: bool, record) -> None:
+    """Mask, measure and train every (method, density) cell of one seed; write one JSON per cell."""
+    from isotpp.pai.spectral import isometrize, jsv_at_init
+    from isotpp.pai.training import masked_group, selected_accuracy, train_runs
+
+    cells = [c for c in _cells(methods, densities) if not _cell_path(out, part, seed, *c).exists()]
+    if not cells:
+        return
+    net = make_net(arch, config, seed)
+    sparse_methods = sorted({m for m, _ in cells if m != "dense"}, key=list(methods).index)
+    masks = masks_for_seed(config, data, net, seed, sparse_methods, densities, scorer=scorer, out=out,
+                           part=part, log=log, progress=progress, record=record)
+    jsv_x = data.train.x[: config.jsv_samples]
+    params, cell_masks, info = [], [], []
+    ones = {n: jnp.ones(s, bool) for n, s in net.shapes().items()}
+    bar = _progress(len(cells), f"seed {seed}: masks, AI, JSV ({arch})", progress, unit="cell")
+    for method, d in cells:
+        t0 = time.time()
+        m = ones if method == "dense" else masks[(parse_method(method)[0], d)]
+        p = net.params
+        if method != "dense" and parse_method(method)[1]:
+            p = isometrize(net, m, iters=config.ai_iters, lr=config.ai_lr)
+        from isotpp.pai.masks import apply_masks
+
+        p = apply_masks(p, m)
+        jsv = jsv_at_init(net, p, jsv_x)
+        params.append(p)
+        cell_masks.append(m)
+        info.append({"density": mask_density(m), "layer_density": layer_densities(m), "jsv_init": jsv,
+                     "prep_s": time.time() - t0})
+        bar.update()
+    bar.close()
+    group = masked_group([net] * len(cells), cell_masks, LRSchedule.parse(config.lr),
+                         weight_decay=config.weight_decay, params=params)
+    bar = _progress(epochs, f"seed {seed}: train {len(cells)} runs ({arch})", progress)
+    t0 = time.time()
+
+    def tick(e, mt):
+        bar.set_postfix(test=f"{np.nanmax(mt['test_acc']):.1f}")
+        bar.update()
+        for i, (method, d) in enumerate(cells):
+            record(phase="train", part=part, seed=seed, method=method, density=d, epoch=e + 1,
+                   loss=mt["loss"][i], train_acc=mt["train_acc"][i], val_acc=mt["val_acc"][i],
+                   test_acc=mt["test_acc"][i])
+
+    hist = train_runs(group, data, epochs=epochs, batch_size=config.batch_size,
+                      key=jax.random.fold_in(jax.random.key(seed), 3), on_epoch=tick)
+    bar.close()
+    wall = time.time() - t0
+    selected = selected_accuracy(hist["val_acc"], hist["test_acc"])
+    for i, (method, d) in enumerate(cells):
+        write_json(_cell_path(out, part, seed, method, d), info[i] | {
+            "method": method, "target_density": d, "seed": seed, "arch": arch,
+            "final_acc": float(hist["test_acc"][i, -1]), "val_selected_acc": float(selected[i]),
+            "final_val_acc": float(hist["val_acc"][i, -1]), "diverged": bool(hist["diverged"][i]),
+            "test_acc_per_epoch": hist["test_acc"][i].tolist(), "val_acc_per_epoch": hist["val_acc"][i].tolist(),
+            "loss_per_epoch": hist["loss"][i].tolist(), "train_wall_s_group": wall})
+    log(f"seed {seed} ({arch}): trained {len(cells)} runs for {epochs} epochs in {wall:.0f} s")
+
+
+# --------------------------------------------------------------------------
+# The study.
+# --------------------------------------------------------------------------
+
+
+def _check_dir(out: Path, config: PaIConfig) -> None:
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = read_json(path)
+    new = config.to_dict()
+    new = {k: (list(v) if isinstance(v, tuple) else v) for k, v in new.items()}
+    diff = [k for k in new if k not in PaIConfig._REUSABLE and k not in ("scorer_path", "irp_record_path")
+            and _norm(old.get(k)) != _norm(new[k])]
+    if diff:
+        raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    return v
+
+
+def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or complete) the study in ``out``; returns the results (also written as results.json)."""
+    from isotpp.studies.mlp_linear import Recorder
+
+    config = config.validate()
+    out = Path(out)
+    _check_dir(out, config)
+    write_json(out / "config.json", config.to_dict())
+    record = Recorder(out / "metrics.jsonl")
+    t_start = time.time()
+    data = load_data(config)
+    methods = config.methods_canonical
+    log(f"{config.dataset}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test; "
+        f"seeds {list(config.seeds)}; densities {list(config.densities)}; {len(methods)} methods; out {out}")
+    timings: dict[str, float] = {}
+    scorer, validation = None, None
+    if config.needs_scorer:
+        t0 = time.time()
+        scorer, validation = autosparse_scorer(config, data, out, record, log, progress)
+        timings["autosparse_scorer_s"] = time.time() - t0
+    t0 = time.time()
+    for seed in config.seeds:
+        run_cells(config, data, ARCH, seed, methods, config.densities, config.epochs, scorer=scorer, out=out,
+                  part="lenet", log=log, progress=progress, record=record)
+    timings["lenet_s"] = time.time() - t0
+    transfer_methods = tuple(canonical(m) for m in config.transfer_methods) if config.transfer else ()
+    if transfer_methods:
+        t0 = time.time()
+        for seed in config.seeds:
+            run_cells(config, data, TRANSFER_ARCH, seed, transfer_methods, config.transfer_densities,
+                      config.transfer_epochs, scorer=scorer, out=out, part="transfer", log=log, progress=progress,
+                      record=record)
+        timings["transfer_s"] = time.time() - t0
+    results = collect(out, config, methods, transfer_methods, validation, scorer)
+    results["wall_s"] = time.time() - t_start
+    results["timings"] = timings
+    write_json(out / "results.json", results)
+    from isotpp.studies.pai_report import write_report
+
+    paths = write_report(results, out)
+    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
+    return results
+
+
+_KEYS = ("final_acc", "val_selected_acc", "density", "diverged")
+
+
+def _collect_part(out: Path, part: str, arch: str, config: PaIConfig, methods, densities) -> dict[str, Any]:
+    runs: dict[str, dict[str, Any]] = {}
+    for method, d in _cells(methods, densities):
+        cell: dict[str, list] = {k: [] for k in (*_KEYS, "jsv_mean", "jsv_zero_fraction", "seeds",
+                                                 "test_acc_per_epoch", "layer_density")}
+        for seed in config.seeds:
+            p = _cell_path(out, part, seed, method, d)
+            if not p.exists():
+                continue
+            r = read_json(p)
+            for k in _KEYS:
+                cell[k].append(r[k])
+            cell["jsv_mean"].append(r["jsv_init"]["mean"])
+            cell["jsv_zero_fraction"].append(r["jsv_init"].get("zero_fraction"))
+            cell["seeds"].append(seed)
+            cell["test_acc_per_epoch"].append(r["test_acc_per_epoch"])
+            cell["layer_density"].append(r["layer_density"])
+        runs.setdefault(method, {})[f"{d:g}"] = cell
+    return {"arch": arch, "densities": [float(d) for d in densities], "methods": ["dense", *methods], "runs": runs}
+
+
+def collect(out: Path, config: PaIConfig, methods, transfer_methods, validation, scorer) -> dict[str, Any]:
+    results = {"config": config.to_dict(),
+               "lenet": _collect_part(out, "lenet", ARCH, config, methods, config.densities)}
+    if transfer_methods:
+        results["transfer"] = _collect_part(out, "transfer", TRANSFER_ARCH, config, transfer_methods,
+                                            config.transfer_densities)
+    if validation is not None:
+        results["autosparse"] = {"validation": validation,
+                                 "scorer": {k: v for k, v in (scorer.meta if scorer else {}).items()
+                                            if k != "validation"}}
+    return results
