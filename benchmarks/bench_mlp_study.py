@@ -20,7 +20,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from isotpp.groups import channel_groups
 from isotpp.models import create_model, layer_names

@@ -32,7 +32,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
@@ -41,16 +40,17 @@ from isotpp.train import LRSchedule
 ARCH = "mlp_7_linear"
 METHODS = ("L1", "L1+OrthP", "TPP", "L1+KernOrth", "L1+AI")
 MAIN_METHODS = ("L1", "L1+OrthP", "TPP")
-ALIASES = {"kernorth": "L1+KernOrth", "ai": "L1+AI", "orthp": "L1+OrthP"}
 PAPER_LRS = {"0.01": "0:0.01,30:0.001,60:0.0001", "0.001": "0:0.001,45:0.0001"}
 
 
 def canonical_method(name: str) -> str:
-    by_lower = {m.lower(): m for m in METHODS} | ALIASES
-    try:
-        return by_lower[name.strip().lower()]
-    except KeyError:
-        raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)} (aliases KernOrth, AI)") from None
+    """The study's name for a method (aliases KernOrth, AI, OrthP accepted)."""
+    from isotpp.methods import get_method
+
+    method = get_method(name).name
+    if method not in METHODS:
+        raise UserError(f"method {method} is not part of the linear-network study: choose from {', '.join(METHODS)}")
+    return method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,35 +268,36 @@ def pruned_start(method: str, config: StudyConfig, base, plan, tpp_model):
     """The network each method retrains, and its KernOrth weight."""
     import copy
 
-    from isotpp.isometry import approximate_isometry
-    from isotpp.orthp import orthp
+    from isotpp.methods import get_method
     from isotpp.plan import hard_prune
 
-    if method == "TPP":
+    recipe = get_method(method)
+    if recipe.pre == "tpp":
         return copy.deepcopy(tpp_model), 0.0
     small = hard_prune(base, plan)
-    if method == "L1+OrthP":
+    if recipe.post == "orthp":
+        from isotpp.orthp import orthp
+
         orthp(small, act="linear")
-    elif method == "L1+AI":
+    elif recipe.post == "ai":
         from flax import nnx
 
         from isotpp.groups import flat_arrays, map_named
+        from isotpp.isometry import approximate_isometry
 
         names = set(_kernel_names(small))
         params = nnx.state(small, nnx.Param)
         kernels = {k: v for k, v in flat_arrays(params).items() if k in names}
         new = approximate_isometry(kernels, iters=config.ai_iters, lr=config.ai_lr)
         nnx.update(small, map_named(lambda n, x: new[n] if n in new else x, params))
-    return small, (config.kernorth_weight if method == "L1+KernOrth" else 0.0)
+    weight = config.kernorth_weight if recipe.retrain_penalty == "kernorth" else 0.0
+    return small, weight
 
 
 def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], starts: dict, seed: int,
             record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
     """Retrain every (method, LR) cell of a seed as one vmapped group; per-cell results."""
-    from flax import nnx
-
-    from isotpp import penalties
-    from isotpp.groups import flat_arrays
+    from isotpp.methods import penalty_fn
     from isotpp.train import ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd, stack_runs
 
     schedules = dict(config.lr_schedules)
@@ -312,11 +313,7 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
         kern_w.append(kw)
         jsv0.append(model_mean_jsv(model))
     kernel_names = _kernel_names(starts[cells[0][0]][0])
-
-    def kernorth(params):
-        flat = flat_arrays(params)
-        return sum(penalties.kernorth_penalty(flat[k]) for k in kernel_names)
-
+    kernorth = penalty_fn("kernorth", kernel_names)
     group = RunGroup(fns, tx, stack_runs(states), lrs, {"kernorth": np.asarray(kern_w)}, {"kernorth": kernorth})
     jsv = jax.jit(jax.vmap(mean_jsv_fn(kernel_names)))
     key = jax.random.fold_in(jax.random.key(seed), 3)
@@ -338,7 +335,6 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
         bar.update()
     bar.close()
     acc_hist, jsv_hist = np.stack(acc_hist, 1), np.stack(jsv_hist, 1)  # (R, epochs)
-    del nnx
     return {
         cell: {"best_acc": float(acc_hist[i].max()), "final_acc": float(acc_hist[i, -1]),
                "jsv_after_prune": jsv0[i], "acc_per_epoch": acc_hist[i].tolist(),
@@ -371,8 +367,6 @@ def _check_dir(out: Path, config: StudyConfig) -> None:
 def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or complete) the study in ``out``; returns the results dict (also written as results.json)."""
-    from flax import nnx
-
     from isotpp.checkpoint import load_model, save_model
     from isotpp.plan import Plan, l1_plan
 
@@ -428,8 +422,6 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
         for (m, lr), res in results.items():
             write_json(_cell_path(out, seed, m, lr), res)
         log(f"seed {seed}: retrained {len(todo)} cells")
-        del nnx
-        from flax import nnx  # noqa: F811 (keeps the import local to the study)
 
     results = collect(out, config, base_info, wall_s=time.time() - t0)
     write_json(out / "results.json", results)
