@@ -168,7 +168,8 @@ def _run_reproduce_pai(args) -> int:
     from isotpp.studies import pai as study
     from isotpp.studies.pai_report import pai_tables
 
-    kw = dict(data_dir=args.data_dir, scope=args.scope, scorer_path=args.scorer, irp_record_path=args.irp_record)
+    kw = {"data_dir": args.data_dir, "scope": args.scope, "scorer_path": args.scorer,
+          "irp_record_path": args.irp_record}
     if args.seeds is not None:
         kw["seeds"] = tuple(range(args.seeds))
     if args.densities is not None:
@@ -263,7 +264,13 @@ def _run_demo(args) -> int:
 
 # --------------------------------------------------------------------------
 
-_COMMANDS: list[Callable] = [_add_spectrum, _add_reproduce, _add_demo]
+def _add_prune(sub) -> None:
+    from isotpp.commands.prune import add_parser
+
+    add_parser(sub)
+
+
+_COMMANDS: list[Callable] = [_add_spectrum, _add_prune, _add_reproduce, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

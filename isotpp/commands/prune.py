@@ -1,10 +1,11 @@
 """``isotpp prune``: structured pruning by glob ratios (the reference's ``stage_pr``).
 
-This version offers the dry run only: ``--dry-run`` builds the architecture
-abstractly (no weights), resolves the ratios to widths exactly as the L1
-selector would prune them (ceil(ratio · n) filters per layer, at most n − 1)
-and reports parameters, FLOPs, sparsity and speedup before and after, under
-the reference's counting convention (:mod:`isotpp.cost`).
+``--dry-run`` builds the architecture abstractly (no weights), resolves the
+ratios to widths exactly as the L1 selector would prune them (ceil(ratio · n)
+filters per layer, at most n − 1) and reports parameters, FLOPs, sparsity and
+speedup before and after, under the reference's counting convention
+(:mod:`isotpp.cost`). Without it, the full run of :mod:`isotpp.pruning_run`:
+base model, the method's phases, removal, retraining, summary.
 
 Wiring: ``add_parser(sub)`` registers the sub-command on the ``isotpp``
 sub-parsers object; the parsed arguments carry ``func`` = :func:`run_prune_args`,
@@ -46,7 +47,8 @@ def add_parser(sub) -> None:
             "(the TPP reference's --stage_pr). With --dry-run, print the parameters, FLOPs "
             "(multiply-adds of conv and dense layers per sample), sparsity and speedup before "
             "and after, and the layers whose width changes; nothing is trained or allocated. "
-            "Only --dry-run is available in this version."
+            "Without --dry-run: train (or load) the base model, run the method, remove the filters, "
+            "retrain, and write metrics, checkpoints and summary.json to --out (rerun to resume)."
         ),
     )
     p.add_argument("--model", required=True,
@@ -56,20 +58,76 @@ def add_parser(sub) -> None:
                    help="comma-separated glob patterns of layers never pruned, e.g. '*features.0' (VGG19)")
     p.add_argument("--num-classes", type=_positive_int, default=None,
                    help="number of outputs (default: the model's)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="only report the cost before and after pruning (the one mode of this version)")
+    p.add_argument("--dry-run", action="store_true", help="only report the cost before and after pruning")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write {params, params_pruned, sparsity, flops, flops_pruned, speedup, layers} as JSON")
+    run = p.add_argument_group("a full run (without --dry-run)")
+    from isotpp.methods import METHODS
+    from isotpp.pruning_run import PruneConfig
+
+    d = PruneConfig()
+    run.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
+    run.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100, fashion_mnist, mnist, synthetic")
+    run.add_argument("--data-dir", default=None, help="where the dataset files are")
+    run.add_argument("--base", default=None, help="trained model to prune: isotpp .npz or PyTorch .pth "
+                                                  "(default: train one with --base-epochs/--base-lr-schedule)")
+    run.add_argument("--base-epochs", type=_positive_int, default=d.base_epochs)
+    run.add_argument("--base-lr-schedule", default=d.base_lr_schedule)
+    run.add_argument("--epochs", type=_positive_int, default=d.epochs, help="retraining epochs")
+    run.add_argument("--lr-schedule", default=d.lr_schedule, help="retraining LR, epoch:lr pieces")
+    run.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    run.add_argument("--wd", type=float, default=d.wd, help="weight decay (added to the gradient)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--init", default=d.init, help="init of trained-from-scratch models")
+    run.add_argument("--tpp-lr", type=float, default=d.tpp_lr, help="LR of TPP's penalty phases")
+    run.add_argument("--lw-opp", type=float, default=d.lw_opp, help="weight of TPP's Gram penalty")
+    run.add_argument("--reg-granularity", type=float, default=d.reg_granularity)
+    run.add_argument("--update-reg-interval", type=_positive_int, default=d.update_reg_interval)
+    run.add_argument("--stabilize-reg-interval", type=_positive_int, default=d.stabilize_reg_interval)
+    run.add_argument("--zero-out-interval", type=_positive_int, default=d.zero_out_interval)
+    run.add_argument("--pre-iters", type=_positive_int, default=d.pre_iters, help="iterations of X in 'X+L1'")
+    run.add_argument("--jsv-samples", type=_positive_int, default=d.jsv_samples)
+    run.add_argument("--jsv-bn", choices=("eval", "batch"), default=d.jsv_bn)
+    run.add_argument("--train-limit", type=_positive_int, default=None, help="first N training examples only")
+    run.add_argument("--width-scale", type=float, default=1.0, help="scale a base trained here (small machines)")
+    run.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
+    run.add_argument("--out", default=None, help="run directory (required without --dry-run)")
     p.set_defaults(func=run_prune_args)
 
 
 def run_prune_args(args) -> int:
     """The ``func`` of the parsed ``prune`` arguments: run, print, return 0."""
+    if not args.dry_run:
+        return _full_run(args)
     result = run_prune(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
                        num_classes=args.num_classes, dry_run=args.dry_run, json_path=args.json)
     print(result["table"])
     if result.get("json"):
         print(f"json: {result['json']}")
+    return 0
+
+
+def _full_run(args) -> int:
+    from isotpp.pruning_run import PruneConfig, run_pruning
+    from isotpp.report import fmt_number, markdown_table
+
+    if not args.out:
+        raise UserError("a full run needs --out DIR (or add --dry-run for the cost only)")
+    keys = ("method", "dataset", "data_dir", "base", "base_epochs", "base_lr_schedule", "epochs", "lr_schedule",
+            "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
+            "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
+            "width_scale", "bf16", "out")
+    config = PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
+                         **{k: getattr(args, k) for k in keys})
+    s = run_pruning(config)
+    rows = [["base accuracy (%)", fmt_number(s["base_acc"], 2)],
+            ["mean JSV right after pruning", fmt_number(s["jsv_after_prune"])],
+            ["best / final accuracy (%)", f"{fmt_number(s['best_acc'], 2)} / {fmt_number(s['final_acc'], 2)}"],
+            ["sparsity", f"{100 * s['sparsity']:.2f} %"], ["speedup", f"{s['speedup']:.2f} ×"],
+            ["wall time", f"{s['wall_s'] / 60:.1f} min"]]
+    print(f"{s['model']} on {s['dataset']} · {s['method']} · {s['ratios']}")
+    print(markdown_table(["result", "value"], rows))
+    print(f"summary: {args.out}/summary.json")
     return 0
 
 
@@ -101,8 +159,7 @@ def run_prune(
     """Cost of pruning ``model`` by ``ratios``; returns the JSON record plus ``table``
     (printable) and ``json`` (the path written, if any)."""
     if not dry_run:
-        raise UserError("only --dry-run is available in this version (the full prune pipeline comes later): "
-                        "add --dry-run")
+        raise UserError("run_prune reports costs only: use isotpp.pruning_run.run_pruning for a full run")
     from isotpp.cost import ratios_cost
     from isotpp.groups import parse_ratios
     from isotpp.models import model_spec

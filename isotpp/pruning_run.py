@@ -1,0 +1,380 @@
+"""One pruning run, end to end: base model → method → removal → retraining.
+
+``isotpp prune`` (without ``--dry-run``) is :func:`run_pruning` over a
+:class:`PruneConfig`. The stages and what each leaves in the run directory:
+
+1. **base** — a given model file (``--base``: an isotpp ``.npz`` or a
+   PyTorch/torchvision ``.pth``) or one trained here with the base recipe
+   (``base/``: trainer workdir, ``base/model.npz``);
+2. **method phase** (``pre/``) — TPP's penalty phases on the L1-chosen filters,
+   or KernOrth / OrthConv for ``pre_iters`` iterations before L1 chooses;
+3. **removal** — the L1 plan (``plan.json``), physical removal, then OrthP
+   or approximate isometry for the methods that use them, or a fresh
+   initialisation for Scratch (``pruned.npz``, with the mean JSV right after
+   pruning);
+4. **retraining** (``retrain/``) — with the method's penalty, the mean JSV
+   and test accuracy every epoch (``final.npz``);
+5. ``summary.json`` — accuracy, JSV, sparsity, speedup, wall time.
+
+Every stage is skipped when its output exists and resumes from its last
+checkpoint otherwise, so rerunning the same command finishes an interrupted
+run. The methods are :mod:`isotpp.methods`' recipes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isotpp.errors import UserError
+
+BASE_LR = "0:0.1,100:0.01,150:0.001"  # the paper's CIFAR base recipe (200 epochs)
+RETRAIN_LR = "0:0.01,60:0.001,90:0.0001"
+
+
+@dataclasses.dataclass
+class PruneConfig:
+    """Everything one run needs; the defaults are the paper's ResNet56 / CIFAR-10 settings."""
+
+    model: str = "resnet56"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    method: str = "TPP"
+    ratios: str = "*layer*.conv1:0.5"
+    skip: tuple[str, ...] = ()
+    base: str | None = None  # model file (.npz isotpp, .pth PyTorch); None: train one
+    base_epochs: int = 200
+    base_lr_schedule: str = BASE_LR
+    epochs: int = 120
+    lr_schedule: str = RETRAIN_LR
+    batch_size: int = 128
+    wd: float = 5e-4
+    momentum: float = 0.9
+    seed: int = 0
+    init: str = "kaiming"
+    tpp_lr: float = 1e-3
+    lw_opp: float = 1000.0
+    reg_granularity: float = 1e-4
+    update_reg_interval: int = 10
+    stabilize_reg_interval: int = 10_000
+    zero_out_interval: int = 100
+    pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
+    pre_lr: float = 1e-3
+    penalty_weight: float = 0.1
+    ai_iters: int = 10_000
+    jsv_samples: int = 100
+    jsv_bn: str = "eval"
+    train_limit: int | None = None
+    width_scale: float = 1.0
+    augment: bool | None = None  # None: on for CIFAR, off otherwise
+    bf16: bool = False
+    checkpoint_every: int | None = 1000
+    progress: bool = True
+    out: str = "runs/prune"
+    shared: str | None = None  # where base/, pre/, plan.json, pruned.npz live (default: out); runs that
+    # differ only in retraining (e.g. two learning rates) share them
+
+    def validate(self) -> PruneConfig:
+        from isotpp.groups import parse_ratios
+        from isotpp.methods import get_method
+        from isotpp.models import model_spec
+        from isotpp.train import LRSchedule
+
+        model_spec(self.model)
+        get_method(self.method)
+        parse_ratios(self.ratios)
+        LRSchedule.parse(self.lr_schedule)
+        LRSchedule.parse(self.base_lr_schedule)
+        for name in ("epochs", "base_epochs", "batch_size", "update_reg_interval", "stabilize_reg_interval",
+                     "zero_out_interval", "pre_iters", "jsv_samples"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.jsv_bn not in ("eval", "batch"):
+            raise UserError(f"jsv-bn must be 'eval' or 'batch', got {self.jsv_bn!r}")
+        if self.base is not None and not Path(self.base).exists():
+            raise UserError(f"base model {self.base} does not exist: check the path or leave --base out to train one")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------
+# Pieces.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Data:
+    train: Any  # isotpp.data.Dataset
+    test: Any
+    mesh: Any
+    fill: Any
+
+    def source(self, config: PruneConfig, seed: int, augment: bool):
+        from isotpp.data.pipeline import InMemoryData
+
+        return InMemoryData(self.train.images, self.train.labels, batch_size=config.batch_size, mesh=self.mesh,
+                            seed=seed, augment=augment, fill=self.fill)
+
+    def evaluation(self):
+        from isotpp.data.pipeline import InMemoryEval
+
+        return InMemoryEval(self.test.images, self.test.labels, self.mesh, batch_size=1000)
+
+    def probe(self, n: int) -> np.ndarray:
+        """The first ``n`` training images: the JSV inputs (as the reference, from the train set)."""
+        return np.asarray(self.train.images[:n])
+
+
+def _load_data(config: PruneConfig) -> _Data:
+    from isotpp import parallel
+    from isotpp.data import DATASET_INFO, load_dataset
+    from isotpp.data.pipeline import pad_fill
+
+    train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
+    test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    info = DATASET_INFO[train.name]
+    return _Data(train, test, parallel.make_mesh(), pad_fill(info.mean, info.std))
+
+
+def _augment(config: PruneConfig) -> bool:
+    return config.augment if config.augment is not None else config.dataset.startswith("cifar")
+
+
+def _act(model) -> str:
+    return getattr(model, "act", "relu")
+
+
+def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, seed=None):
+    import jax.numpy as jnp
+
+    from isotpp.models import create_model
+
+    if widths is None and config.width_scale != 1.0:
+        from isotpp.models import widths_of
+
+        canonical = widths_of(create_model(config.model, num_classes=num_classes, input_shape=input_shape)
+                              .build_config.create(abstract=True))
+        last = list(canonical)[-1]
+        widths = {k: v if k == last else max(1, round(v * config.width_scale)) for k, v in canonical.items()}
+    return create_model(config.model, num_classes=num_classes, input_shape=input_shape, widths=widths,
+                        init=config.init, seed=config.seed if seed is None else seed,
+                        dtype=jnp.bfloat16 if config.bf16 else None)
+
+
+def _train(model, tx, data: _Data, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
+           seed: int, max_steps: int | None = None, penalties=None, weights=None, hooks=(), plan=None,
+           method: str | None = None):
+    from isotpp.trainer import TrainConfig, Trainer
+
+    tc = TrainConfig(epochs=epochs, lr_schedule=lr_schedule, seed=seed, penalty_weights=weights or {},
+                     checkpoint_every_steps=config.checkpoint_every, progress=config.progress, method=method,
+                     max_steps=max_steps)
+    trainer = Trainer(model, tx, data.source(config, seed, _augment(config)), tc, workdir,
+                      eval_data=data.evaluation(), penalties=penalties, hooks=hooks, plan=plan,
+                      extra_config={"prune_config": config.to_dict()})
+    history, _ = trainer.fit(resume=True)
+    return trainer, history
+
+
+def _mean_jsv(model, x, bn: str) -> float:
+    from isotpp.spectrum import model_singular_values
+
+    return float(np.mean(model_singular_values(model, x, method="auto", bn=bn)))
+
+
+def _kernel_names(model) -> list[str]:
+    from isotpp.models import layer_names
+
+    return [f"{n}.kernel" for n in layer_names(model)]
+
+
+# --------------------------------------------------------------------------
+# Stages.
+# --------------------------------------------------------------------------
+
+
+def base_model(config: PruneConfig, data: _Data, out: Path, log):
+    """The trained model the method starts from."""
+    from isotpp.checkpoint import load_model, save_model
+    from isotpp.train import LRSchedule, reference_sgd
+
+    if config.base is not None:
+        if str(config.base).endswith((".pth", ".pt")):
+            from isotpp.convert import load_torch_checkpoint
+
+            return load_torch_checkpoint(config.base, config.model, num_classes=data.train.num_classes)
+        model, _ = load_model(config.base)
+        if model.build_config.name != config.model:
+            raise UserError(f"--base holds a {model.build_config.name}, not a {config.model}: pass --model "
+                            f"{model.build_config.name} or another --base")
+        return model
+    path = out / "base" / "model.npz"
+    if path.exists():
+        return load_model(path)[0]
+    log(f"training the base {config.model} for {config.base_epochs} epochs ({config.base_lr_schedule})")
+    model = _new_model(config, data.train.num_classes, data.train.input_shape)
+    tx = reference_sgd(LRSchedule.parse(config.base_lr_schedule).initial, config.wd, config.momentum)
+    trainer, history = _train(model, tx, data, config, out / "base", epochs=config.base_epochs,
+                              lr_schedule=config.base_lr_schedule, seed=config.seed, method="base")
+    model = trainer.host_model()
+    save_model(path, model, {"stage": "base", "test_acc": history[-1].get("test_acc") if history else None})
+    return model
+
+
+def tpp_phase(config: PruneConfig, data: _Data, base, plan, out: Path, log):
+    """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end."""
+    from isotpp.groups import channel_groups
+    from isotpp.models import layer_names
+    from isotpp.tpp import TPPConfig, targets_for, tpp
+    from isotpp.train import reference_sgd
+
+    cfg = TPPConfig(lw_opp=config.lw_opp, reg_granularity=config.reg_granularity,
+                    update_reg_interval=config.update_reg_interval, stabilize_iters=config.stabilize_reg_interval,
+                    zero_out_interval=config.zero_out_interval)
+    targets = targets_for(plan, channel_groups(base), layer_names(base), cfg)
+    tx = tpp(reference_sgd(config.tpp_lr, config.wd, config.momentum), plan, targets, cfg)
+    steps = -(-data.train.images.shape[0] // config.batch_size)
+    log(f"TPP: {cfg.total_iters} iterations (reg to {cfg.reg_cap} by {cfg.update_iters}, then "
+        f"{cfg.stabilize_iters} of stabilising)")
+    trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(cfg.total_iters / steps),
+                        lr_schedule=None, seed=config.seed + 1, max_steps=cfg.total_iters, plan=plan, method="TPP")
+    return trainer.host_model()
+
+
+def penalty_phase(config: PruneConfig, data: _Data, base, kind: str, out: Path, log):
+    """"X + L1": train with penalty X for ``pre_iters`` iterations before L1 chooses the filters."""
+    from isotpp.methods import penalty_fn
+    from isotpp.train import reference_sgd
+
+    steps = -(-data.train.images.shape[0] // config.batch_size)
+    log(f"{kind}: {config.pre_iters} iterations before pruning")
+    tx = reference_sgd(config.pre_lr, config.wd, config.momentum)
+    trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(config.pre_iters / steps),
+                        lr_schedule=None, seed=config.seed + 1, max_steps=config.pre_iters,
+                        penalties={kind: penalty_fn(kind, _kernel_names(base))},
+                        weights={kind: config.penalty_weight}, method=f"{kind}+L1")
+    return trainer.host_model()
+
+
+def pruned_model(config: PruneConfig, data: _Data, base, out: Path, log):
+    """The network to retrain, after the method's phase, removal and post-processing."""
+    from isotpp.checkpoint import load_model, save_model
+    from isotpp.methods import get_method
+    from isotpp.models import widths_of
+    from isotpp.plan import Plan, hard_prune, l1_plan
+
+    path = out / "pruned.npz"
+    if path.exists():
+        model, header = load_model(path)
+        return model, header["meta"]
+    method = get_method(config.method)
+    skip = list(config.skip)
+    if method.pre == "tpp":
+        plan = Plan.load(out / "plan.json") if (out / "plan.json").exists() else l1_plan(base, config.ratios, skip)
+        plan.save(out / "plan.json")
+        small = hard_prune(tpp_phase(config, data, base, plan, out, log), plan)
+    else:
+        start = penalty_phase(config, data, base, method.pre, out, log) if method.pre else base
+        plan = l1_plan(start, config.ratios, skip)
+        plan.save(out / "plan.json")
+        small = hard_prune(start, plan)
+    if method.post == "orthp":
+        from isotpp.orthp import orthp
+
+        orthp(small, act=_act(base))
+    elif method.post == "ai":
+        from flax import nnx
+
+        from isotpp.groups import flat_arrays, map_named
+        from isotpp.isometry import approximate_isometry
+
+        names = set(_kernel_names(small))
+        params = nnx.state(small, nnx.Param)
+        new = approximate_isometry({k: v for k, v in flat_arrays(params).items() if k in names},
+                                   iters=config.ai_iters)
+        nnx.update(small, map_named(lambda n, x: new[n] if n in new else x, params))
+    if method.scratch:
+        small = _new_model(config, data.train.num_classes, data.train.input_shape, widths=widths_of(small),
+                           seed=config.seed + 1000)
+    jsv = _mean_jsv(small, data.probe(config.jsv_samples), config.jsv_bn)
+    meta = {"stage": "pruned", "method": method.name, "jsv_after_prune": jsv}
+    save_model(path, small, meta)
+    log(f"{method.name}: pruned to {sum(widths_of(small).values())} channels; mean JSV right after pruning {jsv:.4g}")
+    return small, meta
+
+
+def retrain(config: PruneConfig, data: _Data, small, out: Path, log):
+    from isotpp.methods import get_method, penalty_fn
+    from isotpp.train import LRSchedule, reference_sgd
+    from isotpp.trainer import jsv_hook
+
+    method = get_method(config.method)
+    penalties, weights = {}, {}
+    if method.retrain_penalty:
+        penalties = {method.retrain_penalty: penalty_fn(method.retrain_penalty, _kernel_names(small))}
+        weights = {method.retrain_penalty: config.penalty_weight}
+    tx = reference_sgd(LRSchedule.parse(config.lr_schedule).initial, config.wd, config.momentum)
+    hook = jsv_hook(data.probe(config.jsv_samples), bn=config.jsv_bn)
+    return _train(small, tx, data, config, out / "retrain", epochs=config.epochs, lr_schedule=config.lr_schedule,
+                  seed=config.seed + 2, penalties=penalties, weights=weights, hooks=[hook], method=method.name)
+
+
+def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
+    """Run (or finish) one pruning run in ``config.out``; returns the summary (also summary.json)."""
+    from isotpp import parallel
+    from isotpp.checkpoint import save_model
+    from isotpp.cost import widths_cost
+    from isotpp.io import read_json, write_json
+    from isotpp.models import widths_of
+
+    config = config.validate()
+    out = Path(config.out)
+    shared = Path(config.shared) if config.shared else out
+    if (out / "summary.json").exists():
+        return read_json(out / "summary.json")
+    t0 = time.time()
+    data = _load_data(config)
+    main = parallel.is_main_process()
+    if main:
+        write_json(out / "config.json", config.to_dict())
+    base = base_model(config, data, shared, log)
+    base_acc = _evaluate(base, data)
+    small, meta = pruned_model(config, data, base, shared, log)
+    trainer, history = retrain(config, data, small, out, log)
+    final = trainer.host_model()
+    cost = widths_cost(base, widths_of(small))
+    accs = [r["test_acc"] for r in history if "test_acc" in r]
+    summary = {
+        "model": config.model, "dataset": config.dataset, "method": meta["method"], "ratios": config.ratios,
+        "skip": list(config.skip), "seed": config.seed, "lr_schedule": config.lr_schedule, "epochs": config.epochs,
+        "base_acc": base_acc, "jsv_after_prune": meta["jsv_after_prune"],
+        "best_acc": max(accs) if accs else None, "final_acc": accs[-1] if accs else None,
+        "acc_per_epoch": accs, "jsv_per_epoch": [r.get("jsv_mean") for r in history],
+        "params": cost.params, "params_pruned": cost.params_pruned, "sparsity": cost.sparsity,
+        "flops": cost.flops, "flops_pruned": cost.flops_pruned, "speedup": cost.speedup,
+        "wall_s": time.time() - t0,
+    }
+    if main:
+        save_model(out / "final.npz", final, {"stage": "final", **{k: summary[k] for k in ("method", "best_acc")}})
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def _evaluate(model, data: _Data) -> float:
+    """Test accuracy (%) of a model in eval mode."""
+    import jax
+    import jax.numpy as jnp
+
+    from isotpp.train import ModelFns, make_eval_fn
+
+    fns, params, rest = ModelFns.from_model(model)
+    acc, _ = jax.jit(make_eval_fn(fns, batch_size=500))(params, rest, jnp.asarray(data.test.images),
+                                                         jnp.asarray(data.test.labels))
+    return float(acc)
