@@ -44,13 +44,19 @@ def kernorth_penalty(kernel: jax.Array) -> jax.Array:
     W (n, fan_in) is transposed first when it has fewer rows than columns; the
     loss is mean((W Wᵀ − I)²). (The reference code compares n with the conv's
     input channels instead of its fan-in, an evident slip; for c_in ≤ n < fan_in
-    it would use the n×n Gram. We follow the stated rule.) (For a wide layer this is the larger Gram,
-    whose minimisers are the same as the smaller one's: all singular values 1.)
+    it would use the n×n Gram. We follow the stated rule.) For a wide layer
+    this is the larger, m×m Gram (m = fan_in), whose minimisers are the same as
+    the smaller one's (all singular values 1). It is never formed: with A the
+    m×n matrix, ‖AAᵀ − I_m‖²_F = ‖AᵀA‖²_F − 2‖A‖²_F + m, an n×n computation.
     """
     w = filters(kernel)
     if w.shape[0] < w.shape[1]:
         w = w.T
-    return jnp.mean((gram(w) - jnp.eye(w.shape[0], dtype=w.dtype)) ** 2)
+    m, n = w.shape
+    if m <= n:
+        return jnp.mean((gram(w) - jnp.eye(m, dtype=w.dtype)) ** 2)
+    small = jnp.matmul(w.T, w, precision=_HI)  # n×n, same nonzero spectrum as the m×m Gram
+    return (jnp.sum(small * small) - 2.0 * jnp.sum(w * w) + m) / (m * m)
 
 
 def isometry_penalty(kernel: jax.Array) -> jax.Array:

@@ -268,3 +268,17 @@ def test_orthconv_dense_matches_numpy(shape):
         w = w.T
     expected = np.linalg.norm(w.T @ w - np.eye(w.shape[1]))
     np.testing.assert_allclose(float(pen.orthconv_penalty(jnp.asarray(k))), expected, rtol=1e-5)
+
+
+def test_kernorth_of_a_wide_layer_never_forms_the_large_gram_but_equals_it():
+    """20 filters × 300 fan-in: the identity ‖AAᵀ−I‖² = ‖AᵀA‖² − 2‖A‖² + m, value and gradient."""
+    rng = np.random.default_rng(7)
+    kernel = jnp.asarray(rng.standard_normal((300, 20)) * 0.06, jnp.float32)
+
+    def explicit(k):
+        a = k.reshape(-1, k.shape[-1])  # (fan_in, n) = the transposed filter matrix
+        return jnp.mean((a @ a.T - jnp.eye(a.shape[0])) ** 2)
+
+    np.testing.assert_allclose(float(pen.kernorth_penalty(kernel)), float(explicit(kernel)), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(jax.grad(pen.kernorth_penalty)(kernel)), np.asarray(jax.grad(explicit)(kernel)),
+                               rtol=1e-3, atol=1e-8)
