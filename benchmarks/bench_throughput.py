@@ -20,7 +20,6 @@ device kind and count are printed with the results.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -95,8 +94,15 @@ def main() -> None:
     mesh = parallel.make_mesh()
     dev = jax.devices()[0]
     on_cpu = dev.platform == "cpu"
-    header = (f"devices: {jax.device_count()} × {dev.device_kind} ({dev.platform}), {jax.process_count()} process(es); "
-              f"jax {jax.__version__}; host {platform.processor() or platform.machine()}")
+    host = platform.processor() or platform.machine()
+    try:  # the CPU model and count, for the record
+        info = open("/proc/cpuinfo").read().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        host = f"{len(names)} × {names[0]}" if names else host
+    except OSError:
+        pass
+    header = (f"devices: {jax.device_count()} × {dev.device_kind} ({dev.platform}), "
+              f"{jax.process_count()} process(es); jax {jax.__version__}; host {host}")
     print(header)
     results = []
     for name in args.cases.split(","):

@@ -32,6 +32,7 @@ from isotpp.errors import UserError
 
 DATA_AXIS = "data"
 
+
 def _env_asks_for_distributed() -> bool:
     """ISOTPP_DISTRIBUTED=1/0 decides; else a coordinator address or a SLURM / Open MPI launch of
     several tasks (clusters that jax.distributed.initialize() detects by itself). Cloud TPU VMs are
@@ -43,7 +44,8 @@ def _env_asks_for_distributed() -> bool:
         return False
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
-    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+    tasks = (os.environ.get("SLURM_NTASKS", ""), os.environ.get("OMPI_COMM_WORLD_SIZE", ""))
+    return any(t.strip().isdigit() and int(t) > 1 for t in tasks)
 
 
 def initialize(distributed: bool | None = None, **kwargs: Any) -> bool:
@@ -62,9 +64,7 @@ def initialize(distributed: bool | None = None, **kwargs: Any) -> bool:
     want = _env_asks_for_distributed() if distributed is None else bool(distributed)
     if not want:
         return jax.process_count() > 1
-    from jax._src import distributed as _dist  # the public API has no "already initialised?"
-
-    if _dist.global_state.client is None:
+    if not jax.distributed.is_initialized():
         # JAX reads JAX_COORDINATOR_ADDRESS itself and detects SLURM / Open MPI / Kubernetes /
         # Cloud TPU; for a hand launch (ssh on each host) the count and rank come from these two.
         for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
@@ -165,7 +165,8 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
         return jax.device_put(tree, sharding, may_alias=False)
 
     def put(x):
-        host = np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x)
+        local = isinstance(x, jax.Array) and not x.is_fully_addressable
+        host = np.asarray(x.addressable_data(0)) if local else np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(put, tree)

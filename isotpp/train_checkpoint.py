@@ -60,7 +60,8 @@ class TrainCheckpointer:
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, async_save: bool = True):
         if max_to_keep < 2:
-            raise UserError(f"max_to_keep must be at least 2 (got {max_to_keep}): a corrupt checkpoint needs a fallback")
+            raise UserError(f"max_to_keep must be at least 2 (got {max_to_keep}): "
+                            "a corrupt checkpoint needs a fallback")
         self.directory = Path(directory).absolute()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

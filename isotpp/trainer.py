@@ -82,6 +82,10 @@ class TrainConfig:
     penalty in the loss. ``checkpoint_every_steps``: also save every N steps
     (epoch ends always save when there is a workdir). ``log_every_steps``:
     a step record (loss, gradient and parameter norms) every N steps.
+    ``checkpoints``: False writes no checkpoints (logs only; no resuming).
+    ``max_steps``: stop after this many optimiser steps in all, inside an
+    epoch if need be (a fixed iteration budget such as TPP's penalty phase);
+    that last, partial epoch is evaluated, logged and checkpointed like any.
     """
 
     epochs: int
@@ -95,11 +99,13 @@ class TrainConfig:
     eval_every_epochs: int = 1
     progress: bool = True
     method: str | None = None
+    checkpoints: bool = True
+    max_steps: int | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
             raise UserError(f"epochs must be at least 1, got {self.epochs}")
-        for name in ("checkpoint_every_steps", "log_every_steps"):
+        for name in ("checkpoint_every_steps", "log_every_steps", "max_steps"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"{name} must be a positive integer or None, got {v}")
@@ -206,7 +212,8 @@ class Trainer:
         self.penalties = dict(penalties or {})
         unknown = set(config.penalty_weights) - set(self.penalties)
         if unknown:
-            raise UserError(f"penalty weights for unknown penalties {sorted(unknown)}: known are {sorted(self.penalties)}")
+            raise UserError(f"penalty weights for unknown penalties {sorted(unknown)}: "
+                            f"known are {sorted(self.penalties)}")
         self._schedule = LRSchedule.parse(config.lr_schedule) if config.lr_schedule else None
         self._build = model.build_config.to_dict() if hasattr(model, "build_config") else None
         self._build_config = getattr(model, "build_config", None)
@@ -215,13 +222,19 @@ class Trainer:
         self.fns, params, rest = ModelFns.from_model(model)
         rep = parallel.replicated(self.mesh)
         params, rest = parallel.put_replicated((params, rest), self.mesh)
-        opt_state = jax.jit(tx.init, out_shardings=rep)(params)
-        if self._schedule is not None:
-            try:
-                jax.eval_shape(lambda s: set_learning_rate(s, 0.0), opt_state)
-            except (KeyError, ValueError, TypeError):
-                raise UserError("the optimiser has no injected learning_rate for lr_schedule: build it with "
-                                "isotpp.train.reference_sgd or optax.inject_hyperparams") from None  # fmt: skip
+        lr0 = self._schedule(0) if self._schedule is not None else None
+
+        def init(p):  # with the learning rate as the step sets it (float32), so the step compiles once
+            state = tx.init(p)
+            return state if lr0 is None else set_learning_rate(state, lr0)
+
+        try:
+            opt_state = jax.jit(init, out_shardings=rep)(params)
+        except (KeyError, ValueError, TypeError):
+            if lr0 is None:
+                raise
+            raise UserError("the optimiser has no injected learning_rate for lr_schedule: build it with "
+                            "isotpp.train.reference_sgd or optax.inject_hyperparams") from None
         self.state = TrainState(params, rest, opt_state)
         self.step = 0  # optimiser steps done
         self.history: list[dict[str, Any]] = []
@@ -250,8 +263,8 @@ class Trainer:
 
     @property
     def checkpointer(self):
-        """The workdir's :class:`~isotpp.train_checkpoint.TrainCheckpointer` (None without a workdir)."""
-        if self._checkpointer is None and self.workdir is not None:
+        """The workdir's :class:`~isotpp.train_checkpoint.TrainCheckpointer` (None without a workdir or checkpoints)."""
+        if self._checkpointer is None and self.workdir is not None and self.config.checkpoints:
             from isotpp.train_checkpoint import TrainCheckpointer
 
             self._checkpointer = TrainCheckpointer(self.workdir / "checkpoints", max_to_keep=self.config.max_to_keep,
@@ -350,13 +363,15 @@ class Trainer:
         }
 
     def _payload(self) -> dict[str, Any]:
-        counters = {"step": np.int32(self.step), "rng": np.asarray(jax.random.key_data(jax.random.key(self.config.seed)))}
+        rng = np.asarray(jax.random.key_data(jax.random.key(self.config.seed)))
+        counters = {"step": np.int32(self.step), "rng": rng}
         return {"train": self.state, **parallel.put_replicated(counters, self.mesh)}
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.workdir is None or not parallel.is_main_process():
             return
-        line = json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()})
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        line = json.dumps(record)
         with open(self.workdir / "metrics.jsonl", "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -395,8 +410,9 @@ class Trainer:
     def _check_compatible(self, meta: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or data layout (before reading its arrays)."""
         if meta.get("model", {}).get("widths") != self._widths or meta.get("model", {}).get("build") != self._build:
+            theirs = (meta.get("model") or {}).get("build")
             raise UserError(f"the checkpoint in {self.checkpointer.directory} is of another architecture "
-                            f"({(meta.get('model') or {}).get('build')}): use its model or another workdir")  # fmt: skip
+                            f"({theirs}): use its model or another workdir")
         for key, have in (("global_batch_size", self.train_data.global_batch_size),
                           ("steps_per_epoch", self.train_data.steps_per_epoch), ("seed", self.config.seed)):
             if meta.get(key) != have:
@@ -405,7 +421,7 @@ class Trainer:
 
     def _restore(self) -> bool:
         if self.checkpointer is None:
-            raise UserError("resuming needs a workdir")
+            raise UserError("resuming needs a workdir with checkpoints")
         found = self.checkpointer.restore(self._payload(), check=self._check_compatible)
         if found is None:
             return False
@@ -455,26 +471,33 @@ class Trainer:
         holds checkpoints is refused rather than overwritten.
         """
         cfg = self.config
+        restored = False
         if resume:
-            if self._restore():
+            restored = self._restore()
+            if restored:
                 _note(f"resuming from step {self.step} (epoch {self._epoch}, step {self._step_in_epoch} of it)")
             else:
                 _note("no checkpoint to resume from: starting from scratch")
         elif self.checkpointer is not None and self.checkpointer.latest_step() is not None:
             raise UserError(f"{self.checkpointer.directory} already holds checkpoints (step "
                             f"{self.checkpointer.latest_step()}): pass --resume to continue or use another workdir")
+        if not restored and self.step == 0:
+            self._trim_metrics(0)  # a fresh start: no records of an earlier attempt that left no checkpoint
         if self.workdir is not None and parallel.is_main_process():
             write_json(self.workdir / "config.json", self._resolved_config())
 
         steps = self.train_data.steps_per_epoch
         stop = _Stop().install()
         try:
-            while self._epoch < cfg.epochs:
+            while self._epoch < cfg.epochs and not self._budget_spent():
                 self._run_epoch(self._epoch, steps, stop)
         finally:
             stop.restore()
             self.close()
         return self.history, self.model()
+
+    def _budget_spent(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
 
     def _run_epoch(self, epoch: int, steps: int, stop: _Stop) -> None:
         from tqdm.auto import tqdm
@@ -483,15 +506,19 @@ class Trainer:
         lr = self.lr(epoch)
         pending: list = []
         start = self._step_in_epoch
+        ran = 0
         t0 = time.perf_counter()
         bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and parallel.is_main_process()), dynamic_ncols=True)  # fmt: skip
-        with contextlib.closing(bar):
-            for x, y in self.train_data.epoch(epoch, start):
+        batches = self.train_data.epoch(epoch, start)
+        closing = contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext()
+        with contextlib.closing(bar), closing:  # leaving early (max_steps, SIGTERM) stops a prefetch thread
+            for x, y in batches:
                 pending.append(self.train_step(x, y, epoch))
                 self._step_in_epoch += 1
+                ran += 1
                 bar.update(1)
-                last_of_epoch = self._step_in_epoch == steps
+                last_of_epoch = self._step_in_epoch == steps or self._budget_spent()
                 if cfg.log_every_steps and self.step % cfg.log_every_steps == 0:
                     health = self._flush(pending)
                     if health is not None:
@@ -508,6 +535,8 @@ class Trainer:
                     err = Preempted(self.step, self.checkpointer.directory if self.checkpointer else None)
                     print(f"isotpp: {err}", file=sys.stderr, flush=True)
                     raise err
+                if self._budget_spent():
+                    break
             self._flush(pending)
         seconds = time.perf_counter() - t0
         done = self._sums["steps"]
@@ -518,7 +547,7 @@ class Trainer:
             "train_loss": self._sums["loss"] / max(done, 1),
             "train_acc": 100.0 * self._sums["correct"] / max(done * self.train_data.global_batch_size, 1),
             "seconds": seconds,
-            "images_per_s": (steps - start) * self.train_data.global_batch_size / max(seconds, 1e-9),
+            "images_per_s": ran * self.train_data.global_batch_size / max(seconds, 1e-9),
         }
         if self.eval_data is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs):
             record.update(self.evaluate())

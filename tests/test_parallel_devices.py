@@ -3,9 +3,11 @@
 JAX fixes its device count when it is imported, so the comparison runs in a
 subprocess started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (this file run as a script); the rest of the suite keeps one device. The
-subprocess trains a small ResNet-20 (BatchNorm, residual adds) with the
-trainer, plain SGD and TPP, on 1 and on 8 devices, with on-device
-augmentation, and reports per-step losses and the final state.
+subprocess trains with the trainer, on 1 and on 8 devices, with on-device
+augmentation: a small conv + BatchNorm network with plain SGD, and a small
+ResNet-20 (BatchNorm, residual adds) with TPP (its Gram and L2 penalties on
+the convs and the BatchNorm scales and biases, its state in the optimiser
+state); it reports per-step losses and the final state.
 
 It computes in float64: the two runs differ only in the order of their sums
 (BatchNorm statistics and gradients are all-reduced over 8 shards), which in
@@ -34,7 +36,8 @@ def test_eight_devices_train_like_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["devices"] == 8
-    assert report["indivisible_batch_error"] == "global batch size 12 does not divide over 8 devices: use a multiple of 8"
+    assert report["indivisible_batch_error"] == ("global batch size 12 does not divide over 8 devices: "
+                                                 "use a multiple of 8")
     for mode in ("plain", "tpp"):
         r = report[mode]
         assert r["batch_devices"] == 8, "the batch was not split over the 8 devices"
@@ -67,6 +70,27 @@ def _tiny_resnet():
                         param_dtype=jnp.float64)
 
 
+def _conv_bn():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    class ConvBN(nnx.Module):
+        def __init__(self, rngs):
+            f64 = {"param_dtype": jnp.float64, "rngs": rngs}
+            self.conv1 = nnx.Conv(1, 6, (3, 3), **f64)
+            self.bn1 = nnx.BatchNorm(6, momentum=0.9, **f64)
+            self.conv2 = nnx.Conv(6, 6, (3, 3), strides=(2, 2), **f64)
+            self.bn2 = nnx.BatchNorm(6, momentum=0.9, **f64)
+            self.fc = nnx.Linear(6, 10, **f64)
+
+        def __call__(self, x):
+            x = jax.nn.relu(self.bn1(self.conv1(x)))
+            return self.fc(jax.nn.relu(self.bn2(self.conv2(x))).mean((1, 2)))
+
+    return ConvBN(nnx.Rngs(0))
+
+
 def _run(mode: str, n_devices: int, workdir: Path) -> dict:
     import jax
 
@@ -83,7 +107,7 @@ def _run(mode: str, n_devices: int, workdir: Path) -> dict:
     images = rng.normal(size=(STEPS_PER_EPOCH * BATCH, 8, 8, 1))
     labels = rng.integers(0, 10, STEPS_PER_EPOCH * BATCH).astype(np.int32)
     mesh = parallel.make_mesh(n_devices)
-    model = _tiny_resnet()
+    model = _tiny_resnet() if mode == "tpp" else _conv_bn()
     tx = reference_sgd(0.02, 5e-4)
     plan = None
     if mode == "tpp":
@@ -93,7 +117,8 @@ def _run(mode: str, n_devices: int, workdir: Path) -> dict:
         tx = tpp(tx, plan, targets_for(plan, channel_groups(model), layer_names(model), cfg), cfg)
     data = InMemoryData(images, labels, batch_size=BATCH, mesh=mesh, seed=1, augment=True, fill=-0.5)
     evaluation = InMemoryEval(images, labels, mesh, batch_size=24) if mode == "plain" else None
-    config = TrainConfig(epochs=EPOCHS, lr_schedule="0:0.02,1:0.01", log_every_steps=1, progress=False)
+    config = TrainConfig(epochs=EPOCHS, lr_schedule="0:0.02,1:0.01", log_every_steps=1, progress=False,
+                         checkpoints=False)  # fmt: skip
     trainer = Trainer(model, tx, data, config, workdir, eval_data=evaluation, plan=plan)
     x, _ = next(data.epoch(0))
     history, _ = trainer.fit()
@@ -115,9 +140,16 @@ def _run(mode: str, n_devices: int, workdir: Path) -> dict:
 def _main(out_dir: Path) -> None:
     import jax
 
-    jax.config.update("jax_enable_x64", True)
+    from isotpp import parallel
+    from isotpp.data.pipeline import InMemoryData
+    from isotpp.errors import UserError
 
+    jax.config.update("jax_enable_x64", True)
     report = {"devices": jax.device_count()}
+    try:
+        InMemoryData(np.zeros((24, 2, 2, 1)), np.zeros(24), batch_size=12, mesh=parallel.make_mesh())
+    except UserError as e:
+        report["indivisible_batch_error"] = str(e)
     for mode in ("plain", "tpp"):
         one = _run(mode, 1, out_dir / f"{mode}-1")
         eight = _run(mode, 8, out_dir / f"{mode}-8")

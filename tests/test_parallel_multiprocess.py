@@ -178,7 +178,8 @@ def _worker(tmp: Path) -> None:
     report = {
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "device_count": jax.device_count(), "local_devices": jax.local_device_count(),
-        "local_labels": labels.tolist(), "local_sums": images.sum(axis=(1, 2, 3)).tolist(), "global_labels": np.asarray(gathered).tolist(),
+        "local_labels": labels.tolist(), "local_sums": images.sum(axis=(1, 2, 3)).tolist(),
+        "global_labels": np.asarray(gathered).tolist(),
         "history": [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in history],
         "final_step": resumed.step,
     }

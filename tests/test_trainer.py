@@ -157,7 +157,8 @@ def test_the_command_line_exits_75_on_sigterm(tmp_path, capsys):
     assert (tmp_path / "model.npz").is_file()
     assert train_cifar.main([*args, "--batch-size", "16", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("train_cifar: error: the checkpoint was made with global_batch_size=32") and err.count("\n") == 1
+    assert err.startswith("train_cifar: error: the checkpoint was made with global_batch_size=32")
+    assert err.count("\n") == 1
 
 
 def test_a_nan_loss_stops_with_a_user_error_and_the_last_good_checkpoint_stays(tmp_path):
@@ -218,3 +219,20 @@ def test_created_replicated_model_equals_the_host_built_one():
     for a, b in zip(jax.tree.leaves(nnx.state(placed)), jax.tree.leaves(nnx.state(host))):
         assert a.sharding.is_fully_replicated
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_max_steps_stops_inside_an_epoch_and_resumes_to_the_same_end(tmp_path):
+    """A fixed iteration budget (TPP's penalty phase): 6 steps = one epoch and a half."""
+    data, evaluation = _sources()
+    config = TrainConfig(epochs=5, lr_schedule="0.05", max_steps=6, checkpoint_every_steps=5, progress=False)
+    trainer = Trainer(_mlp(), reference_sgd(0.05), data, config, tmp_path, eval_data=evaluation)
+    history, _ = trainer.fit()
+    assert trainer.step == 6 and [r["step"] for r in history] == [4, 6] and "test_acc" in history[-1]
+    assert trainer.checkpointer.latest_step() == 6
+    again = Trainer(_mlp(), reference_sgd(0.05), data, config, tmp_path, eval_data=evaluation)
+    again.fit(resume=True)  # finished already: nothing more to do
+    assert again.step == 6 and len(again.history) == 2
+    for a, b in zip(_params(trainer), _params(again)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UserError, match="max_steps"):
+        TrainConfig(epochs=1, max_steps=0)

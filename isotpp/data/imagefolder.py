@@ -69,7 +69,8 @@ def scan_imagefolder(root: str | Path, classes: Sequence[str] | None = None) -> 
     """Index ``root/<class>/<image>``; ``classes`` fixes the class order (pass the train split's to val)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist: point --data-dir at the directory holding train/ and val/")
+        raise DataError(f"image folder {root} does not exist: "
+                        "point --data-dir at the directory holding train/ and val/")
     found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if classes is None:
         classes = found
@@ -224,7 +225,8 @@ def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return index, count
 
 
-def train_order(n: int, global_batch: int, seed: int, epoch: int, shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def train_order(n: int, global_batch: int, seed: int, epoch: int,
+                shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(folder indices, positions in the epoch) this shard loads, batch after batch, for one epoch."""
     index, count = shard
     steps = n // global_batch

@@ -192,7 +192,7 @@ class InMemoryEval:
         n = int(np.shape(self.labels)[0])
         if n == 0:
             raise UserError("the evaluation set is empty: check the data")
-        devices = self.mesh.devices.size * jax.process_count()
+        devices = self.mesh.devices.size  # every device of every process
         self.batch_size = -(-min(self.batch_size, n) // devices) * devices  # a multiple of the devices
         chunks = -(-n // self.batch_size)
         pad = chunks * self.batch_size - n
