@@ -1,183 +1,33 @@
-"""Train a named CIFAR model with the data-parallel trainer (isotpp.trainer).
+"""Train a named CIFAR model with the data-parallel trainer: the ``isotpp train`` command as a script.
 
     python experiments/train_cifar.py --model resnet56 --dataset cifar10 --epochs 200 \
         --lr-schedule 0:0.1,100:0.01,150:0.001 --batch-size 128 --wd 5e-4 --workdir runs/resnet56_base
 
-Every device of every host trains one global batch (``--batch-size``); the
-data set is held on the devices and augmented there (pad 4 + random crop +
-flip). ``--resume`` continues exactly from the newest checkpoint of
-``--workdir`` (or starts when there is none), so the same command line serves
-first launches and restarts. SIGTERM saves a checkpoint and exits with code
-75; bad arguments and diverged runs exit 2 with one line. Outputs (process 0):
-``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``model.npz`` (an
-isotpp model file) and ``results.json``. See docs/launching.md.
+See ``isotpp train --help`` and docs/launching.md.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from collections.abc import Sequence
 
-PROG = "train_cifar"
+from isotpp.commands.train import (  # noqa: F401 (the script's API: train_imagenet.py builds on it)
+    PROG,
+    _Parser,
+    _positive_float,
+    _positive_int,
+    add_common_arguments,
+    build_parser,
+    finish,
+    make_model,
+    run,
+    scaled_widths,
+    train_config,
+)
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
+from isotpp.commands.train import main as _main
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def add_common_arguments(p: argparse.ArgumentParser, *, model: str, batch: int, schedule: str, epochs: int,
-                         wd: float) -> None:
-    """The options every training entry point shares."""
-    p.add_argument("--model", default=model, help=f"architecture name (default {model})")
-    p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epochs to train (default {epochs})")
-    p.add_argument("--lr-schedule", default=schedule, help=f"epoch:lr pieces (default {schedule})")
-    p.add_argument("--batch-size", type=_positive_int, default=batch,
-                   help=f"GLOBAL batch over all devices and hosts (default {batch})")
-    p.add_argument("--wd", type=float, default=wd, help=f"weight decay, PyTorch-style (default {wd:g})")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--init", default="kaiming", help="weight init scheme (default kaiming, as the reference)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights, the data order and augmentation")
-    p.add_argument("--workdir", required=True, help="config.json, metrics.jsonl, checkpoints/, model.npz go here")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
-    p.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and optimiser stay float32)")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() (multi-host; also when ISOTPP_DISTRIBUTED=1)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="STEPS",
-                   help="also checkpoint every STEPS steps (epoch ends always; default 1000)")
-    p.add_argument("--log-every", type=_positive_int, default=100, metavar="STEPS",
-                   help="a step record in metrics.jsonl every STEPS steps (default 100)")
-    p.add_argument("--eval-batch-size", type=_positive_int, default=None, help="global evaluation batch")
-    p.add_argument("--width-scale", type=_positive_float, default=1.0,
-                   help="multiply every hidden width (smoke tests on small machines; default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    add_common_arguments(p, model="resnet56", batch=128, schedule="0:0.1,100:0.01,150:0.001", epochs=200, wd=5e-4)
-    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or synthetic (default cifar10)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training examples")
-    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    return p
-
-
-def scaled_widths(name: str, num_classes: int, input_shape, scale: float) -> dict[str, int] | None:
-    """Every conv/dense width times ``scale`` (at least 1), the classifier kept."""
-    if scale == 1.0:
-        return None
-    from flax import nnx
-
-    from isotpp.models import create_model, widths_of
-
-    widths = widths_of(nnx.eval_shape(lambda: create_model(name, num_classes=num_classes, input_shape=input_shape)))
-    last = list(widths)[-1]
-    return {k: (v if k == last else max(1, round(v * scale))) for k, v in widths.items()}
-
-
-def make_model(args, num_classes: int, input_shape):
-    import jax.numpy as jnp
-
-    from isotpp.models import create_model
-
-    widths = scaled_widths(args.model, num_classes, input_shape, args.width_scale)
-    return create_model(args.model, num_classes=num_classes, input_shape=input_shape, widths=widths,
-                        init=args.init, seed=args.seed, dtype=jnp.bfloat16 if args.bf16 else None)
-
-
-def train_config(args, **kwargs):
-    from isotpp.trainer import TrainConfig
-
-    return TrainConfig(epochs=args.epochs, lr_schedule=args.lr_schedule, seed=args.seed,
-                       checkpoint_every_steps=args.checkpoint_every, log_every_steps=args.log_every,
-                       progress=not args.no_progress, **kwargs)
-
-
-def finish(args, trainer, history) -> None:
-    """model.npz and results.json (process 0)."""
-    from pathlib import Path
-
-    from isotpp import parallel
-    from isotpp.checkpoint import save_model
-    from isotpp.io import write_json
-
-    if not parallel.is_main_process():
-        return
-    workdir = Path(args.workdir)
-    save_model(workdir / "model.npz", trainer.host_model(), meta={"trained_by": PROG, "epochs": args.epochs})
-    accs = [r["test_acc"] for r in history if "test_acc" in r]
-    write_json(workdir / "results.json", {
-        "model": args.model, "epochs": len(history), "steps": trainer.step,
-        "final_test_acc": accs[-1] if accs else None, "best_test_acc": max(accs) if accs else None,
-        "history": history,
-    })
-    if accs:
-        print(f"final test accuracy {accs[-1]:.2f} % (best {max(accs):.2f} %); model: {workdir / 'model.npz'}")
-
-
-def run(args, hooks=()) -> int:
-    from isotpp import parallel
-
-    parallel.initialize(True if args.distributed else None)  # before anything touches a device
-
-    from isotpp.data import DATASET_INFO, load_dataset
-    from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill
-    from isotpp.train import LRSchedule, reference_sgd
-    from isotpp.trainer import Trainer
-
-    schedule = LRSchedule.parse(args.lr_schedule)
-    mesh = parallel.make_mesh()
-    train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
-    test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
-    info = DATASET_INFO[train.name]
-    model = make_model(args, train.num_classes, train.input_shape)
-    tx = reference_sgd(schedule.initial, args.wd, args.momentum)
-    data = InMemoryData(train.images, train.labels, batch_size=args.batch_size, mesh=mesh, seed=args.seed,
-                        augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
-    evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
-    trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
-                      extra_config={"args": vars(args)})
-    history, _ = trainer.fit(resume=args.resume)
-    finish(args, trainer, history)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run) -> int:
-    """Parse, run, and turn user errors and preemption into exit codes (2, 75)."""
-    from isotpp.errors import UserError
-    from isotpp.trainer import Preempted
-
-    parser = parser or build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return runner(args, hooks)
-    except Preempted as e:  # the message is on stderr already
-        return e.exit_code
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+def main(argv=None, **kwargs) -> int:
+    kwargs.setdefault("parser", build_parser("train_cifar"))
+    return _main(argv, **kwargs)
 
 
 if __name__ == "__main__":

@@ -270,7 +270,13 @@ def _add_prune(sub) -> None:
     add_parser(sub)
 
 
-_COMMANDS: list[Callable] = [_add_spectrum, _add_prune, _add_reproduce, _add_demo]
+def _add_train(sub) -> None:
+    from isotpp.commands.train import add_parser
+
+    add_parser(sub)
+
+
+_COMMANDS: list[Callable] = [_add_spectrum, _add_train, _add_prune, _add_reproduce, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"isotpp {args.command}: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
+    except Exception as e:  # preemption (SIGTERM) saved a checkpoint: exit with the "retry" code
+        from isotpp.trainer import Preempted
+
+        if isinstance(e, Preempted):
+            return e.exit_code
+        raise
     except KeyboardInterrupt:
         print(f"isotpp {args.command}: interrupted; finished results were kept", file=sys.stderr)
         return 130
