@@ -165,7 +165,9 @@ class LayerFactory:
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1,
              padding: int = 0, *, bias: bool = False) -> nnx.Conv:
-        extra = {} if self.conv_fn is None else {"conv_general_dilated": self.conv_fn}
+        from isotpp.ops import conv_general_dilated
+
+        extra = {"conv_general_dilated": self.conv_fn or conv_general_dilated}
         return nnx.Conv(
             cin, cout, (kernel, kernel), strides=(stride, stride),
             padding=((padding, padding), (padding, padding)), use_bias=bias,

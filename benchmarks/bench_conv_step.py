@@ -1,0 +1,176 @@
+"""ResNet56 training-step speed on CPU: XLA formulations vs. the PyTorch reference (a benchmark, not a test).
+
+    python benchmarks/bench_conv_step.py [--repeats 5] [--rounds 2] [--no-torch]
+
+Each formulation runs in its own process (XLA flags are fixed per process),
+rounds interleaved so the machine's drift hits all of them alike:
+
+* ``isotpp``: the default — conv inputs materialised (``isotpp.ops``) and
+  XLA's YNNPACK conv fusions off (``isotpp.xla_defaults``);
+* ``lax+ynn``: plain ``lax.conv_general_dilated`` with XLA's defaults (the
+  "first Flax version");
+* ``lax``: plain conv, YNNPACK fusions off; ``isotpp+ynn``: materialised
+  inputs, YNNPACK on;
+* ``isotpp TPP``: the default formulation with TPP's optimiser wrapper
+  (``*layer*.conv1`` at 0.5) — its overhead over the plain step;
+* ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
+
+Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
+``--repeats`` steps after one warm-up step per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "isotpp": {"defaults": True, "conv": "isotpp", "tpp": False},
+    "isotpp TPP": {"defaults": True, "conv": "isotpp", "tpp": True},
+    "lax+ynn": {"defaults": False, "conv": "lax", "tpp": False},
+    "lax": {"defaults": True, "conv": "lax", "tpp": False},
+    "isotpp+ynn": {"defaults": False, "conv": "isotpp", "tpp": False},
+}
+
+
+def worker(name: str, repeats: int) -> dict:
+    spec = VARIANTS[name]
+    if not spec["defaults"]:
+        os.environ["ISOTPP_XLA_DEFAULTS"] = "0"
+    import jax
+
+    from isotpp.models import create_model
+    from isotpp.train import ModelFns, init_state, make_update_fn, reference_sgd
+
+    conv_fn = jax.lax.conv_general_dilated if spec["conv"] == "lax" else None
+    model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
+    fns, params, rest = ModelFns.from_model(model)
+    tx = reference_sgd(0.01, weight_decay=5e-4)
+    if spec["tpp"]:
+        from isotpp.groups import channel_groups
+        from isotpp.models import layer_names
+        from isotpp.plan import l1_plan
+        from isotpp.tpp import TPPConfig, targets_for, tpp
+
+        plan = l1_plan(model, "*layer*.conv1:0.5")
+        cfg = TPPConfig()
+        tx = tpp(reference_sgd(1e-3, weight_decay=5e-4), plan,
+                 targets_for(plan, channel_groups(model), layer_names(model), cfg), cfg)
+    state = init_state(params, rest, tx)
+    x = jax.random.normal(jax.random.key(0), (128, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(1), (128,), 0, 10)
+    step = jax.jit(make_update_fn(fns, tx), donate_argnums=0)
+    t = time.perf_counter()
+    state, m = step(state, x, y, {})
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        state, m = step(state, x, y, {})
+        jax.block_until_ready(m)
+        ts.append(time.perf_counter() - t)
+    return {"compile_s": compile_s, "step_s": statistics.median(ts), "loss": float(m["loss"])}
+
+
+def torch_worker(repeats: int) -> dict:
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.pad = cout - cin
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+            sc = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2)) if self.pad else x
+            return F.relu(out + sc)
+
+    class ResNet56(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(16)
+            blocks, cin = [], 16
+            for cout, stride in ((16, 1), (32, 2), (64, 2)):
+                for i in range(9):
+                    blocks.append(Block(cin, cout, stride if i == 0 else 1))
+                    cin = cout
+            self.blocks = tnn.Sequential(*blocks)
+            self.linear = tnn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.linear(F.adaptive_avg_pool2d(self.blocks(F.relu(self.bn1(self.conv1(x)))), 1).flatten(1))
+
+    net = ResNet56().train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t)
+    return {"compile_s": 0.0, "step_s": statistics.median(ts), "loss": 0.0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        out = torch_worker(args.repeats) if args.worker == "torch" else worker(args.worker, args.repeats)
+        print(json.dumps(out))
+        return
+    names = [v for v in args.variants.split(",") if v] + ([] if args.no_torch else ["torch"])
+    results = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            p = subprocess.run([sys.executable, __file__, "--worker", n, "--repeats", str(args.repeats)],
+                               capture_output=True, text=True)
+            if p.returncode:
+                print(p.stderr, file=sys.stderr)
+                raise SystemExit(f"{n} failed")
+            results[n].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}: {n:<12} {results[n][-1]['step_s']:.3f} s/step", flush=True)
+    ref = statistics.median(x["step_s"] for x in results["torch"]) if "torch" in results else None
+    print(f"\nResNet56, batch 128, {os.cpu_count()} CPUs; median over {args.rounds} rounds x {args.repeats} steps")
+    print(f"{'formulation':<14}{'s/step':>9}{'img/s':>8}{'compile s':>11}{'vs torch':>10}")
+    for n in names:
+        s = statistics.median(x["step_s"] for x in results[n])
+        c = statistics.median(x["compile_s"] for x in results[n])
+        rel = f"{s / ref:.2f}x" if ref else "-"
+        print(f"{n:<14}{s:>9.3f}{128 / s:>8.1f}{c:>11.1f}{rel:>10}")
+    if "isotpp" in results and "isotpp TPP" in results:
+        a = statistics.median(x["step_s"] for x in results["isotpp"])
+        b = statistics.median(x["step_s"] for x in results["isotpp TPP"])
+        print(f"TPP overhead over the plain step: {100 * (b / a - 1):+.1f} %")
+
+
+if __name__ == "__main__":
+    main()
