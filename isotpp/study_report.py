@@ -164,8 +164,9 @@ def results_table(results: Mapping[str, Any], *, metric: Metric = "best_acc") ->
 
     One row per method (the file's order), preceded by "Unpruned" when the file
     has a base model: accuracy (``metric``: best or final test accuracy, in %)
-    per learning rate, and the mean JSV right after pruning, averaged over all
-    learning rates and seeds of the method. Cells are mean ± population std.
+    per learning rate, and the mean JSV right after pruning over the method's
+    seeds (it precedes retraining, so every LR cell of a seed holds the same
+    value: the cell with the most seeds is used). Cells are mean ± population std.
     """
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
@@ -189,8 +190,9 @@ def results_table(results: Mapping[str, Any], *, metric: Metric = "best_acc") ->
             accs = _values(cell.get(metric))
             seed_counts.append(len(accs))
             row.append(mean_std_fixed(accs, 2))
-            # pruning precedes retraining: the JSV does not depend on the LR, so pool them
-            jsv += _values(cell.get("jsv_after_prune"))
+            values = _values(cell.get("jsv_after_prune"))
+            if len(values) > len(jsv):
+                jsv = values
         row.append(mean_std(jsv, 4))
         rows.append(row)
     return markdown_table(headers, rows) + "\n\n" + _footer(results, metric, seed_counts) + "\n"
