@@ -1,0 +1,133 @@
+"""A CPU-scale ConvNet study: the TPP paper's Table-1 question on a machine without a GPU.
+
+A CIFAR-style ResNet (ResNet-20, option A; narrowed by ``width_scale``) is
+trained on a slice of Fashion-MNIST (or CIFAR-10 when given), then ``*layer*.conv1``
+— the first conv of every residual block, the reference's convention — is
+pruned at a high ratio by L1, L1+OrthP and TPP, and each pruned network is
+retrained at two learning rates. Every run is an :mod:`isotpp.pruning_run`
+(``isotpp prune``) sharing one base model; the results file has the linear
+study's format, so :mod:`isotpp.study_report` draws its table and figure
+(accuracy and mean JSV per retraining epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from isotpp.errors import UserError
+from isotpp.io import read_json, write_json
+
+METHODS = ("L1", "L1+OrthP", "TPP")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStudyConfig:
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    model: str = "resnet20"
+    width_scale: float = 0.5
+    train_limit: int | None = 10_000
+    ratio: float = 0.9
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 128
+    wd: float = 5e-4
+    base_epochs: int = 8
+    base_lr: str = "0:0.1,4:0.01,7:0.001"
+    retrain_epochs: int = 8
+    lr_schedules: tuple[tuple[str, str], ...] = (("0.01", "0:0.01,4:0.001,6:0.0001"), ("0.001", "0:0.001,5:0.0001"))
+    tpp_reg_granularity: float = 1e-3  # reg reaches 1 after 1000 iterations (the paper: 100,000)
+    tpp_update_reg_interval: int = 1
+    tpp_stabilize_iters: int = 1000
+    tpp_zero_out_interval: int = 50
+    jsv_samples: int = 64
+    quick: bool = False
+
+    def validate(self) -> ConvStudyConfig:
+        from isotpp.methods import get_method
+
+        if not (0.0 < self.ratio < 1.0):
+            raise UserError(f"pruning ratio {self.ratio} is outside (0, 1): use e.g. 0.9")
+        for m in self.methods:
+            get_method(m)
+        if not self.seeds:
+            raise UserError("no seeds: pass --seeds N with N >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_schedules"] = dict(self.lr_schedules)
+        return d
+
+
+def quick_config(**overrides) -> ConvStudyConfig:
+    """Minutes, not a quarter of an hour: fewer examples, epochs and TPP iterations."""
+    base = dict(train_limit=3000, base_epochs=3, base_lr="0:0.1,2:0.01", retrain_epochs=3,
+                lr_schedules=(("0.01", "0:0.01"), ("0.001", "0:0.001")), tpp_reg_granularity=5e-3,
+                tpp_stabilize_iters=400, tpp_zero_out_interval=20, jsv_samples=32, quick=True)
+    return ConvStudyConfig(**(base | overrides))
+
+
+def _prune_config(cfg: ConvStudyConfig, seed: int, **kw):
+    from isotpp.pruning_run import PruneConfig
+
+    return PruneConfig(
+        model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir, ratios=f"*layer*.conv1:{cfg.ratio}",
+        base_epochs=cfg.base_epochs, base_lr_schedule=cfg.base_lr, batch_size=cfg.batch_size, wd=cfg.wd,
+        seed=seed, reg_granularity=cfg.tpp_reg_granularity, update_reg_interval=cfg.tpp_update_reg_interval,
+        stabilize_reg_interval=cfg.tpp_stabilize_iters, zero_out_interval=cfg.tpp_zero_out_interval,
+        jsv_samples=cfg.jsv_samples, jsv_bn="batch", train_limit=cfg.train_limit, width_scale=cfg.width_scale,
+        epochs=cfg.retrain_epochs, checkpoint_every=None, **kw,
+    )
+
+
+def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
+    """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png)."""
+    from isotpp.pruning_run import _load_data, _mean_jsv, base_model, run_pruning
+    from isotpp.study_report import write_report
+
+    cfg = cfg.validate()
+    out = Path(out)
+    if (out / "config.json").exists():
+        old = read_json(out / "config.json")
+        diff = [k for k, v in cfg.to_dict().items() if k not in ("seeds", "methods", "data_dir") and old.get(k) != v]
+        if diff:
+            raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
+    write_json(out / "config.json", cfg.to_dict())
+    t0 = time.time()
+    base_info = {"acc": [], "jsv": []}  # JSV with batch statistics, as the reference measures ConvNets
+    runs: dict[str, dict[str, dict[str, list]]] = {m: {lr: {} for lr, _ in cfg.lr_schedules} for m in cfg.methods}
+    for seed in cfg.seeds:
+        sdir = out / f"seed{seed}"
+        pc = _prune_config(cfg, seed, method="L1", out=str(sdir))
+        data = _load_data(pc)
+        base = base_model(pc, data, sdir, log)
+        info_path = sdir / "base.json"
+        if not info_path.exists():
+            from isotpp.pruning_run import _evaluate
+
+            write_json(info_path, {"acc": _evaluate(base, data),
+                                   "jsv": _mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
+        info = read_json(info_path)
+        base_info["acc"].append(info["acc"])
+        base_info["jsv"].append(info["jsv"])
+        for method in cfg.methods:
+            for lr, schedule in cfg.lr_schedules:
+                run_dir = sdir / method.replace("+", "_plus_") / f"lr{lr}"
+                log(f"seed {seed}: {method} at LR {lr}")
+                s = run_pruning(_prune_config(cfg, seed, method=method, base=str(sdir / "base" / "model.npz"),
+                                              lr_schedule=schedule, out=str(run_dir),
+                                              shared=str(run_dir.parent)), log=log)
+                cell = runs[method][lr]
+                for key in ("best_acc", "final_acc", "jsv_after_prune", "acc_per_epoch", "jsv_per_epoch"):
+                    cell.setdefault(key, []).append(s[key])
+                cell.setdefault("sparsity", []).append(s["sparsity"])
+                cell.setdefault("speedup", []).append(s["speedup"])
+    results = {"config": cfg.to_dict(), "runs": runs, "base": base_info, "wall_s": time.time() - t0}
+    write_json(out / "results.json", results)
+    paths = write_report(results, out)
+    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
+    return results
