@@ -329,7 +329,7 @@ def test_cli_json_keys_and_table(run_cli, tmp_path):
     (("--model", "resnet56", "--ratios", "*conv2:0.5", "--dry-run"), "only part of residual stream"),
     (("--model", "resnet56", "--ratios", "*layer*.conv1:0.5", "--skip", "*nothing*", "--dry-run"),
      "matches no layer"),
-    (("--model", "resnet56", "--ratios", "*layer*.conv1:0.5"), "only --dry-run is available"),
+    (("--model", "resnet56", "--ratios", "*layer*.conv1:0.5"), "needs --out"),
     (("--model", "resnet56", "--dry-run"), "--ratios"),
     (("--model", "resnet56", "--ratios", "*layer*.conv1:0.5", "--num-classes", "0", "--dry-run"),
      "positive integer"),
