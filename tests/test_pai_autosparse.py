@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from isotpp.errors import UserError
-from isotpp.pai.autosparse import (G0_DEFINITION, Scorer, feature_spec, fit_scorer, load_scorer, record_examples,
-                                   train_scorer, validate_scorer)
+from isotpp.pai.autosparse import (
+    G0_DEFINITION,
+    Scorer,
+    feature_spec,
+    fit_scorer,
+    load_scorer,
+    record_examples,
+    train_scorer,
+    validate_scorer,
+)
 from isotpp.pai.irp import IRPRecord
 
 

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from isotpp.errors import UserError
-from isotpp.pai.irp import IRPRecord, _rewound, irp_keep_counts, load_irp_record, make_record, run_irp
+from isotpp.pai.irp import (
+    IRPRecord,
+    _rewound,
+    irp_keep_counts,
+    load_irp_record,
+    make_record,
+    run_irp,
+)
 from isotpp.pai.masks import keep_count
 
 

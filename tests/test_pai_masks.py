@@ -9,9 +9,24 @@ import pytest
 
 from isotpp.errors import UserError
 from isotpp.groups import flat_arrays
-from isotpp.pai.masked_optim import MaskedState, get_masks, masked, masked_train_state, set_masks
-from isotpp.pai.masks import (apply_masks, check_density, keep_count, layer_densities, mask_density,
-                              masks_from_scores, parse_densities, top_count_masks, topk_mask)
+from isotpp.pai.masked_optim import (
+    MaskedState,
+    get_masks,
+    masked,
+    masked_train_state,
+    set_masks,
+)
+from isotpp.pai.masks import (
+    apply_masks,
+    check_density,
+    keep_count,
+    layer_densities,
+    mask_density,
+    masks_from_scores,
+    parse_densities,
+    top_count_masks,
+    topk_mask,
+)
 
 
 def test_keep_count_rounds_half_up_on_the_printed_decimal():
@@ -147,7 +162,15 @@ def test_masked_weights_stay_exactly_zero_through_vmapped_training():
     """Two runs with different masks, momentum and weight decay, several epochs: pruned entries stay 0.0,
     their momentum stays 0.0, kept entries move, and each run keeps its own mask."""
     from isotpp.models import create_model
-    from isotpp.train import LRSchedule, ModelFns, RunGroup, epoch_batches, reference_sgd, stack_runs, unstack_run
+    from isotpp.train import (
+        LRSchedule,
+        ModelFns,
+        RunGroup,
+        epoch_batches,
+        reference_sgd,
+        stack_runs,
+        unstack_run,
+    )
 
     model = create_model("mlp", depth=3, width=16, input_dim=8, num_classes=3, act="relu", init="kaiming")
     fns, params, rest = ModelFns.from_model(model)

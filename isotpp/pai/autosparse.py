@@ -79,6 +79,7 @@ def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[tuple[jax.Array, jax.
             zip(keys, sizes[:-1], sizes[1:])]
 
 
+@jax.jit
 def mlp_apply(params, x: jax.Array) -> jax.Array:
     """(n, features) -> (n,): ReLU between layers, linear output."""
     for w, b in params[:-1]:

@@ -22,6 +22,8 @@ no dilation, one group; anything else goes to ``lax.conv_general_dilated``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,7 +65,7 @@ class SmallConvNet(nnx.Module):
         self.conv2 = make.conv(c1, c2, 3, 2, 1, bias=True)
         self.relu2 = ReLU()
         self.flatten = Flatten()
-        hh, ww = -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2)  # two stride-2 pad-1 3×3 convs: ceil(/2) twice
+        hh, ww = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)  # two stride-2 pad-1 3×3 convs
         self.fc1 = make.dense(c2 * hh * ww, hidden)
         self.relu3 = ReLU()
         self.fc2 = make.dense(hidden, num_classes)

@@ -74,7 +74,7 @@ def masked(inner: optax.GradientTransformation, names: Sequence[str]) -> optax.G
 def set_masks(opt_state, masks: Mapping[str, jax.Array]):
     """The optimiser state with its masks replaced (same names and shapes required)."""
     if not isinstance(opt_state, MaskedState):
-        raise ValueError("set_masks wants the state of masked(...) itself (masked must be the outer transformation)")
+        raise TypeError("set_masks wants the state of masked(...) itself (masked must be the outer transformation)")
     old = opt_state.masks
     if set(masks) != set(old):
         raise KeyError(f"masks for {sorted(masks)} given, the optimiser masks {sorted(old)}")
@@ -86,7 +86,7 @@ def set_masks(opt_state, masks: Mapping[str, jax.Array]):
 
 def get_masks(opt_state) -> dict[str, jax.Array]:
     if not isinstance(opt_state, MaskedState):
-        raise ValueError("get_masks wants the state of masked(...) itself")
+        raise TypeError("get_masks wants the state of masked(...) itself")
     return dict(opt_state.masks)
 
 

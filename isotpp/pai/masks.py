@@ -124,7 +124,7 @@ def _check_scores(scores: Mapping[str, jax.Array]) -> None:
     if not scores:
         raise UserError("no scores given: nothing to prune")
     for name, s in scores.items():
-        if not bool(jnp.all(jnp.isfinite(jnp.asarray(s)))):
+        if not np.isfinite(np.asarray(s)).all():
             raise UserError(f"the scores of {name} contain NaN or inf: check the score function's input "
                             "(a diverged gradient?)")
 
@@ -159,20 +159,27 @@ def top_count_masks(scores: Mapping[str, jax.Array], count: int, *,
         missing = [n for n in names if n not in alive]
         if missing:
             raise ValueError(f"no alive mask for {missing[0]}")
-    flat = jnp.concatenate([jnp.ravel(scores[n]).astype(jnp.float32) for n in names])
-    a = None if alive is None else jnp.concatenate([jnp.ravel(alive[n]).astype(bool) for n in names])
-    if not 1 <= count <= flat.size:
-        raise ValueError(f"cannot keep {count} of {flat.size} weights")
-    if a is not None and count > int(a.sum()):
-        raise ValueError(f"cannot keep {count} weights, only {int(a.sum())} are alive")
-    keep = _topk(flat, count, a)
-    out, start = {}, 0
-    for n in names:
-        shape = jnp.shape(scores[n])
-        size = int(np.prod(shape))
-        out[n] = keep[start:start + size].reshape(shape)
-        start += size
-    return out
+    total = sum(int(np.prod(jnp.shape(scores[n]))) for n in names)
+    if not 1 <= count <= total:
+        raise ValueError(f"cannot keep {count} of {total} weights")
+    a = None if alive is None else tuple(jnp.asarray(alive[n], bool) for n in names)
+    if a is not None and count > sum(int(x.sum()) for x in a):
+        raise ValueError(f"cannot keep {count} weights, only {sum(int(x.sum()) for x in a)} are alive")
+    keep = _ranked(tuple(jnp.asarray(scores[n]) for n in names), count, a)
+    return dict(zip(names, keep))
+
+
+@jax.jit
+def _ranked(scores: tuple, count, alive: tuple | None):
+    """One compiled ranking of all kernels together; masks back in the kernels' shapes."""
+    flat = jnp.concatenate([jnp.ravel(s).astype(jnp.float32) for s in scores])
+    a = None if alive is None else jnp.concatenate([jnp.ravel(x) for x in alive])
+    keep = topk_mask(flat, count, a)
+    out, start = [], 0
+    for s in scores:
+        out.append(keep[start:start + s.size].reshape(s.shape))
+        start += s.size
+    return tuple(out)
 
 
 def apply_masks(params, masks: Mapping[str, jax.Array]):

@@ -67,7 +67,7 @@ class PrunableNet:
 
     def with_kernels(self, kernels: Mapping[str, jax.Array], params=None):
         """``params`` (default: the initial ones) with the named kernels replaced."""
-        return map_named(lambda n, x: kernels[n] if n in kernels else x, self.params if params is None else params)
+        return map_named(lambda n, x: kernels.get(n, x), self.params if params is None else params)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(k.shape) for n, k in self.kernels().items()}
@@ -122,23 +122,27 @@ class PrunableNet:
         idx = np.arange(chunks * batch_size) % n
         weight = jnp.asarray((np.arange(chunks * batch_size) < n).astype(np.float32)).reshape(chunks, batch_size)
         idx = jnp.asarray(idx.reshape(chunks, batch_size))
-        return _gradient_sum(self, x, y, idx, weight, float(batch_size))
+        return _gradient_sum(self.fns, self.names, self.params, self.rest, x, y, idx, weight, float(batch_size))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _gradient_sum(net: PrunableNet, x, y, idx, weight, batch_size):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _gradient_sum(fns: ModelFns, names, params, rest, x, y, idx, weight, batch_size):
+    # the arrays are arguments (not constants of a net), so nets of one architecture share the program
     def loss(kernels, xb, yb, wb):
-        logits, _ = net.fns.train_apply(net.with_kernels(kernels), net.rest, xb)
+        p = map_named(lambda n, v: kernels.get(n, v), params)
+        logits, _ = fns.train_apply(p, rest, xb)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
         return jnp.sum(ce * wb) / batch_size
 
     grad = jax.grad(loss)
+    flat = flat_arrays(params)
+    kernels = {n: flat[n] for n in names}
 
     def body(acc, chunk):
         i, w = chunk
-        g = grad(net.kernels(), x[i], y[i], w)
+        g = grad(kernels, x[i], y[i], w)
         return jax.tree.map(jnp.add, acc, g), None
 
-    zero = jax.tree.map(jnp.zeros_like, net.kernels())
+    zero = jax.tree.map(jnp.zeros_like, kernels)
     total, _ = jax.lax.scan(body, zero, (idx, weight))
     return total

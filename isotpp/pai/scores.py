@@ -26,8 +26,15 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from isotpp.pai.masks import Scope, check_density, keep_count, masks_from_scores, top_count_masks
+from isotpp.pai.masks import (
+    Scope,
+    check_density,
+    keep_count,
+    masks_from_scores,
+    top_count_masks,
+)
 
 __all__ = [
     "grasp_scores",
@@ -43,9 +50,17 @@ Kernels = Mapping[str, jax.Array]
 
 
 def random_scores(key: jax.Array, kernels: Kernels) -> dict[str, jax.Array]:
-    """U[0, 1) per weight, an independent stream per kernel (by position in the dict)."""
-    return {n: jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(k))
-            for i, (n, k) in enumerate(kernels.items())}
+    """U[0, 1) per weight: one flat draw over all kernels (in the dict's order), split by kernel.
+
+    (One draw compiles one random kernel; a draw per kernel shape would compile one each.)
+    """
+    sizes = [int(np.prod(jnp.shape(k))) for k in kernels.values()]
+    flat = jax.random.uniform(key, (sum(sizes),))
+    out, start = {}, 0
+    for (n, k), size in zip(kernels.items(), sizes):
+        out[n] = flat[start:start + size].reshape(jnp.shape(k))
+        start += size
+    return out
 
 
 def magnitude_scores(kernels: Kernels) -> dict[str, jax.Array]:

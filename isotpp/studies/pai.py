@@ -139,9 +139,9 @@ class PaIConfig:
 
 def quick_config(**overrides) -> PaIConfig:
     """A reduced run that shows every piece in a few minutes on a 2-core CPU."""
-    base = dict(seeds=(0,), densities=(0.05, 0.01), epochs=3, lr="0:0.1,2:0.01", synflow_rounds=20,
-                irp_rounds=3, irp_epochs=1, irp_lr="0:0.1", scorer_epochs=3, ai_iters=200,
-                transfer_densities=(0.05,), transfer_epochs=2, quick=True)
+    base = {"seeds": (0,), "densities": (0.05, 0.01), "epochs": 3, "lr": "0:0.1,2:0.01", "synflow_rounds": 20,
+            "irp_rounds": 3, "irp_epochs": 1, "irp_lr": "0:0.1", "scorer_epochs": 3, "ai_iters": 200,
+            "transfer_densities": (0.05,), "transfer_epochs": 2, "quick": True}
     return PaIConfig(**(base | overrides))
 
 
@@ -292,8 +292,8 @@ def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, 
     from isotpp.pai.irp import load_irp_record, make_record
     from isotpp.pai.methods import one_shot_masks, scored_masks
 
-    bases = sorted({parse_method(m)[0] for m in methods}, key=lambda b: ("random magnitude snip grasp synflow irp "
-                                                                         "autosparse").split().index(b))
+    order = ["random", "magnitude", "snip", "grasp", "synflow", "irp", "autosparse"]
+    bases = sorted({parse_method(m)[0] for m in methods}, key=order.index)
     key = jax.random.fold_in(jax.random.key(seed), 11)
     x, y = _score_batch(data, config.score_examples, seed)
     out_masks = {}
@@ -402,6 +402,17 @@ def _check_dir(out: Path, config: PaIConfig) -> None:
         raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
 
 
+def _check_files(config: PaIConfig) -> None:
+    """Refuse a scorer for other features or an IRP record of another architecture before any work."""
+    from isotpp.pai.autosparse import load_scorer
+    from isotpp.pai.irp import load_irp_record
+
+    if config.scorer_path is not None:
+        load_scorer(config.scorer_path)
+    if config.irp_record_path is not None:
+        load_irp_record(config.irp_record_path, arch=ARCH)
+
+
 def _norm(v):
     if isinstance(v, (list, tuple)):
         return [_norm(x) for x in v]
@@ -416,6 +427,7 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
     config = config.validate()
     out = Path(out)
     _check_dir(out, config)
+    _check_files(config)
     write_json(out / "config.json", config.to_dict())
     record = Recorder(out / "metrics.jsonl")
     t_start = time.time()

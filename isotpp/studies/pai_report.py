@@ -82,8 +82,8 @@ def pai_tables(results: Mapping[str, Any]) -> str:
     lenet = results["lenet"]
     parts = [f"### {lenet['arch']}: final test accuracy (%) by density of kept weights\n",
              _part_table(lenet, "final_acc"), "",
-             f"Mean ± population std over {_seeds_note(lenet)}, test accuracy at the last epoch. "
-             + _dense_line(lenet) + " " + _diverged_note(lenet), "",
+             (f"Mean ± population std over {_seeds_note(lenet)}, test accuracy at the last epoch. "
+              + _dense_line(lenet) + " " + _diverged_note(lenet)), "",
              f"### {lenet['arch']}: test accuracy (%) at the epoch of best validation accuracy\n",
              _part_table(lenet, "val_selected_acc"), "",
              f"### {lenet['arch']}: mean Jacobian singular value at initialisation (after AI for +AI)\n",
@@ -91,8 +91,8 @@ def pai_tables(results: Mapping[str, Any]) -> str:
     transfer = results.get("transfer")
     if transfer:
         parts += [f"### Transfer to {transfer['arch']}: final test accuracy (%)\n", _part_table(transfer, "final_acc"),
-                  "", f"Mean ± population std over {_seeds_note(transfer)}. " + _dense_line(transfer) + " "
-                  + _diverged_note(transfer), "",
+                  "", (f"Mean ± population std over {_seeds_note(transfer)}. " + _dense_line(transfer) + " "
+                       + _diverged_note(transfer)), "",
                   f"### {transfer['arch']}: mean JSV at initialisation\n",
                   _part_table(transfer, "jsv_mean", jsv=True), ""]
     auto = results.get("autosparse")
@@ -101,8 +101,9 @@ def pai_tables(results: Mapping[str, Any]) -> str:
         s = auto.get("scorer", {})
         parts += ["### AutoSparse scorer, validated on a second IRP run (another seed)\n",
                   markdown_table(["metric", "value"], [
-                      ["trained on", f"{s.get('record_arch')} IRP, seed {s.get('record_seed')}, "
-                                     f"{s.get('record_rounds')} rounds to {_pct(s.get('record_density', math.nan))}"],
+                      ["trained on", (f"{s.get('record_arch')} IRP, seed {s.get('record_seed')}, "
+                                      f"{s.get('record_rounds')} rounds to "
+                                      f"{_pct(s.get('record_density', math.nan))}")],
                       ["validated on", f"IRP seed {v.get('record_seed')} at {_pct(v.get('density', math.nan))}"],
                       ["MSE (constant predictor)", f"{v['mse']:.4f} ({v['mse_constant']:.4f})"],
                       ["Spearman ρ (prediction, survival)", f"{v['spearman']:.3f}"],
@@ -111,8 +112,8 @@ def pai_tables(results: Mapping[str, Any]) -> str:
                       ["ticket overlap: abs(w0·g0)", f"{v['ticket_overlap_w0g0']:.3f}"],
                       ["ticket overlap: random", f"{v['ticket_overlap_random']:.3f}"],
                   ]), "",
-                  "Ticket overlap: the fraction of the validation run's final IRP mask found in the top-k of "
-                  "each ranking (k = the mask's size).", ""]
+                  ("Ticket overlap: the fraction of the validation run's final IRP mask found in the top-k of "
+                   "each ranking (k = the mask's size)."), ""]
     wall = results.get("wall_s")
     if wall is not None:
         parts.append(f"Wall time of this invocation: {_duration(float(wall))} (work reused from an earlier "
