@@ -107,9 +107,9 @@ def run_prune_args(args) -> int:
     return 0
 
 
-def _full_run(args) -> int:
-    from isotpp.pruning_run import PruneConfig, run_pruning
-    from isotpp.report import fmt_number, markdown_table
+def config_from_args(args):
+    """The :class:`~isotpp.pruning_run.PruneConfig` of parsed ``prune`` arguments (a full run)."""
+    from isotpp.pruning_run import PruneConfig
 
     if not args.out:
         raise UserError("a full run needs --out DIR (or add --dry-run for the cost only)")
@@ -117,9 +117,15 @@ def _full_run(args) -> int:
             "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
             "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
             "width_scale", "bf16", "out")
-    config = PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
-                         **{k: getattr(args, k) for k in keys})
-    s = run_pruning(config)
+    return PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
+                       **{k: getattr(args, k) for k in keys})
+
+
+def _full_run(args) -> int:
+    from isotpp.pruning_run import run_pruning
+    from isotpp.report import fmt_number, markdown_table
+
+    s = run_pruning(config_from_args(args))
     rows = [["base accuracy (%)", fmt_number(s["base_acc"], 2)],
             ["mean JSV right after pruning", fmt_number(s["jsv_after_prune"])],
             ["best / final accuracy (%)", f"{fmt_number(s['best_acc'], 2)} / {fmt_number(s['final_acc'], 2)}"],
