@@ -16,6 +16,12 @@
    and test accuracy every epoch (``final.npz``);
 5. ``summary.json`` — accuracy, JSV, sparsity, speedup, wall time.
 
+The data are an in-memory dataset (:func:`isotpp.data.load_dataset`: CIFAR,
+(Fashion-)MNIST, synthetic) or, for ``dataset="imagenet"``, an ImageFolder tree
+``data_dir/{train,val}/<class>/<image>`` read by Grain worker processes
+(:mod:`isotpp.data.imagefolder`: random-resized crop and flip for training,
+resize and centre crop for evaluation and the JSV probe).
+
 Every stage is skipped when its output exists and resumes from its last
 checkpoint otherwise, so rerunning the same command finishes an interrupted
 run. The methods are :mod:`isotpp.methods`' recipes.
@@ -71,7 +77,10 @@ class PruneConfig:
     jsv_bn: str = "eval"
     train_limit: int | None = None
     width_scale: float = 1.0
-    augment: bool | None = None  # None: on for CIFAR, off otherwise
+    augment: bool | None = None  # None: on for CIFAR and ImageNet, off otherwise
+    workers: int | None = None  # ImageNet only: Grain decoding processes (None: min(16, CPUs))
+    image_size: int = 224  # ImageNet only: the training crop and the eval centre crop
+    resize: int = 256  # ImageNet only: the eval transform's shorter side before the centre crop
     bf16: bool = False
     checkpoint_every: int | None = 1000
     progress: bool = True
@@ -94,6 +103,14 @@ class PruneConfig:
                      "zero_out_interval", "pre_iters", "jsv_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("image_size", "resize"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"workers must be at least 0, got {self.workers}")
+        if _is_imagenet(self.dataset) and self.resize < self.image_size:
+            raise UserError(f"resize {self.resize} is smaller than image-size {self.image_size}: the centre crop "
+                            "would not fit (use e.g. --image-size 224 --resize 256)")
         if self.jsv_bn not in ("eval", "batch"):
             raise UserError(f"jsv-bn must be 'eval' or 'batch', got {self.jsv_bn!r}")
         if self.base is not None and not Path(self.base).exists():
@@ -109,12 +126,46 @@ class PruneConfig:
 # --------------------------------------------------------------------------
 
 
+def _is_imagenet(dataset: str) -> bool:
+    return str(dataset).lower() == "imagenet"
+
+
+def default_workers() -> int:
+    """Grain decoding processes when none are given: min(16, CPUs)."""
+    import os
+
+    return min(16, os.cpu_count() or 1)
+
+
 @dataclasses.dataclass
 class _Data:
+    """An in-memory dataset (:func:`isotpp.data.load_dataset`) on every device.
+
+    The interface the stages use, shared with :class:`_FolderData`:
+    ``num_train``, ``num_classes``, ``input_shape``, ``steps_per_epoch(batch)``,
+    ``source(config, seed, augment)`` (training), ``evaluation()`` (eval
+    source), ``probe(n)`` (JSV inputs) and ``accuracy(model)``.
+    """
+
     train: Any  # isotpp.data.Dataset
     test: Any
     mesh: Any
     fill: Any
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.train.input_shape
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.num_train // batch_size)  # InMemoryData tops the last batch up
 
     def source(self, config: PruneConfig, seed: int, augment: bool):
         from isotpp.data.pipeline import InMemoryData
@@ -131,12 +182,135 @@ class _Data:
         """The first ``n`` training images: the JSV inputs (as the reference, from the train set)."""
         return np.asarray(self.train.images[:n])
 
+    def accuracy(self, model) -> float:
+        """Test accuracy (%) of a model in eval mode."""
+        import jax
+        import jax.numpy as jnp
 
-def _load_data(config: PruneConfig) -> _Data:
+        from isotpp.train import ModelFns, make_eval_fn
+
+        fns, params, rest = ModelFns.from_model(model)
+        acc, _ = jax.jit(make_eval_fn(fns, batch_size=500))(params, rest, jnp.asarray(self.test.images),
+                                                             jnp.asarray(self.test.labels))
+        return float(acc)
+
+
+@dataclasses.dataclass
+class _FolderData:
+    """An ImageFolder tree (``dataset="imagenet"``) read by Grain: :class:`_Data`'s interface.
+
+    Training batches: random-resized crop + flip (``augment``) of ``image_size``,
+    the last incomplete batch dropped; evaluation: every validation image once,
+    resized (shorter side ``resize``) and centre-cropped; the JSV probe: the
+    first validation images under the eval transform.
+    """
+
+    train: Any  # isotpp.data.imagefolder.ImageFolder
+    val: Any
+    mesh: Any
+    workers: int
+    image_size: int
+    resize: int
+    eval_batch_size: int
+    _probe: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.num_train // batch_size  # the Grain loader drops the last incomplete batch
+
+    def source(self, config: PruneConfig, seed: int, augment: bool):
+        from isotpp.data.imagefolder import imagefolder_train_source
+
+        return imagefolder_train_source(self.train, global_batch_size=config.batch_size, mesh=self.mesh, seed=seed,
+                                        workers=self.workers, size=self.image_size, resize=self.resize,
+                                        augment=augment)
+
+    def evaluation(self):
+        from isotpp.data.imagefolder import imagefolder_eval_source
+
+        return imagefolder_eval_source(self.val, batch_size=self.eval_batch_size, mesh=self.mesh,
+                                       workers=self.workers, size=self.image_size, resize=self.resize)
+
+    def probe(self, n: int) -> np.ndarray:
+        """The first ``n`` validation images under the eval transform: the JSV inputs, (n, size, size, 3)."""
+        from isotpp.data.imagefolder import EvalTransform
+
+        n = min(n, len(self.val))
+        if self._probe is None or self._probe.shape[0] < n:
+            transform = EvalTransform(self.image_size, self.resize)
+            self._probe = np.stack([transform((*self.val[i], True))[0] for i in range(n)])
+        return self._probe[:n]
+
+    def accuracy(self, model) -> float:
+        """Validation accuracy (%) of a model in eval mode, streamed from the eval source."""
+        import jax
+        import jax.numpy as jnp
+
+        from isotpp import parallel
+        from isotpp.train import ModelFns
+
+        fns, params, rest = ModelFns.from_model(model)
+        params, rest = parallel.put_replicated((params, rest), self.mesh)
+
+        def step(params, rest, x, y, valid):
+            logits = fns.eval_apply(params, rest, x)
+            correct = (jnp.argmax(logits, -1) == y) & valid
+            return correct.sum(), valid.sum()
+
+        step = jax.jit(step, out_shardings=parallel.replicated(self.mesh))
+        correct, count = 0, 0
+        for x, y, valid in self.evaluation().batches():
+            c, k = jax.device_get(step(params, rest, x, y, valid))
+            correct, count = correct + int(c), count + int(k)
+        return 100.0 * correct / max(count, 1)
+
+
+_RunData = _Data | _FolderData  # what the stages read their data from
+
+
+def _load_folder(config: PruneConfig) -> _FolderData:
+    """The ImageFolder tree of ``config.data_dir``; one-line UserErrors for a missing or empty tree."""
+    from isotpp import parallel
+    from isotpp.data.imagefolder import ImageFolder, scan_imagefolder
+
+    if not config.data_dir:
+        raise UserError(f"--dataset {config.dataset} needs --data-dir DIR: the ImageFolder tree holding "
+                        "train/<class>/*.JPEG and val/<class>/*.JPEG")
+    root = Path(config.data_dir)
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root} does not exist: point it at the directory holding train/ and val/")
+    train = scan_imagefolder(root / "train")
+    val = scan_imagefolder(root / "val", classes=train.classes)
+    if config.train_limit is not None and config.train_limit < len(train):
+        keep = np.sort(np.random.default_rng(0).permutation(len(train))[: config.train_limit])
+        train = ImageFolder(train.root, train.classes, tuple(train.files[i] for i in keep),
+                            tuple(train.labels[i] for i in keep))
+    if config.batch_size > len(train):
+        raise UserError(f"batch size {config.batch_size} exceeds the {len(train)} training images under "
+                        f"{root / 'train'}: lower --batch-size")
+    workers = config.workers if config.workers is not None else default_workers()
+    return _FolderData(train, val, parallel.make_mesh(), workers, config.image_size, config.resize,
+                       config.batch_size)
+
+
+def _load_data(config: PruneConfig) -> _RunData:
     from isotpp import parallel
     from isotpp.data import DATASET_INFO, load_dataset
     from isotpp.data.pipeline import pad_fill
 
+    if _is_imagenet(config.dataset):
+        return _load_folder(config)
     train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     info = DATASET_INFO[train.name]
@@ -144,7 +318,9 @@ def _load_data(config: PruneConfig) -> _Data:
 
 
 def _augment(config: PruneConfig) -> bool:
-    return config.augment if config.augment is not None else config.dataset.startswith("cifar")
+    if config.augment is not None:
+        return config.augment
+    return config.dataset.startswith("cifar") or _is_imagenet(config.dataset)
 
 
 def _act(model) -> str:
@@ -168,7 +344,7 @@ def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, 
                         dtype=jnp.bfloat16 if config.bf16 else None)
 
 
-def _train(model, tx, data: _Data, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
+def _train(model, tx, data: _RunData, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
            seed: int, max_steps: int | None = None, penalties=None, weights=None, hooks=(), plan=None,
            method: str | None = None):
     from isotpp.trainer import TrainConfig, Trainer
@@ -200,7 +376,7 @@ def _kernel_names(model) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def base_model(config: PruneConfig, data: _Data, out: Path, log):
+def base_model(config: PruneConfig, data: _RunData, out: Path, log):
     """The trained model the method starts from."""
     from isotpp.checkpoint import load_model, save_model
     from isotpp.train import LRSchedule, reference_sgd
@@ -209,7 +385,7 @@ def base_model(config: PruneConfig, data: _Data, out: Path, log):
         if str(config.base).endswith((".pth", ".pt")):
             from isotpp.convert import load_torch_checkpoint
 
-            return load_torch_checkpoint(config.base, config.model, num_classes=data.train.num_classes)
+            return load_torch_checkpoint(config.base, config.model, num_classes=data.num_classes)
         model, _ = load_model(config.base)
         if model.build_config.name != config.model:
             raise UserError(f"--base holds a {model.build_config.name}, not a {config.model}: pass --model "
@@ -219,7 +395,7 @@ def base_model(config: PruneConfig, data: _Data, out: Path, log):
     if path.exists():
         return load_model(path)[0]
     log(f"training the base {config.model} for {config.base_epochs} epochs ({config.base_lr_schedule})")
-    model = _new_model(config, data.train.num_classes, data.train.input_shape)
+    model = _new_model(config, data.num_classes, data.input_shape)
     tx = reference_sgd(LRSchedule.parse(config.base_lr_schedule).initial, config.wd, config.momentum)
     trainer, history = _train(model, tx, data, config, out / "base", epochs=config.base_epochs,
                               lr_schedule=config.base_lr_schedule, seed=config.seed, method="base")
@@ -228,7 +404,7 @@ def base_model(config: PruneConfig, data: _Data, out: Path, log):
     return model
 
 
-def tpp_phase(config: PruneConfig, data: _Data, base, plan, out: Path, log):
+def tpp_phase(config: PruneConfig, data: _RunData, base, plan, out: Path, log):
     """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end."""
     from isotpp.groups import channel_groups
     from isotpp.models import layer_names
@@ -240,7 +416,7 @@ def tpp_phase(config: PruneConfig, data: _Data, base, plan, out: Path, log):
                     zero_out_interval=config.zero_out_interval)
     targets = targets_for(plan, channel_groups(base), layer_names(base), cfg)
     tx = tpp(reference_sgd(config.tpp_lr, config.wd, config.momentum), plan, targets, cfg)
-    steps = -(-data.train.images.shape[0] // config.batch_size)
+    steps = data.steps_per_epoch(config.batch_size)
     log(f"TPP: {cfg.total_iters} iterations (reg to {cfg.reg_cap} by {cfg.update_iters}, then "
         f"{cfg.stabilize_iters} of stabilising)")
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(cfg.total_iters / steps),
@@ -248,12 +424,12 @@ def tpp_phase(config: PruneConfig, data: _Data, base, plan, out: Path, log):
     return trainer.host_model()
 
 
-def penalty_phase(config: PruneConfig, data: _Data, base, kind: str, out: Path, log):
+def penalty_phase(config: PruneConfig, data: _RunData, base, kind: str, out: Path, log):
     """"X + L1": train with penalty X for ``pre_iters`` iterations before L1 chooses the filters."""
     from isotpp.methods import penalty_fn
     from isotpp.train import reference_sgd
 
-    steps = -(-data.train.images.shape[0] // config.batch_size)
+    steps = data.steps_per_epoch(config.batch_size)
     log(f"{kind}: {config.pre_iters} iterations before pruning")
     tx = reference_sgd(config.pre_lr, config.wd, config.momentum)
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(config.pre_iters / steps),
@@ -263,7 +439,7 @@ def penalty_phase(config: PruneConfig, data: _Data, base, kind: str, out: Path, 
     return trainer.host_model()
 
 
-def pruned_model(config: PruneConfig, data: _Data, base, out: Path, log):
+def pruned_model(config: PruneConfig, data: _RunData, base, out: Path, log):
     """The network to retrain, after the method's phase, removal and post-processing."""
     from isotpp.checkpoint import load_model, save_model
     from isotpp.methods import get_method
@@ -301,7 +477,7 @@ def pruned_model(config: PruneConfig, data: _Data, base, out: Path, log):
                                    iters=config.ai_iters)
         nnx.update(small, map_named(lambda n, x: new[n] if n in new else x, params))
     if method.scratch:
-        small = _new_model(config, data.train.num_classes, data.train.input_shape, widths=widths_of(small),
+        small = _new_model(config, data.num_classes, data.input_shape, widths=widths_of(small),
                            seed=config.seed + 1000)
     jsv = _mean_jsv(small, data.probe(config.jsv_samples), config.jsv_bn)
     meta = {"stage": "pruned", "method": method.name, "jsv_after_prune": jsv}
@@ -310,7 +486,7 @@ def pruned_model(config: PruneConfig, data: _Data, base, out: Path, log):
     return small, meta
 
 
-def retrain(config: PruneConfig, data: _Data, small, out: Path, log):
+def retrain(config: PruneConfig, data: _RunData, small, out: Path, log):
     from isotpp.methods import get_method, penalty_fn
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import jsv_hook
@@ -367,14 +543,6 @@ def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
     return summary
 
 
-def _evaluate(model, data: _Data) -> float:
-    """Test accuracy (%) of a model in eval mode."""
-    import jax
-    import jax.numpy as jnp
-
-    from isotpp.train import ModelFns, make_eval_fn
-
-    fns, params, rest = ModelFns.from_model(model)
-    acc, _ = jax.jit(make_eval_fn(fns, batch_size=500))(params, rest, jnp.asarray(data.test.images),
-                                                         jnp.asarray(data.test.labels))
-    return float(acc)
+def _evaluate(model, data: _RunData) -> float:
+    """Test (ImageNet: validation) accuracy (%) of a model in eval mode."""
+    return data.accuracy(model)

@@ -1,8 +1,10 @@
 """Shared pytest fixtures."""
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -20,3 +22,38 @@ def fashion_mnist_dir() -> Path:
         pytest.skip(f"real Fashion-MNIST not installed ({FASHION_MNIST_SYSTEM_DIR}/{missing[0]} missing; "
                     "apt-get install dataset-fashion-mnist)")  # fmt: skip
     return FASHION_MNIST_SYSTEM_DIR
+
+
+def make_image_tree(root: Path, *, classes: Sequence[str] = ("cat", "dog", "eel"),
+                    splits: Sequence[tuple[str, int]] = (("train", 6), ("val", 2)),
+                    sides: tuple[int, int] = (30, 60), extensions: Sequence[str] = (".JPEG", ".jpg", ".png"),
+                    junk: bool = False, seed: int = 0) -> Path:
+    """A small ImageFolder tree ``root/<split>/<class>/img<i><ext>`` of random RGB images.
+
+    ``splits``: (name, images per class); each side drawn from ``range(*sides)``;
+    the i-th image of a class gets ``extensions[i % len]``. ``junk`` adds what a
+    loader must skip: a ``notes.txt`` in every class directory and a hidden
+    ``train/.cache`` directory.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(*sides)), int(rng.integers(*sides))
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"img{i}{extensions[i % len(extensions)]}")
+            if junk:
+                (d / "notes.txt").write_text("not an image")
+    if junk:
+        (root / "train" / ".cache").mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_tree():
+    """:func:`make_image_tree`, for tests that need an ImageFolder tree of JPEGs."""
+    return make_image_tree

@@ -28,24 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "eel")
 
 
-def _image(rng, h, w):
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
 @pytest.fixture
-def tree(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imagenet"
-    for split, n in (("train", 6), ("val", 2)):
-        for c in CLASSES:
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                ext = (".JPEG", ".jpg", ".png")[i % 3]
-                _image(rng, int(rng.integers(30, 60)), int(rng.integers(30, 60))).save(d / f"img{i}{ext}")
-            (d / "notes.txt").write_text("not an image")
-    (root / "train" / ".cache").mkdir()
-    return root
+def tree(tmp_path, image_tree) -> Path:
+    return image_tree(tmp_path / "imagenet", classes=CLASSES, splits=(("train", 6), ("val", 2)), sides=(30, 60),
+                      extensions=(".JPEG", ".jpg", ".png"), junk=True)
 
 
 def _normalize(pixels):

@@ -36,6 +36,18 @@ def _positive_int(text: str) -> int:
     return parse(text)
 
 
+def _workers(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more), got {value}")
+    return value
+
+
 def add_parser(sub) -> None:
     """Register ``isotpp prune`` on ``sub`` (an argparse sub-parsers object made
     with ``parser_class=isotpp.cli._Parser``, so bad arguments exit 2 with one line)."""
@@ -67,8 +79,17 @@ def add_parser(sub) -> None:
 
     d = PruneConfig()
     run.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
-    run.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100, fashion_mnist, mnist, synthetic")
-    run.add_argument("--data-dir", default=None, help="where the dataset files are")
+    run.add_argument("--dataset", default=d.dataset,
+                     help="cifar10, cifar100, fashion_mnist, mnist, synthetic, or imagenet (an ImageFolder tree)")
+    run.add_argument("--data-dir", default=None,
+                     help="where the dataset files are; for imagenet (required) the directory holding "
+                          "train/<class>/*.JPEG and val/<class>/*.JPEG")
+    run.add_argument("--workers", type=_workers, default=None,
+                     help="imagenet: Grain decoding processes (default: min(16, CPUs); 0 decodes in this process)")
+    run.add_argument("--image-size", type=_positive_int, default=d.image_size,
+                     help=f"imagenet: training crop and eval centre crop (default {d.image_size})")
+    run.add_argument("--resize", type=_positive_int, default=d.resize,
+                     help=f"imagenet: eval resize of the shorter side before the centre crop (default {d.resize})")
     run.add_argument("--base", default=None, help="trained model to prune: isotpp .npz or PyTorch .pth "
                                                   "(default: train one with --base-epochs/--base-lr-schedule)")
     run.add_argument("--base-epochs", type=_positive_int, default=d.base_epochs)
@@ -88,7 +109,8 @@ def add_parser(sub) -> None:
     run.add_argument("--pre-iters", type=_positive_int, default=d.pre_iters, help="iterations of X in 'X+L1'")
     run.add_argument("--jsv-samples", type=_positive_int, default=d.jsv_samples)
     run.add_argument("--jsv-bn", choices=("eval", "batch"), default=d.jsv_bn)
-    run.add_argument("--train-limit", type=_positive_int, default=None, help="first N training examples only")
+    run.add_argument("--train-limit", type=_positive_int, default=None,
+                     help="first N training examples only (imagenet: N images drawn at random, seed 0)")
     run.add_argument("--width-scale", type=float, default=1.0, help="scale a base trained here (small machines)")
     run.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
     run.add_argument("--out", default=None, help="run directory (required without --dry-run)")
@@ -116,7 +138,7 @@ def config_from_args(args):
     keys = ("method", "dataset", "data_dir", "base", "base_epochs", "base_lr_schedule", "epochs", "lr_schedule",
             "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
             "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
-            "width_scale", "bf16", "out")
+            "width_scale", "bf16", "out", "workers", "image_size", "resize")
     return PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
                        **{k: getattr(args, k) for k in keys})
 

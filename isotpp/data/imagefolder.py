@@ -192,6 +192,19 @@ class EvalTransform:
         return _normalize(np.asarray(img), self.mean, self.std), np.int32(label), np.bool_(valid)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlainTrainTransform:
+    """(path, label, position) -> (image, label) under the eval transform: training without augmentation."""
+
+    size: int = 224
+    resize: int = 256
+
+    def __call__(self, record):
+        path, label, _ = record
+        image, label, _ = EvalTransform(self.size, self.resize)((path, label, True))
+        return image, label
+
+
 # --------------------------------------------------------------------------
 # Deterministic, sharded order.
 # --------------------------------------------------------------------------
@@ -264,7 +277,7 @@ class ImageFolderLoader:
 
     ``shard`` = (index, count) of this process among those loading (default:
     ``grain.sharding.ShardByJaxProcess``); ``global_batch_size`` must divide by
-    the count.
+    the count. ``augment=False`` trains on the eval transform (resize, centre crop).
     """
 
     folder: ImageFolder
@@ -274,6 +287,7 @@ class ImageFolderLoader:
     shard: tuple[int, int] | None = None
     size: int = 224
     resize: int = 256
+    augment: bool = True
 
     def __post_init__(self):
         self.shard = _shard(self.shard)
@@ -290,7 +304,9 @@ class ImageFolderLoader:
         indices, positions = train_order(len(self.folder), self.global_batch_size, self.seed, epoch, self.shard)
         skip = start_step * self.local_batch_size
         source = _Records(self.folder, indices[skip:], positions[skip:])
-        return _grain_batches(source, TrainTransform(self.seed, epoch, self.size), self.local_batch_size, self.workers)
+        transform = (TrainTransform(self.seed, epoch, self.size) if self.augment
+                     else PlainTrainTransform(self.size, self.resize))  # fmt: skip
+        return _grain_batches(source, transform, self.local_batch_size, self.workers)
 
     def eval_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(images, labels, valid) covering every image once; the last global batch padded (valid False)."""
@@ -304,24 +320,47 @@ class ImageFolderLoader:
         return _grain_batches(source, EvalTransform(self.size, self.resize), local, self.workers)
 
 
+def _check_workers(workers: int) -> None:
+    if workers < 0:
+        raise UserError(f"the number of loader workers must be >= 0, got {workers}")
+
+
+def imagefolder_train_source(folder: ImageFolder, *, global_batch_size: int, mesh, seed: int = 0, workers: int = 0,
+                             prefetch: int = 2, shard: tuple[int, int] | None = None, size: int = 224,
+                             resize: int = 256, augment: bool = True, info: dict[str, Any] | None = None):
+    """The trainer's training source over a scanned split (scan once, then one source per seed)."""
+    from isotpp.data.pipeline import HostData
+
+    _check_workers(workers)
+    loader = ImageFolderLoader(folder, global_batch_size, seed=seed, workers=workers, shard=shard, size=size,
+                               resize=resize, augment=augment)
+    info = {"kind": "imagefolder", "root": str(Path(folder.root).parent), "train_images": len(folder),
+            "classes": folder.num_classes, "seed": seed, "workers": workers, "size": size, **(info or {})}
+    return HostData(loader.train_epoch, global_batch_size, loader.steps_per_epoch, mesh, prefetch, info)
+
+
+def imagefolder_eval_source(folder: ImageFolder, *, batch_size: int, mesh, workers: int = 0, prefetch: int = 2,
+                            shard: tuple[int, int] | None = None, size: int = 224, resize: int = 256):
+    """The trainer's evaluation source over a scanned split: every image once, under the eval transform."""
+    from isotpp import parallel
+    from isotpp.data.pipeline import HostEval
+
+    _check_workers(workers)
+    parallel.check_batch_size(batch_size, mesh)
+    loader = ImageFolderLoader(folder, batch_size, workers=workers, shard=shard, size=size, resize=resize)
+    return HostEval(loader.eval_batches, mesh, prefetch)
+
+
 def imagefolder_data(root: str | Path, *, global_batch_size: int, mesh, seed: int = 0, workers: int = 0,
                      eval_batch_size: int | None = None, prefetch: int = 2, shard: tuple[int, int] | None = None,
                      size: int = 224, resize: int = 256):
     """(train source, eval source, number of classes) for the trainer from ``root/train`` and ``root/val``."""
-    from isotpp import parallel
-    from isotpp.data.pipeline import HostData, HostEval
-
-    if workers < 0:
-        raise UserError(f"the number of loader workers must be >= 0, got {workers}")
+    _check_workers(workers)
     root = Path(root)
     train = scan_imagefolder(root / "train")
     val = scan_imagefolder(root / "val", classes=train.classes)
-    common = {"seed": seed, "workers": workers, "shard": shard, "size": size, "resize": resize}
-    eval_batch_size = eval_batch_size or global_batch_size
-    parallel.check_batch_size(eval_batch_size, mesh)
-    tl = ImageFolderLoader(train, global_batch_size, **common)
-    vl = ImageFolderLoader(val, eval_batch_size, **common)
-    info = {"kind": "imagefolder", "root": str(root), "train_images": len(train), "val_images": len(val),
-            "classes": train.num_classes, "seed": seed, "workers": workers, "size": size}
-    train_source = HostData(tl.train_epoch, global_batch_size, tl.steps_per_epoch, mesh, prefetch, info)
-    return train_source, HostEval(vl.eval_batches, mesh, prefetch), train.num_classes
+    common = {"workers": workers, "prefetch": prefetch, "shard": shard, "size": size, "resize": resize}
+    evaluation = imagefolder_eval_source(val, batch_size=eval_batch_size or global_batch_size, mesh=mesh, **common)
+    train_source = imagefolder_train_source(train, global_batch_size=global_batch_size, mesh=mesh, seed=seed,
+                                            info={"root": str(root), "val_images": len(val)}, **common)
+    return train_source, evaluation, train.num_classes
