@@ -25,7 +25,15 @@ from isotpp.groups import channel_groups
 from isotpp.models import create_model, layer_names
 from isotpp.plan import hard_prune, l1_plan
 from isotpp.tpp import TPPConfig, targets_for, tpp
-from isotpp.train import LRSchedule, ModelFns, RunGroup, epoch_batches, init_state, reference_sgd, stack_runs
+from isotpp.train import (
+    LRSchedule,
+    ModelFns,
+    RunGroup,
+    epoch_batches,
+    init_state,
+    reference_sgd,
+    stack_runs,
+)
 
 N, B = 60_000, 100
 STEPS = N // B

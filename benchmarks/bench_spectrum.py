@@ -67,13 +67,13 @@ def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
         if method == "linear":
             kernels = model.dense_kernels()
             f = jax.jit(sp.kernel_product_singular_values)
-            compile_s = _first_call(lambda: f(kernels))
+            compile_s = _first_call(lambda f=f, kernels=kernels: f(kernels))
             # one exact spectrum serves every sample of the batch
-            t = _median_time(lambda: f(kernels), repeats)
+            t = _median_time(lambda f=f, kernels=kernels: f(kernels), repeats)
         else:
             chunks = [x[i : i + chunk] for i in range(0, n, chunk)]
 
-            def run():
+            def run(method=method, chunks=chunks):
                 return [sp._chunk_sv(graphdef, state, c, method=method, bn=bn) for c in chunks]
 
             compile_s = _first_call(run)
@@ -146,7 +146,7 @@ def torch_reference(repeats):
                 x.grad = None
             out[:, k].sum().backward(retain_graph=True)
             rows.append(x.grad.detach().reshape(x.shape[0], -1).clone())
-        u, s, v = torch.svd(torch.stack(rows, 1))  # as the reference (full U and V)
+        _u, s, _v = torch.svd(torch.stack(rows, 1))  # as the reference (full U and V)
         return s
 
     out = []

@@ -96,7 +96,8 @@ def main() -> None:
     on_cpu = dev.platform == "cpu"
     host = platform.processor() or platform.machine()
     try:  # the CPU model and count, for the record
-        info = open("/proc/cpuinfo").read().splitlines()
+        with open("/proc/cpuinfo") as fh:
+            info = fh.read().splitlines()
         names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
         host = f"{len(names)} × {names[0]}" if names else host
     except OSError:

@@ -21,7 +21,6 @@ from isotpp.commands.train import (  # noqa: F401 (the script's API: train_image
     scaled_widths,
     train_config,
 )
-
 from isotpp.commands.train import main as _main
 
 

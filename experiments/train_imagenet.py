@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_cifar  # noqa: E402
+import train_cifar
 
 PROG = "train_imagenet"
 

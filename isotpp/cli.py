@@ -16,7 +16,7 @@ from isotpp.errors import UserError
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2) instead of usage + error."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -226,7 +226,7 @@ def _study_config(args, seeds: int):
         raise UserError("--methods is empty: name at least one method")
     for m in methods:
         study.canonical_method(m)
-    kw = dict(dataset=args.dataset, data_dir=args.data_dir, seeds=tuple(range(seeds)), methods=methods)
+    kw = {"dataset": args.dataset, "data_dir": args.data_dir, "seeds": tuple(range(seeds)), "methods": methods}
     if args.ratio is not None:
         kw["ratio"] = args.ratio
     if args.epochs is not None:
@@ -261,7 +261,7 @@ def _run_reproduce_mlp(args) -> int:
 def _run_reproduce_convnet(args) -> int:
     from isotpp.studies import convnet
 
-    kw = dict(dataset=args.dataset, data_dir=args.data_dir, seeds=tuple(range(args.seeds)))
+    kw = {"dataset": args.dataset, "data_dir": args.data_dir, "seeds": tuple(range(args.seeds))}
     if args.methods:
         kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.ratio is not None:

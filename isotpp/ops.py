@@ -29,7 +29,8 @@ def materialize(x: jax.Array) -> jax.Array:
     result is all NaN, so a diverged value is never hidden.
     """
     flat0 = x.reshape(-1)[0]
-    return jax.lax.cond(flat0 == flat0, lambda v: v, lambda v: jnp.full_like(v, jnp.nan), x)
+    not_nan = flat0 == flat0  # noqa: PLR0124 - the deliberate NaN test described above
+    return jax.lax.cond(not_nan, lambda v: v, lambda v: jnp.full_like(v, jnp.nan), x)
 
 
 def _on_cpu() -> bool:

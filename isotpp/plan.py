@@ -25,7 +25,14 @@ import numpy as np
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.groups import Group, Slot, channel_groups, flat_arrays, map_named, resolve_ratios
+from isotpp.groups import (
+    Group,
+    Slot,
+    channel_groups,
+    flat_arrays,
+    map_named,
+    resolve_ratios,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -475,7 +475,7 @@ def pruned_model(config: PruneConfig, data: _RunData, base, out: Path, log):
         params = nnx.state(small, nnx.Param)
         new = approximate_isometry({k: v for k, v in flat_arrays(params).items() if k in names},
                                    iters=config.ai_iters)
-        nnx.update(small, map_named(lambda n, x: new[n] if n in new else x, params))
+        nnx.update(small, map_named(lambda n, x: new.get(n, x), params))
     if method.scratch:
         small = _new_model(config, data.num_classes, data.input_shape, widths=widths_of(small),
                            seed=config.seed + 1000)

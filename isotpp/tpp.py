@@ -95,7 +95,7 @@ def targets_for(plan: Plan, groups: Sequence[Group], layer_order: Sequence[str],
     roles = ["out"] + (["bias"] if config.weight_reg else []) + (["bn"] if config.bn_reg else [])
     out = []
     for g in groups:
-        if g.name in plan.pruned and plan.pruned[g.name]:
+        if plan.pruned.get(g.name):
             out.append(Target(
                 g.name,
                 tuple(s.param for s in g.slots_with("out")),

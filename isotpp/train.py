@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -58,7 +59,7 @@ class LRSchedule:
         except ValueError:
             raise UserError(f"bad learning-rate schedule {text!r}: {hint}") from None
         epochs = [e for e, _ in points]
-        if not points or epochs[0] != 0 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        if not points or epochs[0] != 0 or any(b <= a for a, b in itertools.pairwise(epochs)):
             raise UserError(f"bad learning-rate schedule {text!r}: {hint}")
         if any(not (lr > 0 and np.isfinite(lr)) for _, lr in points):
             raise UserError(f"bad learning-rate schedule {text!r}: learning rates must be positive and finite")

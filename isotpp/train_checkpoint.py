@@ -24,9 +24,9 @@ from __future__ import annotations
 import shutil
 import sys
 import warnings
-from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import jax
 import numpy as np
@@ -167,7 +167,7 @@ class TrainCheckpointer:
         """Finish background writes and release orbax's threads."""
         self._manager.close()
 
-    def __enter__(self) -> TrainCheckpointer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -425,7 +425,7 @@ class Trainer:
         found = self.checkpointer.restore(self._payload(), check=self._check_compatible)
         if found is None:
             return False
-        step, payload, meta = found
+        _step, payload, meta = found
         self.state, self.step = payload["train"], int(payload["step"])
         self._epoch, self._step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
         self._sums, self.history = dict(meta["epoch_sums"]), list(meta["history"])

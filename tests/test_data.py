@@ -23,11 +23,23 @@ import pytest
 from PIL import Image
 
 import isotpp.data as data_mod
-from isotpp.data import DATASET_INFO, Dataset, input_shape, load_dataset, make_synthetic
-from isotpp.data import discovery, download
+from isotpp.data import (
+    DATASET_INFO,
+    Dataset,
+    discovery,
+    download,
+    input_shape,
+    load_dataset,
+    make_synthetic,
+)
 from isotpp.data.cifar import random_crop_flip, read_cifar_batch
 from isotpp.data.discovery import cache_dir, find_dataset_dir
-from isotpp.data.download import Resource, download_dataset, fetch_verified, safe_extract_tar
+from isotpp.data.download import (
+    Resource,
+    download_dataset,
+    fetch_verified,
+    safe_extract_tar,
+)
 from isotpp.data.idx import read_idx
 from isotpp.errors import DataError, UserError
 
@@ -322,7 +334,7 @@ def test_cifar10_roundtrip_nhwc_and_normalisation(tmp_path):
     train = load_dataset("cifar10", "train", data_dir=tmp_path, normalize=False)
     assert train.images.shape == (10, 32, 32, 3) and train.num_classes == 10
     data = np.concatenate([written[f"data_batch_{k}"][0] for k in range(1, 6)])
-    labels = sum((written[f"data_batch_{k}"][1] for k in range(1, 6)), [])
+    labels = [label for k in range(1, 6) for label in written[f"data_batch_{k}"][1]]
     np.testing.assert_array_equal(train.labels, labels)
     # NHWC: images[n, y, x, c] == data[n, c * 1024 + y * 32 + x].
     n, y, x, c = 7, 5, 30, 2

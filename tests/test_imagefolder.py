@@ -77,7 +77,7 @@ def test_transforms_by_hand(tree):
     # eval: torchvision's Resize(256) (the shorter side; the longer one truncated) then CenterCrop(224)
     ow, oh = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
     resized = src.resize((ow, oh), Image.Resampling.BILINEAR)
-    top, left = int(round((oh - 224) / 2.0)), int(round((ow - 224) / 2.0))
+    top, left = round((oh - 224) / 2.0), round((ow - 224) / 2.0)
     expected = _normalize(np.asarray(resized.crop((left, top, left + 224, top + 224))))
     image, label, valid = EvalTransform()((path, 4, True))
     assert image.shape == (224, 224, 3) and image.dtype == np.float32 and label == 4 and valid

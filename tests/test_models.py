@@ -36,7 +36,7 @@ from isotpp.models.resnet_cifar import CifarResNet
 from isotpp.models.resnet_imagenet import Bottleneck
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def abstract(name: str):
     """Shapes only, cached: never mutate the result."""
     return nnx.eval_shape(lambda: create_model(name))
@@ -441,7 +441,7 @@ def _conv_nchw(x, kernel_hwio, stride, pad, bias=None):
 
 
 def _bn_nchw(x, bn):
-    r = lambda v: jnp.asarray(v[...])[None, :, None, None]  # noqa: E731
+    r = lambda v: jnp.asarray(v[...])[None, :, None, None]
     return (x - r(bn.mean)) / jnp.sqrt(r(bn.var) + 1e-5) * r(bn.scale) + r(bn.bias)
 
 

@@ -61,7 +61,7 @@ def test_orthogonalize_gives_orthonormal_rows_or_columns_times_gain(shape, gain)
 def test_orthogonalize_is_the_qr_factor_with_positive_diagonal_of_r(shape):
     k = _kernel(shape, seed=3 * shape[-1])
     out = orthogonalize(k)
-    a, transposed = _tall(k)
+    a, _transposed = _tall(k)
     q_out, _ = _tall(out)  # the result in the same (tall) orientation
     assert q_out.shape == a.shape
 

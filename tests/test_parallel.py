@@ -28,7 +28,7 @@ def test_mesh_and_shardings():
 def test_batches_from_local_slices_and_replicated_copies():
     mesh = parallel.make_mesh()
     local = (np.arange(12.0).reshape(4, 3), np.arange(4))
-    x, y = parallel.global_batch_from_local(local, parallel.batch_sharding(mesh))
+    x, _y = parallel.global_batch_from_local(local, parallel.batch_sharding(mesh))
     assert x.sharding.spec == P("data")
     np.testing.assert_array_equal(np.asarray(x), local[0])
     assert parallel.local_batch_size(8) == 8 and parallel.process_shard() == (0, 1)

@@ -103,7 +103,7 @@ def test_two_processes_train_like_one(tmp_path):
     outs = []
     for p in procs:
         try:
-            out, err = p.communicate(timeout=300)
+            _out, err = p.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()

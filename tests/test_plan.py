@@ -11,7 +11,15 @@ from flax import nnx
 
 from isotpp.checkpoint import load_model, save_model
 from isotpp.errors import UserError
-from isotpp.groups import Slot, channel_groups, flat_arrays, leaf_name, map_named, parse_ratios, resolve_ratios
+from isotpp.groups import (
+    Slot,
+    channel_groups,
+    flat_arrays,
+    leaf_name,
+    map_named,
+    parse_ratios,
+    resolve_ratios,
+)
 from isotpp.models import BuildConfig, create_model, widths_of
 from isotpp.plan import (
     Plan,
@@ -313,14 +321,15 @@ def test_param_masks_mark_each_role_along_its_axis():
 # --------------------------------------------------------------------------
 
 CASES = {
-    "mlp_7_linear": dict(ratios="*:0.8", skip=["net.12"], shape=(32, 32, 1)),
-    "lenet5": dict(ratios="*:0.5", skip=["fc2"], shape=(32, 32, 1)),
+    "mlp_7_linear": {"ratios": "*:0.8", "skip": ["net.12"], "shape": (32, 32, 1)},
+    "lenet5": {"ratios": "*:0.5", "skip": ["fc2"], "shape": (32, 32, 1)},
     # 40×40: conv3 leaves a 3×3 map, so fc1 sees each conv3 channel at 9 positions (interleave 9)
-    "lenet5_40": dict(arch="lenet5", input_shape=(40, 40, 1), ratios="*:0.5", skip=["fc2"], shape=(40, 40, 1)),
-    "vgg11": dict(ratios="*features*:0.5", skip=["*features.0"], shape=(32, 32, 3)),
-    "resnet20": dict(ratios="*layer*.conv1:0.5", skip=[], shape=(32, 32, 3)),
-    "resnet20_B": dict(ratios="*layer*.conv1:0.5", skip=[], shape=(32, 32, 3)),
-    "resnet50": dict(ratios="*layer[1-3]*conv[1-2]:0.3", skip=[], shape=(64, 64, 3)),
+    "lenet5_40": {"arch": "lenet5", "input_shape": (40, 40, 1), "ratios": "*:0.5", "skip": ["fc2"],
+                  "shape": (40, 40, 1)},
+    "vgg11": {"ratios": "*features*:0.5", "skip": ["*features.0"], "shape": (32, 32, 3)},
+    "resnet20": {"ratios": "*layer*.conv1:0.5", "skip": [], "shape": (32, 32, 3)},
+    "resnet20_B": {"ratios": "*layer*.conv1:0.5", "skip": [], "shape": (32, 32, 3)},
+    "resnet50": {"ratios": "*layer[1-3]*conv[1-2]:0.3", "skip": [], "shape": (64, 64, 3)},
 }
 
 
@@ -365,8 +374,8 @@ def pruned(request):
     small = hard_prune(model, plan)
     soft = soft_prune(nnx.clone(model), plan)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, *case["shape"])), jnp.float32)
-    return dict(name=request.param, model=model, soft=soft, small=small, plan=plan, groups=groups, bns=bns,
-                original=original, x=x, y_soft=_outputs(soft, x), y_hard=_outputs(small, x))
+    return {"name": request.param, "model": model, "soft": soft, "small": small, "plan": plan, "groups": groups,
+            "bns": bns, "original": original, "x": x, "y_soft": _outputs(soft, x), "y_hard": _outputs(small, x)}
 
 
 def test_soft_and_hard_prune_give_the_same_eval_outputs(pruned):

@@ -29,7 +29,7 @@ def _random_plan(model, data) -> Plan:
             continue
         ratio = data.draw(st.sampled_from(RATIOS), label=f"ratio {g.name}")
         seed = data.draw(st.integers(0, 2**31 - 1), label=f"seed {g.name}")
-        k = min(int(round(ratio * g.size)), g.size - 1)
+        k = min(round(ratio * g.size), g.size - 1)
         sizes[g.name] = g.size
         pruned[g.name] = tuple(sorted(np.random.default_rng(seed).choice(g.size, k, replace=False).tolist()))
     return Plan(sizes, pruned)
@@ -77,7 +77,7 @@ def _check(name, data, input_shape, narrow=1, **kw):
     assert jax.tree.map(jnp.shape, nnx.state(rebuilt)) == jax.tree.map(jnp.shape, nnx.state(small))
 
 
-_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "derandomize": True}
 
 
 @settings(max_examples=12, **_SETTINGS)

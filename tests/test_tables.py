@@ -14,18 +14,28 @@ from isotpp.cli import build_parser
 from isotpp.commands.prune import config_from_args, run_prune
 from isotpp.errors import UserError
 from isotpp.methods import TABLE1_METHODS
-from isotpp.tables import BaseRecipe, Cell, TableSpec, base_command, build_table, cell_command, cells, commands, \
-    load_spec, run_table
+from isotpp.tables import (
+    BaseRecipe,
+    Cell,
+    TableSpec,
+    base_command,
+    build_table,
+    cell_command,
+    cells,
+    commands,
+    load_spec,
+    run_table,
+)
 
 CONFIGS = ("table1_resnet56", "vgg19_cifar100", "table2_resnet50", "table2_resnet34")
 
 
 def _spec(**kw) -> TableSpec:
-    return TableSpec(**{**dict(name="tiny", title="Tiny table", model="resnet20", dataset="synthetic",
-                               ratios=(("0.5", "*layer*.conv1:0.5"), ("0.9", "*layer*.conv1:0.9")),
-                               lr_schedules=(("0.01", "0:0.01"), ("0.001", "0:0.001")),
-                               methods=("L1", "TPP"), seeds=(0, 1), epochs=2,
-                               base=BaseRecipe(epochs=1, lr_schedule="0:0.1")), **kw})
+    return TableSpec(**{"name": "tiny", "title": "Tiny table", "model": "resnet20", "dataset": "synthetic",
+                        "ratios": (("0.5", "*layer*.conv1:0.5"), ("0.9", "*layer*.conv1:0.9")),
+                        "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")),
+                        "methods": ("L1", "TPP"), "seeds": (0, 1), "epochs": 2,
+                        "base": BaseRecipe(epochs=1, lr_schedule="0:0.1"), **kw})
 
 
 def test_table1_is_the_papers_grid():
@@ -167,7 +177,7 @@ def test_build_table_marks_missing_cells(tmp_path):
     run_table(spec, tmp_path, only="L1__pr0.5*", run=run, log=lambda s: None)
     table = build_table(spec, tmp_path)
     tpp_row = next(line for line in table.splitlines() if line.startswith("| TPP"))
-    assert set(c.strip() for c in tpp_row.split("|")[2:-1]) == {"-"}
+    assert {c.strip() for c in tpp_row.split("|")[2:-1]} == {"-"}
     assert "2/8 cells finished" in table
 
 
@@ -194,5 +204,5 @@ def test_scripts_list_commands_and_exit_2_on_a_bad_config(tmp_path):
     r = subprocess.run([sys.executable, str(root / "experiments" / "build_table.py"), "table9", "--out",
                         str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"build_table: error: no table config 'table9' ({root / 'experiments' / 'configs' / 'table9.py'} does not "
-        "exist): see experiments/configs/"]
+        (f"build_table: error: no table config 'table9' ({root / 'experiments' / 'configs' / 'table9.py'} does not "
+         "exist): see experiments/configs/")]

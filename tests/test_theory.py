@@ -46,7 +46,7 @@ def _orthogonal(rng, N, sigma_w):
 def test_density_is_normalised_and_has_fuss_catalan_moments(L, sigma_w):
     assert _integrate_density(L, sigma_w, np.ones_like) == pytest.approx(1.0, rel=1e-8)
     for k in (1, 2, 3):
-        numeric = _integrate_density(L, sigma_w, lambda lam: lam**k)
+        numeric = _integrate_density(L, sigma_w, lambda lam, k=k: lam**k)
         assert numeric == pytest.approx(theory.fuss_catalan_moment(k, L, sigma_w), rel=1e-8)
 
 
@@ -96,7 +96,7 @@ def test_cdf_is_the_integrated_density(L):
     for q in edge * np.array([1e-6, 0.05, 0.3, 0.8, 0.999]):
         # lam = q * u^(L+1) removes the singularity at 0
         val, _ = integrate.quad(
-            lambda u: theory.fuss_catalan_density(q * u ** (L + 1), L)[()] * q * (L + 1) * u**L, 0, 1, epsabs=1e-13
+            lambda u, q=q: theory.fuss_catalan_density(q * u ** (L + 1), L)[()] * q * (L + 1) * u**L, 0, 1, epsabs=1e-13
         )
         assert theory.fuss_catalan_cdf(q, L) == pytest.approx(val, abs=1e-9)
     grid = np.linspace(0, edge, 3001)

@@ -156,7 +156,7 @@ def test_state_is_saveable_and_resumes_exactly(tmp_path):
 
     def run(params, state, start, stop):
         for i in range(start, stop):
-            g = jax.tree.map(lambda q: jnp.full(q.shape, 0.01 * (i % 3 - 1), q.dtype), params)
+            g = jax.tree.map(lambda q, i=i: jnp.full(q.shape, 0.01 * (i % 3 - 1), q.dtype), params)
             u, state = update(g, state, params)
             params = optax.apply_updates(params, u)
         return params, state

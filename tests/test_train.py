@@ -9,8 +9,21 @@ from flax import nnx
 
 from isotpp.errors import UserError
 from isotpp.models import create_model
-from isotpp.train import (LRSchedule, ModelFns, RunGroup, check_finite, cross_entropy, epoch_batches, init_state,
-                          make_epoch_fn, make_eval_fn, reference_sgd, set_learning_rate, stack_runs, unstack_run)
+from isotpp.train import (
+    LRSchedule,
+    ModelFns,
+    RunGroup,
+    check_finite,
+    cross_entropy,
+    epoch_batches,
+    init_state,
+    make_epoch_fn,
+    make_eval_fn,
+    reference_sgd,
+    set_learning_rate,
+    stack_runs,
+    unstack_run,
+)
 
 
 def test_lr_schedule_parsing():
@@ -77,7 +90,7 @@ def test_one_epoch_equals_a_hand_written_loop():
     opt = set_learning_rate(opt, 0.05)
     losses = []
     for idx in np.asarray(batches):
-        def loss_fn(p):
+        def loss_fn(p, idx=idx):
             return cross_entropy(nnx.merge(fns.train_def, p, rest)(x[idx]), y[idx])
 
         loss, g = jax.value_and_grad(loss_fn)(p)
@@ -116,7 +129,7 @@ def test_penalty_weight_zero_is_no_penalty_and_nonzero_changes_training():
     c, _ = with_pen(s0, x, y, batches, 0.05, {"l2": 0.1})
     for u, v, w in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), jax.tree.leaves(c.params)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6)
-    norm = lambda s: sum(float(jnp.sum(v ** 2)) for v in jax.tree.leaves(s.params))  # noqa: E731
+    norm = lambda s: sum(float(jnp.sum(v ** 2)) for v in jax.tree.leaves(s.params))
     assert norm(c) < norm(b)
 
 

@@ -21,7 +21,14 @@ from isotpp.data.pipeline import InMemoryData, InMemoryEval
 from isotpp.errors import UserError
 from isotpp.models import create_model
 from isotpp.train import ModelFns, init_state, make_epoch_fn, reference_sgd
-from isotpp.trainer import PREEMPTED_EXIT_CODE, Preempted, TrainConfig, Trainer, jsv_hook, with_compute_dtype
+from isotpp.trainer import (
+    PREEMPTED_EXIT_CODE,
+    Preempted,
+    TrainConfig,
+    Trainer,
+    jsv_hook,
+    with_compute_dtype,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 N, BATCH = 64, 16  # 4 steps per epoch
@@ -132,7 +139,7 @@ def test_sigterm_saves_exits_and_resume_is_exact(tmp_path, capsys):
     whole.fit()
     for a, b in zip(_params(resumed), _params(whole)):
         np.testing.assert_array_equal(a, b)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rs]
     assert strip(_records(tmp_path / "a")) == strip(_records(tmp_path / "b"))
     assert strip(resumed.history) == strip(whole.history)
 

@@ -222,8 +222,8 @@ def run_prune(
         f"{len(layer_rows)} layer(s) change width:",
         markdown_table(["layer", "width", "after", "pruned"], layer_rows),
         "",
-        "parameters: conv/dense weights and biases + BatchNorm scale and bias; FLOPs: conv/dense "
-        "multiply-adds per sample (the TPP reference logs twice this, counting adds separately)",
+        ("parameters: conv/dense weights and biases + BatchNorm scale and bias; FLOPs: conv/dense "
+         "multiply-adds per sample (the TPP reference logs twice this, counting adds separately)"),
     ])
     out: dict[str, Any] = dict(record)
     out["table"] = table

@@ -79,7 +79,7 @@ def run_spectrum(
     else:
         model_name = model
         if model == "mlp":
-            arch_kwargs = dict(depth=depth, width=width, act=act, input_dim=input_dim or 1024)
+            arch_kwargs = {"depth": depth, "width": width, "act": act, "input_dim": input_dim or 1024}
         net = create_model(model_name, num_classes=num_classes, init=init, sigma_w=sigma_w, seed=seed, **arch_kwargs)
         init_used = init
     input_shape = tuple(net.input_shape)

@@ -36,7 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from isotpp.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, load_cifar_split
+from isotpp.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    load_cifar_split,
+)
 from isotpp.data.discovery import cache_dir, find_dataset_dir
 from isotpp.data.download import download_dataset
 from isotpp.data.idx import check_labels, idx_split_paths, read_idx

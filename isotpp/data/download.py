@@ -93,7 +93,7 @@ _NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, ConnectionError, http.
 
 def open_url(url: str, timeout: float = _TIMEOUT_S):
     """Open ``url`` for reading (the one place that touches the network; tests replace it)."""
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - URLs come from RESOURCES
+    return urllib.request.urlopen(url, timeout=timeout)
 
 
 def _md5_of(path: Path) -> str:

@@ -117,17 +117,17 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             return top, left, h, w
     in_ratio = width / height  # fallback: the central crop of the closest allowed ratio
     if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
+        w, h = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
+        h, w = height, round(height * max(ratio))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
@@ -186,8 +186,8 @@ class EvalTransform:
         else:
             oh, ow = self.resize, int(self.resize * w / h)
         img = img.resize((ow, oh), Image.Resampling.BILINEAR)
-        top = int(round((oh - self.size) / 2.0))
-        left = int(round((ow - self.size) / 2.0))
+        top = round((oh - self.size) / 2.0)
+        left = round((ow - self.size) / 2.0)
         img = img.crop((left, top, left + self.size, top + self.size))
         return _normalize(np.asarray(img), self.mean, self.std), np.int32(label), np.bool_(valid)
 

@@ -247,7 +247,7 @@ def prefetch_to_mesh(batches: Iterable[Any], sharding, size: int = 2) -> Iterato
                     return
                 q.put(parallel.global_batch_from_local(local, sharding))
             q.put(_END)
-        except BaseException as e:  # handed to the consumer
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             q.put(e)
 
     thread = threading.Thread(target=produce, daemon=True, name="isotpp-prefetch")

@@ -16,7 +16,13 @@ import jax
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.models.init import ACT_GAIN, INIT_SCHEMES, SCHEMES, apply_init, orthogonal_matrix
+from isotpp.models.init import (
+    ACT_GAIN,
+    INIT_SCHEMES,
+    SCHEMES,
+    apply_init,
+    orthogonal_matrix,
+)
 from isotpp.models.layers import (
     Sequential,
     is_layer,
@@ -24,7 +30,13 @@ from isotpp.models.layers import (
     iter_modules,
     out_features,
 )
-from isotpp.models.registry import MODEL_NAMES, BuildConfig, ModelSpec, create_model, model_spec
+from isotpp.models.registry import (
+    MODEL_NAMES,
+    BuildConfig,
+    ModelSpec,
+    create_model,
+    model_spec,
+)
 
 __all__ = [
     "ACT_GAIN",

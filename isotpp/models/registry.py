@@ -213,8 +213,8 @@ def create_model(
             raise UserError(f"{name}: input_shape must be (H, W, C) per sample, got {input_shape}")
 
     def build():
-        common = dict(rngs=nnx.Rngs(params=seed), dtype=dtype, param_dtype=param_dtype,
-                      conv_fn=conv_fn)
+        common = {"rngs": nnx.Rngs(params=seed), "dtype": dtype, "param_dtype": param_dtype,
+                  "conv_fn": conv_fn}
         return entry.build(num_classes, input_shape, widths, common, **arch_kwargs)
 
     config = BuildConfig(name, num_classes, tuple(input_shape) if input_shape is not None else None,

@@ -65,9 +65,9 @@ class ConvStudyConfig:
 
 def quick_config(**overrides) -> ConvStudyConfig:
     """Minutes, not a quarter of an hour: fewer examples, epochs and TPP iterations."""
-    base = dict(train_limit=3000, base_epochs=3, base_lr="0:0.1,2:0.01", retrain_epochs=3,
-                lr_schedules=(("0.01", "0:0.01"), ("0.001", "0:0.001")), tpp_reg_granularity=5e-3,
-                tpp_stabilize_iters=400, tpp_zero_out_interval=20, jsv_samples=32, quick=True)
+    base = {"train_limit": 3000, "base_epochs": 3, "base_lr": "0:0.1,2:0.01", "retrain_epochs": 3,
+            "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")), "tpp_reg_granularity": 5e-3,
+            "tpp_stabilize_iters": 400, "tpp_zero_out_interval": 20, "jsv_samples": 32, "quick": True}
     return ConvStudyConfig(**(base | overrides))
 
 

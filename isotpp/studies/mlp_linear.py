@@ -113,12 +113,12 @@ class StudyConfig:
 
 def quick_config(**overrides) -> StudyConfig:
     """A reduced schedule that shows the mechanism in a few minutes on a 2-core CPU."""
-    base = dict(
-        base_epochs=10, base_lr="0:0.01,6:0.001",
-        retrain_epochs=10, lr_schedules=(("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
-        tpp_reg_granularity=1e-3, tpp_update_reg_interval=1, tpp_stabilize_iters=700,
-        ai_iters=2000, quick=True,
-    )
+    base = {
+        "base_epochs": 10, "base_lr": "0:0.01,6:0.001",
+        "retrain_epochs": 10, "lr_schedules": (("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
+        "tpp_reg_granularity": 1e-3, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 700,
+        "ai_iters": 2000, "quick": True,
+    }
     return StudyConfig(**(base | overrides))
 
 
@@ -198,8 +198,16 @@ def _kernel_names(model) -> list[str]:
 def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, progress: bool):
     """MLP-7-Linear from scratch; returns (model, test accuracy, mean JSV)."""
     from isotpp.models import create_model
-    from isotpp.train import (ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd,
-                              stack_runs, unstack_run)
+    from isotpp.train import (
+        ModelFns,
+        RunGroup,
+        check_finite,
+        epoch_batches,
+        init_state,
+        reference_sgd,
+        stack_runs,
+        unstack_run,
+    )
 
     model = create_model(ARCH, init=config.init, seed=seed)
     fns, params, rest = ModelFns.from_model(model)
@@ -230,8 +238,16 @@ def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Reco
     from isotpp.models import layer_names
     from isotpp.plan import hard_prune
     from isotpp.tpp import DONE, describe, targets_for, tpp
-    from isotpp.train import (ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd,
-                              stack_runs, unstack_run)
+    from isotpp.train import (
+        ModelFns,
+        RunGroup,
+        check_finite,
+        epoch_batches,
+        init_state,
+        reference_sgd,
+        stack_runs,
+        unstack_run,
+    )
 
     cfg = config.tpp_config()
     groups = channel_groups(base)
@@ -289,7 +305,7 @@ def pruned_start(method: str, config: StudyConfig, base, plan, tpp_model):
         params = nnx.state(small, nnx.Param)
         kernels = {k: v for k, v in flat_arrays(params).items() if k in names}
         new = approximate_isometry(kernels, iters=config.ai_iters, lr=config.ai_lr)
-        nnx.update(small, map_named(lambda n, x: new[n] if n in new else x, params))
+        nnx.update(small, map_named(lambda n, x: new.get(n, x), params))
     weight = config.kernorth_weight if recipe.retrain_penalty == "kernorth" else 0.0
     return small, weight
 
@@ -298,7 +314,15 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
             record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
     """Retrain every (method, LR) cell of a seed as one vmapped group; per-cell results."""
     from isotpp.methods import penalty_fn
-    from isotpp.train import ModelFns, RunGroup, check_finite, epoch_batches, init_state, reference_sgd, stack_runs
+    from isotpp.train import (
+        ModelFns,
+        RunGroup,
+        check_finite,
+        epoch_batches,
+        init_state,
+        reference_sgd,
+        stack_runs,
+    )
 
     schedules = dict(config.lr_schedules)
     tx = reference_sgd(weight_decay=config.weight_decay)
