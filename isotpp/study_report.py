@@ -48,7 +48,7 @@ __all__ = [
 
 Metric = Literal["best_acc", "final_acc"]
 METRICS: tuple[str, ...] = ("best_acc", "final_acc")
-_PER_SEED = ("best_acc", "final_acc", "jsv_after_prune")
+_PER_SEED = ("best_acc", "final_acc", "jsv_after_prune", "jsv_after_prune_eval")
 _PER_EPOCH = ("acc_per_epoch", "jsv_per_epoch")
 _REGENERATE = "regenerate it with `isotpp reproduce mlp-linear --out DIR`"
 
@@ -112,7 +112,7 @@ def _validate(results: Any, source: str = "results") -> None:
     if base is not None:
         if not isinstance(base, Mapping):
             raise bad('"base"', 'must be an object {"acc": [...], "jsv": [...]}')
-        for key in ("acc", "jsv"):
+        for key in ("acc", "jsv", "jsv_eval"):
             if key in base and not _is_numbers(base[key]):
                 raise bad(f'base[{key!r}]', "must be a list of numbers, one per seed")
     wall = results.get("wall_s")
@@ -174,26 +174,36 @@ def results_table(results: Mapping[str, Any], *, metric: Metric = "best_acc") ->
     runs = results["runs"]
     lrs = learning_rates(results)
     acc_name = "Acc." if metric == "best_acc" else "Final acc."
-    headers = ["Method", *(f"{acc_name} (LR {lr})" for lr in lrs), "Mean JSV after pruning"]
+    # ConvNet studies also record the JSV with BatchNorm's running statistics ("eval") beside the
+    # batch-statistics one (the reference's): a second JSV column
+    jsv_keys = ["jsv_after_prune"]
+    if any(isinstance(cell, Mapping) and "jsv_after_prune_eval" in cell
+           for by_lr in runs.values() for cell in by_lr.values()):
+        jsv_keys.append("jsv_after_prune_eval")
+    jsv_headers = (["Mean JSV after pruning"] if len(jsv_keys) == 1
+                   else ["Mean JSV after pruning (BN batch stats)", "(BN running stats)"])
+    headers = ["Method", *(f"{acc_name} (LR {lr})" for lr in lrs), *jsv_headers]
 
     rows = []
     base = results.get("base")
     if base is not None:
         base_acc = mean_std_fixed(_values(base.get("acc")), 2)
-        rows.append(["Unpruned", *([base_acc] * len(lrs)), mean_std(_values(base.get("jsv")), 4)])
+        base_jsv = [mean_std(_values(base.get(k)), 4) for k in ("jsv", "jsv_eval")[: len(jsv_keys)]]
+        rows.append(["Unpruned", *([base_acc] * len(lrs)), *base_jsv])
     seed_counts = []
     for method, by_lr in runs.items():
         row = [method]
-        jsv: list[float] = []
+        jsv: dict[str, list[float]] = {k: [] for k in jsv_keys}
         for lr in lrs:
             cell = by_lr.get(lr, {})
             accs = _values(cell.get(metric))
             seed_counts.append(len(accs))
             row.append(mean_std_fixed(accs, 2))
-            values = _values(cell.get("jsv_after_prune"))
-            if len(values) > len(jsv):
-                jsv = values
-        row.append(mean_std(jsv, 4))
+            for k in jsv_keys:
+                values = _values(cell.get(k))
+                if len(values) > len(jsv[k]):
+                    jsv[k] = values
+        row.extend(mean_std(jsv[k], 4) for k in jsv_keys)
         rows.append(row)
     return markdown_table(headers, rows) + "\n\n" + _footer(results, metric, seed_counts) + "\n"
 

@@ -85,6 +85,23 @@ def test_table_values_by_hand():
     ]
 
 
+def test_table_with_running_statistics_jsv_column():
+    """ConvNet studies add the JSV with BatchNorm's running statistics: a second JSV column."""
+    r = tiny_results()
+    r["base"]["jsv_eval"] = [2.0, 4.0]
+    r["runs"]["TPP"]["0.01"]["jsv_after_prune_eval"] = [0.5, 1.5]
+    r["runs"]["TPP"]["0.001"]["jsv_after_prune_eval"] = [0.5, 1.5]
+    r["runs"]["L1"]["0.01"]["jsv_after_prune_eval"] = [0.01, 0.03]
+    rows = table_rows(results_table(r))
+    assert rows[0][3:] == ["Mean JSV after pruning (BN batch stats)", "(BN running stats)"]
+    assert rows[1][3:] == ["1.0000 ± 0.1000", "3.0000 ± 1.0000"]
+    assert rows[2][3:] == ["3.5000 ± 0.5000", "1.0000 ± 0.5000"]
+    assert rows[3][3:] == ["2.000e-04 ± 1.000e-04", "0.0200 ± 0.0100"]
+    r["runs"]["L1"]["0.01"]["jsv_after_prune_eval"] = ["x"]
+    with pytest.raises(UserError, match="jsv_after_prune_eval"):
+        results_table(r)
+
+
 def test_table_final_accuracy_and_footer():
     table = results_table(tiny_results(), metric="final_acc")
     rows = table_rows(table)

@@ -84,6 +84,18 @@ def _prune_config(cfg: ConvStudyConfig, seed: int, **kw):
     )
 
 
+def _eval_jsv(shared: Path, probe) -> float:
+    """Mean JSV of ``shared/pruned.npz`` with BatchNorm's running statistics (cached beside it)."""
+    from isotpp.checkpoint import load_model
+    from isotpp.pruning_run import _mean_jsv
+
+    path = shared / "jsv_eval.json"
+    if not path.exists():
+        model, _ = load_model(shared / "pruned.npz")
+        write_json(path, {"jsv_after_prune_eval": _mean_jsv(model, probe, "eval")})
+    return read_json(path)["jsv_after_prune_eval"]
+
+
 def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
     """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png)."""
     from isotpp.pruning_run import _load_data, _mean_jsv, base_model, run_pruning
@@ -98,7 +110,7 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
             raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
     write_json(out / "config.json", cfg.to_dict())
     t0 = time.time()
-    base_info = {"acc": [], "jsv": []}  # JSV with batch statistics, as the reference measures ConvNets
+    base_info: dict[str, list] = {}  # "jsv": batch statistics, as the reference measures; "jsv_eval": running
     runs: dict[str, dict[str, dict[str, list]]] = {m: {lr: {} for lr, _ in cfg.lr_schedules} for m in cfg.methods}
     for seed in cfg.seeds:
         sdir = out / f"seed{seed}"
@@ -112,8 +124,11 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
             write_json(info_path, {"acc": _evaluate(base, data),
                                    "jsv": _mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
         info = read_json(info_path)
-        base_info["acc"].append(info["acc"])
-        base_info["jsv"].append(info["jsv"])
+        if "jsv_eval" not in info:  # also with BatchNorm's running statistics (each sample its own Jacobian)
+            info["jsv_eval"] = _mean_jsv(base, data.probe(cfg.jsv_samples), "eval")
+            write_json(info_path, info)
+        for key in ("acc", "jsv", "jsv_eval"):
+            base_info.setdefault(key, []).append(info[key])
         for method in cfg.methods:
             for lr, schedule in cfg.lr_schedules:
                 run_dir = sdir / method.replace("+", "_plus_") / f"lr{lr}"
@@ -124,6 +139,8 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
                 cell = runs[method][lr]
                 for key in ("best_acc", "final_acc", "jsv_after_prune", "acc_per_epoch", "jsv_per_epoch"):
                     cell.setdefault(key, []).append(s[key])
+                cell.setdefault("jsv_after_prune_eval", []).append(
+                    _eval_jsv(run_dir.parent, data.probe(cfg.jsv_samples)))
                 cell.setdefault("sparsity", []).append(s["sparsity"])
                 cell.setdefault("speedup", []).append(s["speedup"])
     results = {"config": cfg.to_dict(), "runs": runs, "base": base_info, "wall_s": time.time() - t0}
