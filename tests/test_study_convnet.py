@@ -9,9 +9,10 @@ from isotpp.errors import UserError
 from isotpp.pruning_run import _mean_jsv
 from isotpp.studies.convnet import quick_config, run_convnet_study
 
-TINY = dict(dataset="synthetic", train_limit=256, width_scale=0.25, base_epochs=1, base_lr="0:0.05",
-            retrain_epochs=1, lr_schedules=(("0.01", "0:0.01"), ("0.001", "0:0.001")), batch_size=64,
-            tpp_reg_granularity=0.5, tpp_stabilize_iters=4, tpp_zero_out_interval=1, jsv_samples=4, ratio=0.5)
+TINY = {"dataset": "synthetic", "train_limit": 256, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
+        "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")), "batch_size": 64,
+        "tpp_reg_granularity": 0.5, "tpp_stabilize_iters": 4, "tpp_zero_out_interval": 1, "jsv_samples": 4,
+        "ratio": 0.5}
 
 
 @pytest.fixture(scope="module")
