@@ -35,7 +35,17 @@ import numpy as np
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
-from isotpp.train import LRSchedule
+from isotpp.train import (
+    LRSchedule,
+    ModelFns,
+    RunGroup,
+    check_finite,
+    epoch_batches,
+    init_state,
+    reference_sgd,
+    stack_runs,
+    unstack_run,
+)
 
 ARCH = "mlp_7_linear"
 METHODS = ("L1", "L1+OrthP", "TPP", "L1+KernOrth", "L1+AI")
@@ -198,16 +208,6 @@ def _kernel_names(model) -> list[str]:
 def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, progress: bool):
     """MLP-7-Linear from scratch; returns (model, test accuracy, mean JSV)."""
     from isotpp.models import create_model
-    from isotpp.train import (
-        ModelFns,
-        RunGroup,
-        check_finite,
-        epoch_batches,
-        init_state,
-        reference_sgd,
-        stack_runs,
-        unstack_run,
-    )
 
     model = create_model(ARCH, init=config.init, seed=seed)
     fns, params, rest = ModelFns.from_model(model)
@@ -238,16 +238,6 @@ def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Reco
     from isotpp.models import layer_names
     from isotpp.plan import hard_prune
     from isotpp.tpp import DONE, describe, targets_for, tpp
-    from isotpp.train import (
-        ModelFns,
-        RunGroup,
-        check_finite,
-        epoch_batches,
-        init_state,
-        reference_sgd,
-        stack_runs,
-        unstack_run,
-    )
 
     cfg = config.tpp_config()
     groups = channel_groups(base)
@@ -314,15 +304,6 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
             record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
     """Retrain every (method, LR) cell of a seed as one vmapped group; per-cell results."""
     from isotpp.methods import penalty_fn
-    from isotpp.train import (
-        ModelFns,
-        RunGroup,
-        check_finite,
-        epoch_batches,
-        init_state,
-        reference_sgd,
-        stack_runs,
-    )
 
     schedules = dict(config.lr_schedules)
     tx = reference_sgd(weight_decay=config.weight_decay)
