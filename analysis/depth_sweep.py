@@ -134,9 +134,9 @@ def _positive(kind):
 
 
 def main(argv=None) -> int:
-    from isotpp.cli import _Parser  # one-line errors, exit 2
+    from isotpp.commands.args import Parser  # one-line errors, exit 2
 
-    ap = _Parser(prog="depth_sweep", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="depth_sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--depths", type=_depths, default=[1, 2, 4, 8, 16])
     ap.add_argument("--width", type=_positive(int), default=400)
     ap.add_argument("--nets", type=_positive(int), default=4, help="networks per depth and init (pooled)")

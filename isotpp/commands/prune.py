@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from isotpp.commands.args import positive_int as _positive_int
 from isotpp.errors import UserError
 
 _RATIOS_HELP = ("layer-wise pruning ratios as comma-separated 'GLOB:RATIO' items on layer names, "
@@ -28,12 +29,6 @@ def _parse_skip(text: str | None) -> tuple[str, ...]:
     if not text:
         return ()
     return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
-def _positive_int(text: str) -> int:
-    from isotpp.cli import _positive_int as parse
-
-    return parse(text)
 
 
 def _workers(text: str) -> int:

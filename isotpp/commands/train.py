@@ -21,32 +21,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from isotpp.commands.args import Parser as _Parser
+from isotpp.commands.args import positive_float as _positive_float
+from isotpp.commands.args import positive_int as _positive_int
+
 PROG = "isotpp train"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def add_common_arguments(p: argparse.ArgumentParser, *, model: str, batch: int, schedule: str, epochs: int,
