@@ -7,9 +7,10 @@ TPP settings as the ResNet-50 config. Convert torchvision's weights with
 ``isotpp.convert.convert_file(src, 'resnet34', dst)`` and set ISOTPP_RESNET34.
 """
 
+import dataclasses
 import os
 
-from isotpp.tables import BaseRecipe, TableSpec
+from isotpp.tables import BaseRecipe, TableSpec, load_spec
 
 SETTINGS = (
     ("s1", "*layer[1-3]*conv1:0.3,*layer4*conv1:0.14"),
@@ -20,19 +21,12 @@ SETTINGS = (
 
 
 def get_config() -> TableSpec:
-    return TableSpec(
+    return dataclasses.replace(
+        load_spec("table2_resnet50"),  # the schedule, methods and TPP settings
         name="table2_resnet34",
         title="ResNet-34 on ImageNet (TPP paper, Table 2)",
         model="resnet34",
-        dataset="imagenet",
         ratios=SETTINGS,
-        lr_schedules=(("0.01", "0:0.01,30:0.001,60:0.0001,75:0.00001"),),
-        methods=("L1", "TPP"),
-        seeds=(0,),
-        epochs=90,
-        batch_size=256,
-        wd=1e-4,
         base=BaseRecipe(path=os.environ.get("ISOTPP_RESNET34", "resnet34_torchvision.npz")),
-        prune_args=(("--update-reg-interval", "5"), ("--stabilize-reg-interval", "40000")),
         notes="convert torchvision's resnet34 weights with isotpp.convert.convert_file and set ISOTPP_RESNET34",
     )
