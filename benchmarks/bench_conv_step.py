@@ -80,40 +80,8 @@ def worker(name: str, repeats: int) -> dict:
 
 def torch_worker(repeats: int) -> dict:
     import torch
-    import torch.nn as tnn
     import torch.nn.functional as F
-
-    torch.set_num_threads(os.cpu_count() or 1)
-
-    class Block(tnn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.pad = cout - cin
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-            sc = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2)) if self.pad else x
-            return F.relu(out + sc)
-
-    class ResNet56(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(16)
-            blocks, cin = [], 16
-            for cout, stride in ((16, 1), (32, 2), (64, 2)):
-                for i in range(9):
-                    blocks.append(Block(cin, cout, stride if i == 0 else 1))
-                    cin = cout
-            self.blocks = tnn.Sequential(*blocks)
-            self.linear = tnn.Linear(64, 10)
-
-        def forward(self, x):
-            return self.linear(F.adaptive_avg_pool2d(self.blocks(F.relu(self.bn1(self.conv1(x)))), 1).flatten(1))
+    from torch_reference import ResNet56
 
     net = ResNet56().train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

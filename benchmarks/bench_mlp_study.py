@@ -54,14 +54,10 @@ def time_epochs(group, x, y, repeats):
 
 def torch_steps(repeats):
     import torch
-    import torch.nn as tnn
+    from torch_reference import mlp_7_linear
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    layers, d = [], 1024
-    for _ in range(6):
-        layers.append(tnn.Linear(d, 100))
-        d = 100
-    net = tnn.Sequential(*layers, tnn.Linear(100, 10))
+    net = mlp_7_linear()
+    layers = list(net)[:6]  # the six hidden-producing layers
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(B, 1024)
     y = torch.randint(0, 10, (B,))
@@ -69,7 +65,7 @@ def torch_steps(repeats):
 
     def step(tpp_terms):
         opt.zero_grad()
-        loss = tnn.functional.cross_entropy(net(x), y)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
         if tpp_terms:
             for layer, idx in zip(layers, pruned):
                 w = layer.weight

@@ -89,52 +89,7 @@ def torch_reference(repeats):
     """The reference's JSV method in PyTorch: per class, backward of the summed
     logits through weights and input (requires_grad everywhere), then SVD."""
     import torch
-    import torch.nn as tnn
-    import torch.nn.functional as F
-
-    torch.set_num_threads(os.cpu_count() or 1)
-
-    class Block(tnn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.pad = cout - cin
-
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            sc = x
-            if self.pad:
-                sc = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2))
-            return F.relu(out + sc)
-
-    class ResNet56(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(16)
-            blocks, cin = [], 16
-            for cout, stride in ((16, 1), (32, 2), (64, 2)):
-                for i in range(9):
-                    blocks.append(Block(cin, cout, stride if i == 0 else 1))
-                    cin = cout
-            self.blocks = tnn.Sequential(*blocks)
-            self.linear = tnn.Linear(64, 10)
-
-        def forward(self, x):
-            out = self.blocks(F.relu(self.bn1(self.conv1(x))))
-            return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-    def mlp():
-        layers, d = [], 1024
-        for _ in range(6):
-            layers.append(tnn.Linear(d, 100))
-            d = 100
-        layers.append(tnn.Linear(100, 10))
-        return tnn.Sequential(tnn.Flatten(), *layers)
+    from torch_reference import ResNet56, mlp_7_linear
 
     def jsv(model, x):
         x = x.clone().requires_grad_(True)
@@ -150,7 +105,7 @@ def torch_reference(repeats):
         return s
 
     out = []
-    for name, model, shape in (("MLP-7-Linear", mlp(), (100, 1, 32, 32)), ("ResNet56", ResNet56(), (128, 3, 32, 32))):
+    for name, model, shape in (("MLP-7-Linear", mlp_7_linear(flatten=True), (100, 1, 32, 32)), ("ResNet56", ResNet56(), (128, 3, 32, 32))):
         model.train()  # the reference measures in train mode (batch statistics)
         x = torch.randn(shape)
         jsv(model, x)
