@@ -77,6 +77,9 @@ def test_every_config_command_is_accepted_by_the_cli(name, tmp_path, monkeypatch
         assert args.command == "train" and args.epochs == spec.base.epochs
 
 
+RESNET56_COUNTS = {"0.5": (428_074, 62_964_352), "0.9": (81_502, 10_838_656)}
+
+
 def _fake_runner(tmp_path, fail=()):
     """Stands in for the subprocess: 'trains' base models and writes each cell's summary."""
     calls = []
@@ -97,8 +100,11 @@ def _fake_runner(tmp_path, fail=()):
         # a recognisable accuracy: 90 - 10 * ratio + seed (+1 for TPP, +0.5 for LR 0.01)
         acc = 90 - 10 * float(ratio) + seed + (1 if method == "TPP" else 0) + (0.5 if lr == "0.01" else 0)
         out.mkdir(parents=True)
-        (out / "summary.json").write_text(json.dumps({"best_acc": acc, "final_acc": acc - 1,
-                                                      "sparsity": float(ratio) / 2, "speedup": 1 + float(ratio)}))
+        # ResNet56's counts at this ratio of *layer*.conv1 (exact sparsity and speedup stand in)
+        params_pruned, flops_pruned = RESNET56_COUNTS[ratio]
+        (out / "summary.json").write_text(json.dumps({
+            "best_acc": acc, "final_acc": acc - 1, "sparsity": float(ratio) / 2, "speedup": 1 + float(ratio),
+            "params": 853_018, "params_pruned": params_pruned, "flops": 125_485_696, "flops_pruned": flops_pruned}))
         return 0
 
     return run, calls
@@ -164,6 +170,8 @@ def test_build_table_mean_and_population_std_over_seeds(tmp_path):
         expect = [f"{90 - 10 * r + 0.5 + bonus + lr:.2f} (0.50)" for r in (0.5, 0.9) for lr in (0.5, 0.0)]
         assert rows[method] == expect, (method, rows[method])
     assert rows["sparsity / speedup"] == ["25.00 % / 1.50×"] * 2 + ["45.00 % / 1.90×"] * 2
+    # from rounded counts: 0.428 / 0.853 M and 0.251 / 0.126 G; 0.082 / 0.853 M and 0.251 / 0.022 G
+    assert rows["… paper's rounding"] == ["49.82 % / 1.99×"] * 2 + ["90.39 % / 11.41×"] * 2
     assert "16/16 cells finished" in table
     final = build_table(spec, tmp_path, metric="final_acc")
     assert f"{90 - 5 + 0.5 - 1 + 0.5:.2f} (0.50)" in final

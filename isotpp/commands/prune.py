@@ -205,6 +205,14 @@ def run_prune(
         ["FLOPs after", _giga(pc.flops_pruned)],
         ["speedup", f"{pc.speedup:.2f} ×"],
     ]
+    pub, footnotes = pc.as_published(), []
+    if pub["sparsity"] is not None and pub["speedup"] is not None:
+        d = pub["decimals"]
+        rows += [["sparsity, paper's rounding ¹", f"{pub['sparsity'] * 100:.2f} %"],
+                 ["speedup, paper's rounding ¹", f"{pub['speedup']:.2f} ×"]]
+        footnotes.append(f"¹ as the TPP paper's tables compute them, from counts rounded to {d} decimals: "
+                         f"{pub['params_pruned_m']:.{d}f} of {pub['params_m']:.{d}f} M parameters, "
+                         f"{pub['flops_pruned_g']:.{d}f} of {pub['flops_g']:.{d}f} GFLOPs (adds counted)")
     shape = "×".join(str(d) for d in spec.input_shape)
     header = (f"{model} ({num_classes} classes, input {shape}) · ratios "
               f"{','.join(f'{p}:{r:g}' for p, r in patterns.items())}"
@@ -219,8 +227,9 @@ def run_prune(
         "",
         ("parameters: conv/dense weights and biases + BatchNorm scale and bias; FLOPs: conv/dense "
          "multiply-adds per sample (the TPP reference logs twice this, counting adds separately)"),
-    ])
+    ] + footnotes)
     out: dict[str, Any] = dict(record)
+    out["as_published"] = pub  # returned and printed; the JSON file keeps the contract's keys
     out["table"] = table
     if json_path:
         from isotpp.io import write_json
