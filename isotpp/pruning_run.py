@@ -276,7 +276,7 @@ class _FolderData:
         return 100.0 * correct / max(count, 1)
 
 
-_RunData = _Data | _FolderData  # what the stages read their data from
+RunData = _Data | _FolderData  # what the stages read their data from
 
 
 def _load_folder(config: PruneConfig) -> _FolderData:
@@ -304,7 +304,8 @@ def _load_folder(config: PruneConfig) -> _FolderData:
                        config.batch_size)
 
 
-def _load_data(config: PruneConfig) -> _RunData:
+def load_data(config: PruneConfig) -> RunData:
+    """The run's data (train/test arrays, or ImageNet's Grain pipelines) as ``config`` names it."""
     from isotpp import parallel
     from isotpp.data import DATASET_INFO, load_dataset
     from isotpp.data.pipeline import pad_fill
@@ -344,7 +345,7 @@ def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, 
                         dtype=jnp.bfloat16 if config.bf16 else None)
 
 
-def _train(model, tx, data: _RunData, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
+def _train(model, tx, data: RunData, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
            seed: int, max_steps: int | None = None, penalties=None, weights=None, hooks=(), plan=None,
            method: str | None = None):
     from isotpp.trainer import TrainConfig, Trainer
@@ -359,7 +360,9 @@ def _train(model, tx, data: _RunData, config: PruneConfig, workdir: Path, *, epo
     return trainer, history
 
 
-def _mean_jsv(model, x, bn: str) -> float:
+def mean_jsv(model, x, bn: str) -> float:
+    """Mean Jacobian singular value of ``model`` over the samples ``x``; ``bn`` is "batch" (BatchNorm
+    with the probe's batch statistics, the reference's measurement) or "eval" (running statistics)."""
     from isotpp.spectrum import model_singular_values
 
     return float(np.mean(model_singular_values(model, x, method="auto", bn=bn)))
@@ -376,7 +379,7 @@ def _kernel_names(model) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def base_model(config: PruneConfig, data: _RunData, out: Path, log):
+def base_model(config: PruneConfig, data: RunData, out: Path, log):
     """The trained model the method starts from."""
     from isotpp.checkpoint import load_model, save_model
     from isotpp.train import LRSchedule, reference_sgd
@@ -404,7 +407,7 @@ def base_model(config: PruneConfig, data: _RunData, out: Path, log):
     return model
 
 
-def tpp_phase(config: PruneConfig, data: _RunData, base, plan, out: Path, log):
+def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log):
     """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end."""
     from isotpp.groups import channel_groups
     from isotpp.models import layer_names
@@ -424,7 +427,7 @@ def tpp_phase(config: PruneConfig, data: _RunData, base, plan, out: Path, log):
     return trainer.host_model()
 
 
-def penalty_phase(config: PruneConfig, data: _RunData, base, kind: str, out: Path, log):
+def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path, log):
     """"X + L1": train with penalty X for ``pre_iters`` iterations before L1 chooses the filters."""
     from isotpp.methods import penalty_fn
     from isotpp.train import reference_sgd
@@ -439,7 +442,7 @@ def penalty_phase(config: PruneConfig, data: _RunData, base, kind: str, out: Pat
     return trainer.host_model()
 
 
-def pruned_model(config: PruneConfig, data: _RunData, base, out: Path, log):
+def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
     """The network to retrain, after the method's phase, removal and post-processing."""
     from isotpp.checkpoint import load_model, save_model
     from isotpp.methods import get_method
@@ -479,14 +482,14 @@ def pruned_model(config: PruneConfig, data: _RunData, base, out: Path, log):
     if method.scratch:
         small = _new_model(config, data.num_classes, data.input_shape, widths=widths_of(small),
                            seed=config.seed + 1000)
-    jsv = _mean_jsv(small, data.probe(config.jsv_samples), config.jsv_bn)
+    jsv = mean_jsv(small, data.probe(config.jsv_samples), config.jsv_bn)
     meta = {"stage": "pruned", "method": method.name, "jsv_after_prune": jsv}
     save_model(path, small, meta)
     log(f"{method.name}: pruned to {sum(widths_of(small).values())} channels; mean JSV right after pruning {jsv:.4g}")
     return small, meta
 
 
-def retrain(config: PruneConfig, data: _RunData, small, out: Path, log):
+def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
     from isotpp.methods import get_method, penalty_fn
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import jsv_hook
@@ -516,12 +519,12 @@ def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
     if (out / "summary.json").exists():
         return read_json(out / "summary.json")
     t0 = time.time()
-    data = _load_data(config)
+    data = load_data(config)
     main = parallel.is_main_process()
     if main:
         write_json(out / "config.json", config.to_dict())
     base = base_model(config, data, shared, log)
-    base_acc = _evaluate(base, data)
+    base_acc = evaluate(base, data)
     small, meta = pruned_model(config, data, base, shared, log)
     trainer, history = retrain(config, data, small, out, log)
     final = trainer.host_model()
@@ -543,6 +546,6 @@ def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
     return summary
 
 
-def _evaluate(model, data: _RunData) -> float:
+def evaluate(model, data: RunData) -> float:
     """Test (ImageNet: validation) accuracy (%) of a model in eval mode."""
     return data.accuracy(model)

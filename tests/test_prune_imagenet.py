@@ -15,7 +15,7 @@ from isotpp.data.imagefolder import EvalTransform, train_order
 from isotpp.errors import UserError
 from isotpp.models import widths_of
 from isotpp.plan import Plan
-from isotpp.pruning_run import PruneConfig, _load_data, run_pruning
+from isotpp.pruning_run import PruneConfig, load_data, run_pruning
 
 TINY = {"model": "resnet18", "dataset": "imagenet", "image_size": 32, "resize": 36, "width_scale": 0.125,
         "batch_size": 8, "base_epochs": 1, "base_lr_schedule": "0:0.05", "epochs": 1, "lr_schedule": "0:0.01",
@@ -38,7 +38,7 @@ def run(tree, tmp_path_factory):
 
 
 def test_the_folder_data_has_the_in_memory_interface(tree):
-    data = _load_data(PruneConfig(data_dir=str(tree), **TINY))
+    data = load_data(PruneConfig(data_dir=str(tree), **TINY))
     assert (data.num_train, data.num_classes, data.input_shape) == (24, 3, (32, 32, 3))
     assert data.steps_per_epoch(8) == 3 and data.steps_per_epoch(7) == 3  # the last incomplete batch dropped
     source = data.source(PruneConfig(**TINY), seed=0, augment=True)
@@ -59,7 +59,7 @@ def test_the_folder_data_has_the_in_memory_interface(tree):
     np.testing.assert_array_equal(np.asarray(x0), np.stack([transform((*data.train[i], True))[0] for i in first]))
     assert np.asarray(y0).tolist() == [data.train.labels[i] for i in first]
     # --train-limit draws a subset of the training images
-    assert _load_data(PruneConfig(data_dir=str(tree), **{**TINY, "train_limit": 16})).num_train == 16
+    assert load_data(PruneConfig(data_dir=str(tree), **{**TINY, "train_limit": 16})).num_train == 16
 
 
 def test_imagenet_run_leaves_a_summary_and_follows_the_plan(run):
@@ -114,7 +114,7 @@ def test_table2_cell_commands_build_imagenet_configs(tree, tmp_path):
         c = config_from_args(args).validate()
         assert (c.model, c.dataset, c.data_dir, c.batch_size) == ("resnet50", "imagenet", str(tree), 256)
         assert (c.workers, c.image_size, c.resize, c.update_reg_interval) == (None, 224, 256, 5)
-    data = _load_data(dataclasses.replace(c, batch_size=8))
+    data = load_data(dataclasses.replace(c, batch_size=8))
     assert (data.num_classes, data.input_shape, data.eval_batch_size) == (3, (224, 224, 3), 8)
 
 

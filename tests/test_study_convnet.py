@@ -6,7 +6,7 @@ import pytest
 
 from isotpp.checkpoint import load_model
 from isotpp.errors import UserError
-from isotpp.pruning_run import _mean_jsv
+from isotpp.pruning_run import mean_jsv
 from isotpp.studies.convnet import quick_config, run_convnet_study
 
 TINY = {"dataset": "synthetic", "train_limit": 256, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
@@ -53,16 +53,16 @@ def test_cost_matches_the_cost_of_the_base_and_is_the_same_for_every_method(stud
 
 
 def test_running_statistics_jsv_is_the_pruned_networks(study):
-    from isotpp.pruning_run import PruneConfig, _load_data
+    from isotpp.pruning_run import PruneConfig, load_data
 
     out, r = study
-    data = _load_data(PruneConfig(model="resnet20", dataset="synthetic", train_limit=256))
+    data = load_data(PruneConfig(model="resnet20", dataset="synthetic", train_limit=256))
     for method, folder in (("L1", "L1"), ("L1+OrthP", "L1_plus_OrthP"), ("TPP", "TPP")):
         model, _ = load_model(out / "seed0" / folder / "pruned.npz")
         assert r["runs"][method]["0.01"]["jsv_after_prune_eval"][0] == pytest.approx(
-            _mean_jsv(model, data.probe(4), "eval"), rel=1e-5)
+            mean_jsv(model, data.probe(4), "eval"), rel=1e-5)
         assert r["runs"][method]["0.01"]["jsv_after_prune"][0] == pytest.approx(
-            _mean_jsv(model, data.probe(4), "batch"), rel=1e-5)
+            mean_jsv(model, data.probe(4), "batch"), rel=1e-5)
 
 
 def test_rerun_reuses_everything_and_other_settings_are_refused(study):

@@ -87,18 +87,18 @@ def _prune_config(cfg: ConvStudyConfig, seed: int, **kw):
 def _eval_jsv(shared: Path, probe) -> float:
     """Mean JSV of ``shared/pruned.npz`` with BatchNorm's running statistics (cached beside it)."""
     from isotpp.checkpoint import load_model
-    from isotpp.pruning_run import _mean_jsv
+    from isotpp.pruning_run import mean_jsv
 
     path = shared / "jsv_eval.json"
     if not path.exists():
         model, _ = load_model(shared / "pruned.npz")
-        write_json(path, {"jsv_after_prune_eval": _mean_jsv(model, probe, "eval")})
+        write_json(path, {"jsv_after_prune_eval": mean_jsv(model, probe, "eval")})
     return read_json(path)["jsv_after_prune_eval"]
 
 
 def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
     """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png)."""
-    from isotpp.pruning_run import _load_data, _mean_jsv, base_model, run_pruning
+    from isotpp.pruning_run import base_model, load_data, mean_jsv, run_pruning
     from isotpp.study_report import write_report
 
     cfg = cfg.validate()
@@ -115,17 +115,17 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
     for seed in cfg.seeds:
         sdir = out / f"seed{seed}"
         pc = _prune_config(cfg, seed, method="L1", out=str(sdir))
-        data = _load_data(pc)
+        data = load_data(pc)
         base = base_model(pc, data, sdir, log)
         info_path = sdir / "base.json"
         if not info_path.exists():
-            from isotpp.pruning_run import _evaluate
+            from isotpp.pruning_run import evaluate
 
-            write_json(info_path, {"acc": _evaluate(base, data),
-                                   "jsv": _mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
+            write_json(info_path, {"acc": evaluate(base, data),
+                                   "jsv": mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
         info = read_json(info_path)
         if "jsv_eval" not in info:  # also with BatchNorm's running statistics (each sample its own Jacobian)
-            info["jsv_eval"] = _mean_jsv(base, data.probe(cfg.jsv_samples), "eval")
+            info["jsv_eval"] = mean_jsv(base, data.probe(cfg.jsv_samples), "eval")
             write_json(info_path, info)
         for key in ("acc", "jsv", "jsv_eval"):
             base_info.setdefault(key, []).append(info[key])
