@@ -13,7 +13,6 @@ study's format, so :mod:`isotpp.study_report` draws its table and figure
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +98,7 @@ def _eval_jsv(shared: Path, probe) -> float:
 def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
     """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png)."""
     from isotpp.pruning_run import base_model, load_data, mean_jsv, run_pruning
+    from isotpp.studies.clock import StudyClock
     from isotpp.study_report import write_report
 
     cfg = cfg.validate()
@@ -109,7 +109,7 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
         if diff:
             raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
     write_json(out / "config.json", cfg.to_dict())
-    t0 = time.time()
+    clock = StudyClock(out)
     base_info: dict[str, list] = {}  # "jsv": batch statistics, as the reference measures; "jsv_eval": running
     runs: dict[str, dict[str, dict[str, list]]] = {m: {lr: {} for lr, _ in cfg.lr_schedules} for m in cfg.methods}
     for seed in cfg.seeds:
@@ -123,6 +123,7 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
 
             write_json(info_path, {"acc": evaluate(base, data),
                                    "jsv": mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
+            clock.tick()
         info = read_json(info_path)
         if "jsv_eval" not in info:  # also with BatchNorm's running statistics (each sample its own Jacobian)
             info["jsv_eval"] = mean_jsv(base, data.probe(cfg.jsv_samples), "eval")
@@ -141,9 +142,11 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
                     cell.setdefault(key, []).append(s[key])
                 cell.setdefault("jsv_after_prune_eval", []).append(
                     _eval_jsv(run_dir.parent, data.probe(cfg.jsv_samples)))
+                clock.tick()
                 cell.setdefault("sparsity", []).append(s["sparsity"])
                 cell.setdefault("speedup", []).append(s["speedup"])
-    results = {"config": cfg.to_dict(), "runs": runs, "base": base_info, "wall_s": time.time() - t0}
+    results = {"config": cfg.to_dict(), "runs": runs, "base": base_info, "wall_s": clock.tick(),
+               "invocation_s": clock.invocation_s}  # wall_s: over every call that worked on the study
     write_json(out / "results.json", results)
     paths = write_report(results, out)
     results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}

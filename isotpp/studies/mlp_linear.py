@@ -374,13 +374,14 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     """Run (or complete) the study in ``out``; returns the results dict (also written as results.json)."""
     from isotpp.checkpoint import load_model, save_model
     from isotpp.plan import Plan, l1_plan
+    from isotpp.studies.clock import StudyClock
 
     config = config.validate()
     out = Path(out)
     _check_dir(out, config)
     write_json(out / "config.json", config.to_dict())
     record = Recorder(out / "metrics.jsonl")
-    t0 = time.time()
+    clock = StudyClock(out)
     data = load_data(config)
     methods = [(m, canonical_method(m)) for m in config.methods]
     lr_keys = [k for k, _ in config.lr_schedules]
@@ -399,6 +400,7 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
             info = {"acc": acc, "jsv": jsv}
             save_model(sdir / "base.npz", base, {"seed": seed, **info})
             write_json(sdir / "base.json", info)
+            clock.tick()
             log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
         base_info[seed] = info
         if not todo:
@@ -418,6 +420,7 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
                 tpp_model, state = run_tpp(config, data, base, plan, seed, record, progress)
                 save_model(sdir / "tpp.npz", tpp_model, {"seed": seed})
                 write_json(sdir / "tpp_state.json", state)
+                clock.tick()
                 log(f"seed {seed}: TPP done after {state['iteration']} iterations (reg {state['reg']:.3g})")
         starts = {}
         for m, canon in methods:
@@ -426,9 +429,11 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
         results = retrain(config, data, todo, starts, seed, record, progress)
         for (m, lr), res in results.items():
             write_json(_cell_path(out, seed, m, lr), res)
+        clock.tick()
         log(f"seed {seed}: retrained {len(todo)} cells")
 
-    results = collect(out, config, base_info, wall_s=time.time() - t0)
+    results = collect(out, config, base_info, wall_s=clock.tick())  # over every call that worked on it
+    results["invocation_s"] = clock.invocation_s
     write_json(out / "results.json", results)
     from isotpp.study_report import write_report
 

@@ -422,6 +422,7 @@ def _norm(v):
 def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or complete) the study in ``out``; returns the results (also written as results.json)."""
+    from isotpp.studies.clock import StudyClock
     from isotpp.studies.mlp_linear import Recorder
 
     config = config.validate()
@@ -430,7 +431,7 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
     _check_files(config)
     write_json(out / "config.json", config.to_dict())
     record = Recorder(out / "metrics.jsonl")
-    t_start = time.time()
+    clock = StudyClock(out)
     data = load_data(config)
     methods = config.methods_canonical
     log(f"{config.dataset}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test; "
@@ -441,10 +442,12 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
         t0 = time.time()
         scorer, validation = autosparse_scorer(config, data, out, record, log, progress)
         timings["autosparse_scorer_s"] = time.time() - t0
+        clock.tick()
     t0 = time.time()
     for seed in config.seeds:
         run_cells(config, data, ARCH, seed, methods, config.densities, config.epochs, scorer=scorer, out=out,
                   part="lenet", log=log, progress=progress, record=record)
+        clock.tick()
     timings["lenet_s"] = time.time() - t0
     transfer_methods = tuple(canonical(m) for m in config.transfer_methods) if config.transfer else ()
     if transfer_methods:
@@ -453,9 +456,11 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
             run_cells(config, data, TRANSFER_ARCH, seed, transfer_methods, config.transfer_densities,
                       config.transfer_epochs, scorer=scorer, out=out, part="transfer", log=log, progress=progress,
                       record=record)
+            clock.tick()
         timings["transfer_s"] = time.time() - t0
     results = collect(out, config, methods, transfer_methods, validation, scorer)
-    results["wall_s"] = time.time() - t_start
+    results["wall_s"] = clock.tick()  # over every call that worked on the study
+    results["invocation_s"] = clock.invocation_s
     results["timings"] = timings
     write_json(out / "results.json", results)
     from isotpp.studies.pai_report import write_report
