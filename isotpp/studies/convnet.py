@@ -97,7 +97,13 @@ def _eval_jsv(shared: Path, probe) -> float:
 
 def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
     """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png)."""
-    from isotpp.pruning_run import base_model, load_data, mean_jsv, run_pruning
+    from isotpp.pruning_run import (
+        base_model,
+        evaluate,
+        load_data,
+        mean_jsv,
+        run_pruning,
+    )
     from isotpp.studies.clock import StudyClock
     from isotpp.study_report import write_report
 
@@ -119,8 +125,6 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
         base = base_model(pc, data, sdir, log)
         info_path = sdir / "base.json"
         if not info_path.exists():
-            from isotpp.pruning_run import evaluate
-
             write_json(info_path, {"acc": evaluate(base, data),
                                    "jsv": mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
             clock.tick()
