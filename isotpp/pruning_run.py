@@ -100,10 +100,7 @@ class PruneConfig:
         LRSchedule.parse(self.lr_schedule)
         LRSchedule.parse(self.base_lr_schedule)
         for name in ("epochs", "base_epochs", "batch_size", "update_reg_interval", "stabilize_reg_interval",
-                     "zero_out_interval", "pre_iters", "jsv_samples"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("image_size", "resize"):
+                     "zero_out_interval", "pre_iters", "jsv_samples", "image_size", "resize"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 0:
