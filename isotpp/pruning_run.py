@@ -64,14 +64,15 @@ class PruneConfig:
     seed: int = 0
     init: str = "kaiming"
     tpp_lr: float = 1e-3
-    lw_opp: float = 1000.0
+    lw_opp: float = 1000.0  # TPP's Gram penalty and the constant weight of "X + L1" (the reference's --lw_opp)
     reg_granularity: float = 1e-4
     update_reg_interval: int = 10
     stabilize_reg_interval: int = 10_000
     zero_out_interval: int = 100
     pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
     pre_lr: float = 1e-3
-    penalty_weight: float = 0.1
+    penalty_weight: float = 0.1  # "L1 + X": the reference's --lw_orth_reg
+    kernorth_rule: str = "c_in"  # KernOrth+L1's transpose rule: "c_in" (the reference's) or "fan_in" (intended)
     ai_iters: int = 10_000
     jsv_samples: int = 100
     jsv_bn: str = "eval"
@@ -108,6 +109,8 @@ class PruneConfig:
         if _is_imagenet(self.dataset) and self.resize < self.image_size:
             raise UserError(f"resize {self.resize} is smaller than image-size {self.image_size}: the centre crop "
                             "would not fit (use e.g. --image-size 224 --resize 256)")
+        if self.kernorth_rule not in ("c_in", "fan_in"):
+            raise UserError(f"kernorth_rule must be 'c_in' (the reference's) or 'fan_in', got {self.kernorth_rule!r}")
         if self.jsv_bn not in ("eval", "batch"):
             raise UserError(f"jsv-bn must be 'eval' or 'batch', got {self.jsv_bn!r}")
         if self.base is not None and not Path(self.base).exists():
@@ -425,7 +428,8 @@ def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log):
 
 
 def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path, log):
-    """"X + L1": train with penalty X for ``pre_iters`` iterations before L1 chooses the filters."""
+    """"X + L1": train with penalty X (weight ``lw_opp``, constant) for ``pre_iters`` iterations before L1
+    chooses the filters."""
     from isotpp.methods import penalty_fn
     from isotpp.train import reference_sgd
 
@@ -434,8 +438,8 @@ def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path
     tx = reference_sgd(config.pre_lr, config.wd, config.momentum)
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(config.pre_iters / steps),
                         lr_schedule=None, seed=config.seed + 1, max_steps=config.pre_iters,
-                        penalties={kind: penalty_fn(kind, _kernel_names(base))},
-                        weights={kind: config.penalty_weight}, method=f"{kind}+L1")
+                        penalties={kind: penalty_fn(kind, _kernel_names(base), rule=config.kernorth_rule)},
+                        weights={kind: config.lw_opp}, method=f"{kind}+L1")
     return trainer.host_model()
 
 

@@ -89,7 +89,9 @@ def test_x_plus_l1_trains_with_the_penalty_before_choosing(base_file, tmp_path):
     base_path, _, _ = base_file
     _, out = _run(tmp_path, "KernOrth+L1", base=str(base_path), pre_iters=5)
     config = read_json(out / "pre" / "config.json")
-    assert config["train"]["penalty_weights"] == {"kernorth": 0.1} and config["train"]["method"] == "kernorth+L1"
+    # KernOrth+L1 is the reference's opp_scheme v2: weight lw_opp (1000, constant), not lw_orth_reg
+    assert config["train"]["penalty_weights"] == {"kernorth_v2": 1000.0}
+    assert config["train"]["method"] == "kernorth_v2+L1"
     lines = [json.loads(line) for line in (out / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert max(line.get("step", 0) for line in lines) == 5
 

@@ -96,7 +96,12 @@ def add_parser(sub) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--init", default=d.init, help="init of trained-from-scratch models")
     run.add_argument("--tpp-lr", type=float, default=d.tpp_lr, help="LR of TPP's penalty phases")
-    run.add_argument("--lw-opp", type=float, default=d.lw_opp, help="weight of TPP's Gram penalty")
+    run.add_argument("--lw-opp", type=float, default=d.lw_opp,
+                     help="weight of TPP's Gram penalty and of X in 'X+L1' (the reference's --lw_opp)")
+    run.add_argument("--lw-orth-reg", dest="penalty_weight", type=float, default=d.penalty_weight,
+                     help="weight of X in 'L1+X' while retraining (the reference's --lw_orth_reg)")
+    run.add_argument("--kernorth-rule", choices=("c_in", "fan_in"), default=d.kernorth_rule,
+                     help="KernOrth+L1's transpose rule: c_in (the reference's code) or fan_in (its intent)")
     run.add_argument("--reg-granularity", type=float, default=d.reg_granularity)
     run.add_argument("--update-reg-interval", type=_positive_int, default=d.update_reg_interval)
     run.add_argument("--stabilize-reg-interval", type=_positive_int, default=d.stabilize_reg_interval)
@@ -133,7 +138,7 @@ def config_from_args(args):
     keys = ("method", "dataset", "data_dir", "base", "base_epochs", "base_lr_schedule", "epochs", "lr_schedule",
             "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
             "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
-            "width_scale", "bf16", "out", "workers", "image_size", "resize")
+            "width_scale", "bf16", "out", "workers", "image_size", "resize", "penalty_weight", "kernorth_rule")
     return PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
                        **{k: getattr(args, k) for k in keys})
 

@@ -9,7 +9,8 @@ JSV per epoch. Methods:
 L1         L1 filter pruning, retrain
 L1+OrthP   L1, then OrthP (exact orthogonalisation) before retraining
 TPP        TPP's penalty phases from the trained model, then removal
-L1+KernOrth L1, retrain with the KernOrth penalty (weight 0.1)
+L1+KernOrth L1, retrain with KernOrth: 0.1 · Σ ‖MᵀM − I‖_F over every layer
+            (the reference's orth_reg_method CVPR17, lw_orth_reg 0.1)
 L1+AI      L1, then approximate isometry (data-free), then retrain
 ========== ==============================================================
 
@@ -84,7 +85,7 @@ class StudyConfig:
     tpp_update_reg_interval: int = 10
     tpp_stabilize_iters: int = 10_000
     tpp_zero_out_interval: int = 100
-    kernorth_weight: float = 0.1
+    kernorth_weight: float = 0.1  # the reference's --lw_orth_reg
     ai_iters: int = 10_000
     ai_lr: float = 0.1
     train_limit: int | None = None  # first n training examples (tests)
