@@ -70,6 +70,7 @@ class PruneConfig:
     stabilize_reg_interval: int = 10_000
     zero_out_interval: int = 100
     pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
+    pre_scheme: str = "penalty"  # "X + L1": X alone ("penalty") or inside the reference's opp loop ("opp")
     pre_lr: float = 1e-3
     penalty_weight: float = 0.1  # "L1 + X": the reference's --lw_orth_reg
     kernorth_rule: str = "c_in"  # KernOrth+L1's transpose rule: "c_in" (the reference's) or "fan_in" (intended)
@@ -109,6 +110,8 @@ class PruneConfig:
         if _is_imagenet(self.dataset) and self.resize < self.image_size:
             raise UserError(f"resize {self.resize} is smaller than image-size {self.image_size}: the centre crop "
                             "would not fit (use e.g. --image-size 224 --resize 256)")
+        if self.pre_scheme not in ("penalty", "opp"):
+            raise UserError(f"pre_scheme must be 'penalty' or 'opp', got {self.pre_scheme!r}")
         if self.kernorth_rule not in ("c_in", "fan_in"):
             raise UserError(f"kernorth_rule must be 'c_in' (the reference's) or 'fan_in', got {self.kernorth_rule!r}")
         if self.jsv_bn not in ("eval", "batch"):
@@ -407,23 +410,35 @@ def base_model(config: PruneConfig, data: RunData, out: Path, log):
     return model
 
 
-def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log):
-    """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end."""
+def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log, *, penalty: str | None = None):
+    """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end.
+
+    ``penalty``: the reference's ``opp_scheme`` v2 / v1 loop instead ("X + L1" with ``pre_scheme="opp"``):
+    the same L2 ramp, BatchNorm L2 and zero-out on the L1-chosen filters, with TPP's Gram term replaced by
+    ``lw_opp`` (constant) times the penalty ``penalty`` over every layer.
+    """
     from isotpp.groups import channel_groups
+    from isotpp.methods import penalty_fn
     from isotpp.models import layer_names
     from isotpp.tpp import TPPConfig, targets_for, tpp
     from isotpp.train import reference_sgd
 
-    cfg = TPPConfig(lw_opp=config.lw_opp, reg_granularity=config.reg_granularity,
+    extra = {}
+    if penalty is not None:
+        extra = {"penalties": {penalty: penalty_fn(penalty, _kernel_names(base), rule=config.kernorth_rule)},
+                 "weights": {penalty: config.lw_opp}}
+    cfg = TPPConfig(lw_opp=0.0 if penalty else config.lw_opp, reg_granularity=config.reg_granularity,
                     update_reg_interval=config.update_reg_interval, stabilize_iters=config.stabilize_reg_interval,
                     zero_out_interval=config.zero_out_interval)
     targets = targets_for(plan, channel_groups(base), layer_names(base), cfg)
     tx = tpp(reference_sgd(config.tpp_lr, config.wd, config.momentum), plan, targets, cfg)
     steps = data.steps_per_epoch(config.batch_size)
-    log(f"TPP: {cfg.total_iters} iterations (reg to {cfg.reg_cap} by {cfg.update_iters}, then "
+    log(f"{f'{penalty}+L1 (opp loop)' if penalty else 'TPP'}: {cfg.total_iters} iterations (reg to {cfg.reg_cap} "
+        f"by {cfg.update_iters}, then "
         f"{cfg.stabilize_iters} of stabilising)")
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(cfg.total_iters / steps),
-                        lr_schedule=None, seed=config.seed + 1, max_steps=cfg.total_iters, plan=plan, method="TPP")
+                        lr_schedule=None, seed=config.seed + 1, max_steps=cfg.total_iters, plan=plan,
+                        method=f"{penalty}+L1" if penalty else "TPP", **extra)
     return trainer.host_model()
 
 
@@ -456,10 +471,11 @@ def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
         return model, header["meta"]
     method = get_method(config.method)
     skip = list(config.skip)
-    if method.pre == "tpp":
+    if method.pre == "tpp" or (method.pre and config.pre_scheme == "opp"):
         plan = Plan.load(out / "plan.json") if (out / "plan.json").exists() else l1_plan(base, config.ratios, skip)
         plan.save(out / "plan.json")
-        small = hard_prune(tpp_phase(config, data, base, plan, out, log), plan)
+        penalty = None if method.pre == "tpp" else method.pre
+        small = hard_prune(tpp_phase(config, data, base, plan, out, log, penalty=penalty), plan)
     else:
         start = penalty_phase(config, data, base, method.pre, out, log) if method.pre else base
         plan = l1_plan(start, config.ratios, skip)

@@ -290,19 +290,16 @@ def test_kernorth_of_a_wide_layer_never_forms_the_large_gram_but_equals_it():
 # --------------------------------------------------------------------------
 
 
-def _torch_w(kernel):
-    """The reference's ``w.view(n, -1)`` of a Flax kernel, float64, built entry by entry."""
-    k = np.asarray(kernel, np.float64)
-    if k.ndim == 2:
-        return k.T.copy()
-    kh, kw, c_in, n = k.shape
-    return np.array([[k[u, v, c, i] for c in range(c_in) for u in range(kh) for v in range(kw)] for i in range(n)])
-
-
 def _torch_weight(kernel):
     """The PyTorch weight (n, c_in, kh, kw) or (n, fan_in) of a Flax kernel, float64."""
     k = np.asarray(kernel, np.float64)
     return k.T.copy() if k.ndim == 2 else np.transpose(k, (3, 2, 0, 1))
+
+
+def _torch_w(kernel):
+    """The reference's ``w.view(n, -1)`` of a Flax kernel, float64."""
+    w = _torch_weight(kernel)
+    return w.reshape(w.shape[0], -1)
 
 
 def _orth_dist_np(weight):
@@ -328,6 +325,10 @@ def _deconv_orth_dist_np(weight):
 
 
 def test_torch_filters_is_the_pytorch_view_and_round_trips():
+    k = _kernel((2, 3, 4, 5), seed=30)  # (kh, kw, c_in, n): entry [i, (c·kh + u)·kw + v] is k[u, v, c, i]
+    w = np.asarray(pen.torch_filters(k))
+    for u, v, c, i in [(0, 0, 0, 0), (1, 2, 3, 4), (0, 2, 1, 3), (1, 0, 2, 1)]:
+        assert w[i, (c * 2 + u) * 3 + v] == k[u, v, c, i]
     for shape in [(3, 4), (2, 3, 2, 5), (3, 3, 4, 2)]:
         k = _kernel(shape, seed=31)
         w = np.asarray(pen.torch_filters(k))
@@ -404,6 +405,19 @@ def test_orth_regularization_matches_the_reference_in_numpy(shape, transpose):
     g_w = g.T if a is not w else g
     np.testing.assert_allclose(np.asarray(grad), np.asarray(pen.from_torch_filters(g_w, shape)), rtol=1e-4,
                                atol=1e-7)
+
+
+def test_deconv_orth_dist_by_hand():
+    # one 3×3 filter of ones: padded by 1 to 5×5, stride 2 → four taps (0,0), (0,2), (2,0), (2,2), each the
+    # kernel's overlap with itself shifted by one row and one column: 2×2 = 4 ones. The target puts 1 at the
+    # tap (1, 1): ‖[[4, 4], [4, 4 − 1]]‖ = √(3·16 + 9) = √57 (the aligned inner product, 9, never appears).
+    np.testing.assert_allclose(float(pen.deconv_orth_dist(jnp.ones((3, 3, 1, 1)))), np.sqrt(57.0), rtol=1e-6)
+    # a non-square 1×2 conv with more filters (3) than fan-in (2): kernel height 1, so stride 2 only visits the
+    # padding rows 0 and 2: the self-convolution is 0 whatever the weights, the distance √n, its gradient 0
+    k = jnp.asarray(_kernel((1, 2, 1, 3), seed=36))
+    value, grad = jax.value_and_grad(pen.deconv_orth_dist)(k)
+    np.testing.assert_allclose(float(value), np.sqrt(3.0), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
 
 
 @pytest.mark.parametrize("shape", [(3, 3, 5, 3), (2, 3, 2, 5)])

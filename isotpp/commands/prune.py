@@ -107,6 +107,9 @@ def add_parser(sub) -> None:
     run.add_argument("--stabilize-reg-interval", type=_positive_int, default=d.stabilize_reg_interval)
     run.add_argument("--zero-out-interval", type=_positive_int, default=d.zero_out_interval)
     run.add_argument("--pre-iters", type=_positive_int, default=d.pre_iters, help="iterations of X in 'X+L1'")
+    run.add_argument("--pre-scheme", choices=("penalty", "opp"), default=d.pre_scheme,
+                     help="'X+L1': X alone for --pre-iters (default), or inside the reference's opp loop "
+                          "(L2 ramp and zero-out on the L1-chosen filters, TPP's schedule)")
     run.add_argument("--jsv-samples", type=_positive_int, default=d.jsv_samples)
     run.add_argument("--jsv-bn", choices=("eval", "batch"), default=d.jsv_bn)
     run.add_argument("--train-limit", type=_positive_int, default=None,
@@ -138,7 +141,8 @@ def config_from_args(args):
     keys = ("method", "dataset", "data_dir", "base", "base_epochs", "base_lr_schedule", "epochs", "lr_schedule",
             "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
             "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
-            "width_scale", "bf16", "out", "workers", "image_size", "resize", "penalty_weight", "kernorth_rule")
+            "width_scale", "bf16", "out", "workers", "image_size", "resize", "penalty_weight", "kernorth_rule",
+            "pre_scheme")
     return PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
                        **{k: getattr(args, k) for k in keys})
 
