@@ -95,7 +95,7 @@ def hint() -> str:
     return _State.hint
 
 
-def check(kept: str) -> None:
+def check(kept: str = "finished pieces are kept") -> None:
     """Raise :class:`Preempted` if SIGTERM arrived; ``kept`` says what was saved (e.g. "finished pieces are in D")."""
     if _State.requested:
         raise Preempted(f"stopped by SIGTERM: {kept}; {_State.hint}")

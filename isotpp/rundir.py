@@ -293,14 +293,22 @@ def _mkdir(path: Path) -> Path | None:
 class RunDir:
     """An opened run directory (see :func:`open_run`)."""
 
-    def __init__(self, path: Path, settings: Mapping[str, Any], section: str | None):
-        self.path, self.settings, self.section = path, dict(settings), section
-        self.recorded = (path / SETTINGS_NAME).exists()
+    def __init__(self, path: Path, settings: Mapping[str, Any], section: str | None, main: bool):
+        self.path, self.settings, self.section, self.main = path, dict(settings), section, main
+        self.had_settings = (path / SETTINGS_NAME).exists()
 
     def record(self) -> None:
-        """Write the settings (``config.json``): call it once every check has passed, before any other write."""
-        write_json(self.path / SETTINGS_NAME, {self.section: self.settings} if self.section else self.settings)
-        self.recorded = True
+        """Write the settings (``config.json``; process 0): call it once every check has passed, before any
+        other write. If the call fails before anything else is written, :func:`open_run` removes it again."""
+        if self.main:
+            write_json(self.path / SETTINGS_NAME, {self.section: self.settings} if self.section else self.settings)
+
+    def rollback(self) -> None:
+        """After a failure: remove the settings this call recorded if nothing else was written beside them."""
+        settings = self.path / SETTINGS_NAME
+        if not self.had_settings and settings.exists():
+            if {p.name for p in self.path.iterdir()} <= {SETTINGS_NAME, LOCK_NAME, STAGING_NAME}:
+                settings.unlink()
 
 
 def _remove_created(top: Path | None, path: Path) -> None:
@@ -349,16 +357,21 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
                 diff = settings_difference(old, settings, reusable)
                 if diff:
                     shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
-                    raise UserError(f"{path} holds a {kind} with other settings: {shown}; use another "
-                                    "directory, or delete it to start afresh")
-            run = RunDir(path, settings, section)
+                    raise UserError(f"{path} holds a {kind} with a different {shown}: use another directory, "
+                                    "or delete it to start afresh")
+            run = RunDir(path, settings, section, main)
             yield run
+        except BaseException:
+            if main:  # still under the lock: leave the directory as this call found it, if nothing was made
+                with contextlib.suppress(OSError):
+                    (path / STAGING_NAME).rmdir()
+                if run is not None:
+                    run.rollback()
+            raise
         finally:
             if main:
                 release_lock(path)
     except BaseException:
-        if main and (run is None or not run.recorded):
-            with contextlib.suppress(OSError):
-                (path / STAGING_NAME).rmdir()
+        if main:
             _remove_created(top, path)
         raise

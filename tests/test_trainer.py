@@ -164,8 +164,8 @@ def test_the_command_line_exits_75_on_sigterm(tmp_path, capsys):
     assert (tmp_path / "model.npz").is_file()
     assert train_cifar.main([*args, "--batch-size", "16", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"train_cifar: error: {tmp_path} holds a training run with other settings: batch_size "
-                          "(32 there, 16 here)")
+    assert err.startswith(f"train_cifar: error: {tmp_path} holds a training run with a different "
+                          "batch_size (32 there, 16 here)")
     assert err.count("\n") == 1
 
 
