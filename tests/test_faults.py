@@ -267,3 +267,63 @@ def test_isotpp_train_as_documented_then_again_then_with_other_settings(tmp_path
                                        "lr_schedule ('0:0.1,1:0.01' there, '0:0.2' here): use another directory, "
                                        "or delete it to start afresh")
     assert _snapshot(work) == before
+
+
+# --------------------------------------------------------------------------
+# The studies
+# --------------------------------------------------------------------------
+
+MLP = {"dataset": "synthetic", "seeds": (0,), "methods": ("L1", "TPP"), "train_limit": 200, "batch_size": 100,
+       "base_epochs": 1, "base_lr": "0:0.01", "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"),),
+       "tpp_reg_granularity": 0.25, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 4,
+       "tpp_zero_out_interval": 2}
+PAI = {"dataset": "synthetic", "seeds": (0,), "methods": ("random", "magnitude"), "densities": (0.1,), "epochs": 1,
+       "lr": "0:0.1", "train_limit": 600, "val_size": 100, "batch_size": 100, "score_examples": 100,
+       "transfer": False, "jsv_samples": 8}
+STUDY = """
+import json, sys
+from isotpp.studies import {module} as study
+settings = {{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+            for k, v in json.loads(sys.argv[1]).items()}}
+study.run_study(study.{config}(**settings), sys.argv[2], progress=False, log=lambda s: None)
+"""
+
+
+def _study_results(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k not in ("wall_s", "invocation_s", "files", "timings")}
+
+
+def test_mlp_study_killed_between_the_two_files_of_its_base_and_stopped_in_retraining(tmp_path, monkeypatch):
+    from isotpp.studies import mlp_linear
+
+    config = mlp_linear.StudyConfig(**MLP)
+    ref = mlp_linear.run_study(config, tmp_path / "ref", progress=False, **QUIET)
+    out = tmp_path / "run"
+    code = STUDY.format(module="mlp_linear", config="StudyConfig")
+    dead = _python(tmp_path, code, json.dumps(MLP), out, fault="kill:before:seed0/base.json")
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    assert not (out / "seed0" / "base.npz").exists()  # staged beside its summary, never committed alone
+    monkeypatch.setenv("ISOTPP_FAULT", "term:after:seed0/tpp_state.json#2")  # TPP committed; retraining stops
+    with pytest.raises(Preempted, match="stopped by SIGTERM: finished pieces are kept; run the same command"):
+        mlp_linear.run_study(config, out, progress=False, **QUIET)
+    assert (out / "seed0" / "tpp.npz").exists() and not (out / "seed0" / "cells").exists()
+    monkeypatch.delenv("ISOTPP_FAULT")
+    again = mlp_linear.run_study(config, out, progress=False, **QUIET)
+    assert _study_results(again) == _study_results(ref)
+
+
+def test_pai_study_killed_between_two_cells_of_a_group_completes_them_without_training(tmp_path):
+    from isotpp.studies import pai
+
+    config = pai.PaIConfig(**PAI)
+    ref = pai.run_study(config, tmp_path / "ref", progress=False, **QUIET)
+    out = tmp_path / "run"
+    code = STUDY.format(module="pai", config="PaIConfig")
+    dead = _python(tmp_path, code, json.dumps(PAI), out, fault="kill:after:lenet/seed0/dense__d1.json#2")
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    cells = out / "lenet" / "seed0"
+    assert [p.name for p in cells.glob("*.json")] == ["dense__d1.json"]  # one of three moved into place
+    trained = (out / "metrics.jsonl").read_text().count('"phase": "train"')
+    again = pai.run_study(config, out, progress=False, **QUIET)
+    assert (out / "metrics.jsonl").read_text().count('"phase": "train"') == trained  # completed, not retrained
+    assert _study_results(again) == _study_results(ref)
