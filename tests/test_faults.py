@@ -195,6 +195,9 @@ def test_failed_calls_leave_no_directory_and_do_not_touch_another_run(tmp_path):
     for empty in ("", "  "):
         with pytest.raises(UserError, match="the output directory is empty"):
             run_pruning(PruneConfig(out=empty, **PRUNE), **QUIET)
+    from isotpp.commands.train import main as train
+
+    assert train(["--model", "mlp", "--dataset", "synthetic", "--workdir", ""]) == 2
 
 
 # --------------------------------------------------------------------------
