@@ -34,6 +34,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -51,6 +52,7 @@ LOCK_NAME = ".isotpp.lock"
 SETTINGS_NAME = "config.json"
 STAGING_NAME = ".staging"
 _COMMITTED = ".committed"
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp|\..+\.[0-9a-f]{32}\.tmp")  # isotpp.io, isotpp.plots
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +249,7 @@ def recover(root: Path) -> None:
         with contextlib.suppress(OSError):
             staging.rmdir()
     for tmp in root.rglob(".*.tmp"):
-        if tmp.is_file():
+        if _TEMPORARY.fullmatch(tmp.name) and tmp.is_file():  # only names isotpp's atomic writes give
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

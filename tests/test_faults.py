@@ -296,15 +296,22 @@ def _study_results(results: dict) -> dict:
     return {k: v for k, v in results.items() if k not in ("wall_s", "invocation_s", "files", "timings")}
 
 
-def test_mlp_study_killed_between_the_two_files_of_its_base_and_stopped_in_retraining(tmp_path, monkeypatch):
-    from isotpp.studies import mlp_linear
+def _reference_then_killed(tmp_path, module: str, config_name: str, settings: dict, fault: str):
+    """An uninterrupted study (this process) and one SIGKILLed at ``fault`` (a subprocess)."""
+    import importlib
 
-    config = mlp_linear.StudyConfig(**MLP)
-    ref = mlp_linear.run_study(config, tmp_path / "ref", progress=False, **QUIET)
+    study = importlib.import_module(f"isotpp.studies.{module}")
+    config = getattr(study, config_name)(**settings)
+    ref = study.run_study(config, tmp_path / "ref", progress=False, **QUIET)
     out = tmp_path / "run"
-    code = STUDY.format(module="mlp_linear", config="StudyConfig")
-    dead = _python(tmp_path, code, json.dumps(MLP), out, fault="kill:before:seed0/base.json")
+    dead = _python(tmp_path, STUDY.format(module=module, config=config_name), json.dumps(settings), out, fault=fault)
     assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    return study, config, ref, out
+
+
+def test_mlp_study_killed_between_the_two_files_of_its_base_and_stopped_in_retraining(tmp_path, monkeypatch):
+    mlp_linear, config, ref, out = _reference_then_killed(tmp_path, "mlp_linear", "StudyConfig", MLP,
+                                                          "kill:before:seed0/base.json")
     assert not (out / "seed0" / "base.npz").exists()  # staged beside its summary, never committed alone
     monkeypatch.setenv("ISOTPP_FAULT", "term:after:seed0/tpp_state.json#2")  # TPP committed; retraining stops
     with pytest.raises(Preempted, match="stopped by SIGTERM: finished pieces are kept; run the same command"):
@@ -316,14 +323,8 @@ def test_mlp_study_killed_between_the_two_files_of_its_base_and_stopped_in_retra
 
 
 def test_pai_study_killed_between_two_cells_of_a_group_completes_them_without_training(tmp_path):
-    from isotpp.studies import pai
-
-    config = pai.PaIConfig(**PAI)
-    ref = pai.run_study(config, tmp_path / "ref", progress=False, **QUIET)
-    out = tmp_path / "run"
-    code = STUDY.format(module="pai", config="PaIConfig")
-    dead = _python(tmp_path, code, json.dumps(PAI), out, fault="kill:after:lenet/seed0/dense__d1.json#2")
-    assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    pai, config, ref, out = _reference_then_killed(tmp_path, "pai", "PaIConfig", PAI,
+                                                   "kill:after:lenet/seed0/dense__d1.json#2")
     cells = out / "lenet" / "seed0"
     assert [p.name for p in cells.glob("*.json")] == ["dense__d1.json"]  # one of three moved into place
     trained = (out / "metrics.jsonl").read_text().count('"phase": "train"')
