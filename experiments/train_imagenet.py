@@ -40,23 +40,25 @@ def run(args, hooks=()) -> int:
     parallel.initialize(True if args.distributed else None)
 
     from isotpp.data.imagefolder import imagefolder_data
+    from isotpp.commands.train import settings, training_run
     from isotpp.errors import UserError
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer
 
     if not args.data_dir:
         raise UserError("--data-dir is required: the directory holding train/ and val/")
-    schedule = LRSchedule.parse(args.lr_schedule)
-    mesh = parallel.make_mesh()
-    data, evaluation, num_classes = imagefolder_data(
-        args.data_dir, global_batch_size=args.batch_size, mesh=mesh, seed=args.seed, workers=args.workers,
-        eval_batch_size=args.eval_batch_size, size=args.image_size, resize=args.resize)
-    model = train_cifar.make_model(args, num_classes, (args.image_size, args.image_size, 3))
-    tx = reference_sgd(schedule.initial, args.wd, args.momentum)
-    trainer = Trainer(model, tx, data, train_cifar.train_config(args), args.workdir, eval_data=evaluation,
-                      hooks=hooks, extra_config={"args": vars(args)})
-    history, _ = trainer.fit(resume=args.resume)
-    train_cifar.finish(args, trainer, history)
+    with training_run(args):
+        schedule = LRSchedule.parse(args.lr_schedule)
+        mesh = parallel.make_mesh()
+        data, evaluation, num_classes = imagefolder_data(
+            args.data_dir, global_batch_size=args.batch_size, mesh=mesh, seed=args.seed, workers=args.workers,
+            eval_batch_size=args.eval_batch_size, size=args.image_size, resize=args.resize)
+        model = train_cifar.make_model(args, num_classes, (args.image_size, args.image_size, 3))
+        tx = reference_sgd(schedule.initial, args.wd, args.momentum)
+        trainer = Trainer(model, tx, data, train_cifar.train_config(args), args.workdir, eval_data=evaluation,
+                          hooks=hooks, extra_config={"args": settings(args)})
+        history, _ = trainer.fit(resume=args.resume)
+        train_cifar.finish(args, trainer, history)
     return 0
 
 

@@ -299,10 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"isotpp {args.command}: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
-    except Exception as e:  # preemption (SIGTERM) saved a checkpoint: exit with the "retry" code
-        from isotpp.trainer import Preempted
+    except Exception as e:  # preemption (SIGTERM) kept what was finished: exit with the "retry" code
+        from isotpp.preemption import Preempted
 
         if isinstance(e, Preempted):
+            if not e.reported:
+                print(f"isotpp {args.command}: {e}", file=sys.stderr, flush=True)
             return e.exit_code
         raise
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ isotpp model file) and ``results.json``. See docs/launching.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -130,6 +131,32 @@ def finish(args, trainer, history) -> None:
         print(f"final test accuracy {accs[-1]:.2f} % (best {max(accs):.2f} %); model: {workdir / 'model.npz'}")
 
 
+# Settings that may change between the calls that continue one workdir (they do not change the result).
+REUSABLE = ("workdir", "resume", "distributed", "data_dir", "checkpoint_every", "log_every", "no_progress",
+            "workers")
+
+
+def settings(args) -> dict:
+    """The run's settings as config.json records them (``args``): the parsed options, JSON-able."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}
+
+
+@contextlib.contextmanager
+def training_run(args):
+    """The workdir of a training command, opened: locked, its settings checked, SIGTERM -> checkpoint + 75.
+
+    Call after :func:`isotpp.parallel.initialize`. The trainer records the
+    settings (config.json's ``args``) when it starts; a workdir of a run with
+    other settings is refused, a run that fails before that leaves nothing.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.rundir import open_run
+
+    with sigterm_stops(), open_run(args.workdir, settings(args), kind="training run", reusable=REUSABLE,
+                                   section="args"):
+        yield
+
+
 def run(args, hooks=()) -> int:
     from isotpp import parallel
 
@@ -140,33 +167,36 @@ def run(args, hooks=()) -> int:
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer
 
-    schedule = LRSchedule.parse(args.lr_schedule)
-    mesh = parallel.make_mesh()
-    train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
-    test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
-    info = DATASET_INFO[train.name]
-    model = make_model(args, train.num_classes, train.input_shape)
-    tx = reference_sgd(schedule.initial, args.wd, args.momentum)
-    data = InMemoryData(train.images, train.labels, batch_size=args.batch_size, mesh=mesh, seed=args.seed,
-                        augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
-    evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
-    trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
-                      extra_config={"args": vars(args)})
-    history, _ = trainer.fit(resume=args.resume)
-    finish(args, trainer, history)
+    with training_run(args):
+        schedule = LRSchedule.parse(args.lr_schedule)
+        mesh = parallel.make_mesh()
+        train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
+        test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        info = DATASET_INFO[train.name]
+        model = make_model(args, train.num_classes, train.input_shape)
+        tx = reference_sgd(schedule.initial, args.wd, args.momentum)
+        data = InMemoryData(train.images, train.labels, batch_size=args.batch_size, mesh=mesh, seed=args.seed,
+                            augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
+        evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
+        trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
+                          extra_config={"args": settings(args)})
+        history, _ = trainer.fit(resume=args.resume)
+        finish(args, trainer, history)
     return 0
 
 
 def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run) -> int:
     """Parse, run, and turn user errors and preemption into exit codes (2, 75)."""
     from isotpp.errors import UserError
-    from isotpp.trainer import Preempted
+    from isotpp.preemption import Preempted
 
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         return runner(args, hooks)
-    except Preempted as e:  # the message is on stderr already
+    except Preempted as e:
+        if not e.reported:
+            print(f"{parser.prog}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
