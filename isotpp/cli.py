@@ -161,7 +161,7 @@ def _add_reproduce(sub) -> None:
     c.add_argument("--seeds", type=_seeds, default=1, help="number of seeds")
     c.add_argument("--methods", type=_methods, default=None, help="comma-separated methods (unset: L1,L1+OrthP,TPP)")
     c.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist", "cifar10"), A.DATASET_ALIASES,
-                                              what="dataset"), default="fashion_mnist", help="the data")
+                                              what="dataset"), default="fashion_mnist", help="the dataset the study trains on")
     c.add_argument("--data-dir", type=A.input_dir, default=None, help=_data_dir_help)
     c.add_argument("--ratio", type=A.open_fraction, default=None,
                    help="pruning ratio of every block's conv1 (unset: 0.9)")
@@ -228,7 +228,7 @@ def _study_args(p, default_seeds: int) -> None:
     p.add_argument("--methods", type=_methods, default=None,
                    help="comma-separated methods (unset: L1,L1+OrthP,TPP,L1+KernOrth,L1+AI)")
     p.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist"), A.DATASET_ALIASES, what="dataset"),
-                   default="fashion_mnist", help="the data")
+                   default="fashion_mnist", help="the dataset the study trains on")
     p.add_argument("--ratio", type=A.open_fraction, default=None,
                    help="pruning ratio of every hidden layer (unset: 0.8)")
     p.add_argument("--lr-schedule", type=A.LabelledSchedule(), action=A.AppendUnique, default=None,
