@@ -366,7 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    return A.guarded(f"isotpp {args.command}", lambda: args.func(args))
+    prog = " ".join(["isotpp", args.command] + ([args.study] if getattr(args, "study", None) else []))
+    if A.checked_only(prog, args):
+        return 0
+    return A.guarded(prog, lambda: args.func(args))
 
 
 if __name__ == "__main__":

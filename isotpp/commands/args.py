@@ -390,6 +390,19 @@ def recorded(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if not callable(v)}
 
 
+def checked_only(prog: str, args: argparse.Namespace) -> bool:
+    """With ``ISOTPP_CHECK_ARGS=1``, print the validated options and return True: the command is not run.
+
+    A long command line for a cluster can so be checked (every option's domain,
+    paths, schedules, patterns' syntax) in a second before it is submitted.
+    """
+    if os.environ.get("ISOTPP_CHECK_ARGS", "") in ("", "0"):
+        return False
+    shown = ", ".join(f"{k}={v!r}" for k, v in sorted(recorded(args).items()) if v not in (None, False))
+    print(f"{prog}: the arguments are valid (ISOTPP_CHECK_ARGS is set: nothing was run): {shown}")
+    return True
+
+
 def guarded(prog: str, command: Callable[[], int]) -> int:
     """Run ``command`` and turn every way it can end into an exit status and at most one line.
 

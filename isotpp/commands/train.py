@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run
     """Parse, run, and turn user errors and preemption into exit codes (2, 75; see :func:`isotpp.cli.main`)."""
     parser = parser or build_parser()
     args = parser.parse_args(argv)
+    if A.checked_only(parser.prog, args):
+        return 0
     return A.guarded(parser.prog, lambda: runner(args, hooks))
 
 
