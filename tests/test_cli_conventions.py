@@ -191,3 +191,21 @@ def test_values_outside_their_domain_are_one_line_before_anything_runs(tmp_path,
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["prune", "--model", "resnet20", "--ratios", "zzz:0.5"], "pattern 'zzz' matches no layer"),
+    (["prune", "--model", "resnet20", "--ratios", "*layer*.conv1:0.5", "--train-limit", "16", "--batch-size", "32"],
+     "--batch-size 32 is larger than --train-limit 16"),
+    (["prune", "--model", "resnet20", "--ratios", "*layer*.conv1:0.5", "--dataset", "synthetic", "--batch-size",
+      "5000"], "larger than the 1024 training examples"),
+    (["prune", "--model", "resnet20", "--ratios", "*layer*.conv1:0.5", "--width-scale", "0.02"],
+     "width scale 0.02 leaves layer conv1 (16 channels) with none: use a scale of at least 0.0625"),
+    (["train", "--model", "lenet5", "--dataset", "synthetic", "--train-limit", "8", "--batch-size", "32"],
+     "--batch-size 32 is larger than --train-limit 8"),
+])
+def test_options_that_contradict_each_other_are_refused_before_anything_is_written(tmp_path, capsys, argv, needle):
+    code, out, err = _run([*argv, "--out", tmp_path / "run"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "run").exists()

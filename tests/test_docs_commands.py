@@ -90,6 +90,23 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
         CHECK, "python experiments/train_imagenet.py --distributed --model resnet50 --data-dir DATA --workers 16 "
                "--batch-size 1024 --lr-schedule 0:0.04,30:0.004,60:0.0004,75:0.00004 --epochs 90 --workdir "
                "runs/resnet50-tpp --resume --bf16", "run by gcloud on every TPU host: the inner command, validated"),
+    # docs/cli.md
+    "isotpp spectrum --model mlp --depth 3 --width 16 --input-dim 16 --num-classes 16 --init orthogonal "
+    "--jsv-samples 4 --json spectra/orthogonal.json": (RUN, None, "small as shown"),
+    "isotpp spectrum --model lenet5 --dataset synthetic --jsv-samples 4 --method gram --plot spectra/lenet5.png": (
+        RUN, None, "small as shown"),
+    "isotpp prune --model lenet5 --dataset synthetic --train-limit 256 --batch-size 64 --ratios '*conv*:0.5' "
+    "--method L1 --base-epochs 1 --epochs 1 --jsv-samples 8 --out runs/lenet5-l1": (
+        CHECK, None, "trains two networks (≈ 30 s on 2 cores); tests/test_prune_run.py runs full prune runs"),
+    "isotpp train --model resnet20 --dataset synthetic --epochs 1 --train-limit 256 --batch-size 64 --width-scale "
+    "0.25 --out runs/smoke": (CHECK, None, "≈ 30 s on 2 cores; tests/test_trainer.py trains through the same code"),
+    "isotpp reproduce mlp-linear --quick --seeds 1 --methods L1,TPP --out runs/mlp-quick": (
+        CHECK, None, "minutes; tests/test_study_mlp.py runs the study at a reduced size"),
+    "isotpp reproduce convnet --quick --out runs/convnet-quick": (
+        CHECK, None, "about 7 minutes; tests/test_study_convnet.py runs it at a reduced size"),
+    "isotpp reproduce pai --quick --methods snip,synflow+ai --densities 5%,1% --no-transfer --out runs/pai-quick": (
+        CHECK, None, "minutes; tests/test_pai_study.py runs the study at a reduced size"),
+    "isotpp demo --out runs/demo": (CHECK, None, "the quick study (≈ 30 s); tests/test_study_mlp.py covers it"),
 }
 # Lines that show a launcher around a command given in full elsewhere on the page (its arguments elided).
 ELIDED = ("...", "srun ", "gcloud ")
@@ -234,6 +251,10 @@ def test_every_documented_command_runs(sandbox, capsys, monkeypatch):
             assert "the arguments are valid" in out, out
     assert json.loads((sandbox / "spec.json").read_text())["mean"] == pytest.approx(1.0, rel=1e-5)
     assert (sandbox / "spec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    orthogonal = json.loads((sandbox / "spectra" / "orthogonal.json").read_text())  # docs/cli.md: exact isometry
+    assert orthogonal["mean"] == pytest.approx(1.0, abs=1e-5) and orthogonal["std"] < 1e-5
+    assert (sandbox / "spectra" / "lenet5.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((sandbox / "cost" / "resnet20-0.5.json").read_text())["sparsity"] > 0
     cost = json.loads((sandbox / "cost.json").read_text())
     assert cost["params"] > cost["params_pruned"] and "layer1.0.conv1" not in cost["layers"]  # skipped
 

@@ -170,11 +170,39 @@ def config_from_args(args):
                        **{k: getattr(args, k) for k in keys})
 
 
+def preflight(args) -> None:
+    """What a full run can check before it writes or trains anything: the patterns against the
+    architecture, the width scale, the batch against the training examples."""
+    from isotpp.commands.train import check_width_scale
+    from isotpp.cost import widths_after
+    from isotpp.data import DATASET_INFO
+    from isotpp.models import model_spec, widths_of
+
+    model = _abstract_model(args.model, args.num_classes or model_spec(args.model).num_classes)
+    widths_after(model, args.ratios, _parse_skip(args.skip))  # a pattern matching nothing -> UserError
+    widths = widths_of(model)
+    if args.base is None and args.width_scale != 1.0:
+        check_width_scale(widths, args.width_scale, keep=list(widths)[-1])
+    check_batch(args.batch_size, args.train_limit, DATASET_INFO.get(str(args.dataset)))
+
+
+def check_batch(batch_size: int, limit: int | None, info) -> None:
+    """Refuse a batch larger than the training examples (``limit``, or the dataset's size when known)."""
+    available = min(x for x in (limit, info.train_size if info is not None else None) if x is not None) \
+        if (limit is not None or info is not None) else None
+    if available is not None and batch_size > available:
+        what = f"--train-limit {limit}" if limit == available else f"the {available} training examples"
+        raise UserError(f"--batch-size {batch_size} is larger than {what}: lower the batch size to at most "
+                        f"{available} or use more training examples")
+
+
 def _full_run(args) -> int:
     from isotpp.pruning_run import run_pruning
     from isotpp.report import fmt_number, markdown_table
 
-    s = run_pruning(config_from_args(args))
+    config = config_from_args(args)
+    preflight(args)
+    s = run_pruning(config)
     rows = [["base accuracy (%)", fmt_number(s["base_acc"], 2)],
             ["mean JSV right after pruning", fmt_number(s["jsv_after_prune"])],
             ["best / final accuracy (%)", f"{fmt_number(s['best_acc'], 2)} / {fmt_number(s['final_acc'], 2)}"],

@@ -168,6 +168,9 @@ def run(args, hooks=()) -> int:
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer
 
+    from isotpp.commands.prune import check_batch
+
+    check_batch(args.batch_size, args.limit, DATASET_INFO.get(args.dataset))
     schedule = LRSchedule.parse(args.lr_schedule)
     mesh = parallel.make_mesh()
     train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
