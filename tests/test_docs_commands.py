@@ -93,7 +93,7 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
     # docs/cli.md
     "isotpp spectrum --model mlp --depth 3 --width 16 --input-dim 16 --num-classes 16 --init orthogonal "
     "--jsv-samples 4 --json spectra/orthogonal.json": (RUN, None, "small as shown"),
-    "isotpp spectrum --model lenet5 --dataset synthetic --jsv-samples 4 --method gram --plot spectra/lenet5.png": (
+    "isotpp spectrum --model mlp_7_relu --dataset synthetic --jsv-samples 4 --method gram --plot spectra/relu.png": (
         RUN, None, "small as shown"),
     "isotpp prune --model lenet5 --dataset synthetic --train-limit 256 --batch-size 64 --ratios '*conv*:0.5' "
     "--method L1 --base-epochs 1 --epochs 1 --jsv-samples 8 --out runs/lenet5-l1": (
@@ -253,7 +253,7 @@ def test_every_documented_command_runs(sandbox, capsys, monkeypatch):
     assert (sandbox / "spec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     orthogonal = json.loads((sandbox / "spectra" / "orthogonal.json").read_text())  # docs/cli.md: exact isometry
     assert orthogonal["mean"] == pytest.approx(1.0, abs=1e-5) and orthogonal["std"] < 1e-5
-    assert (sandbox / "spectra" / "lenet5.png").read_bytes()[:4] == b"\x89PNG"
+    assert (sandbox / "spectra" / "relu.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((sandbox / "cost" / "resnet20-0.5.json").read_text())["sparsity"] > 0
     cost = json.loads((sandbox / "cost.json").read_text())
     assert cost["params"] > cost["params_pruned"] and "layer1.0.conv1" not in cost["layers"]  # skipped
