@@ -65,7 +65,7 @@ def _add_spectrum(sub) -> None:
                    metavar="DATASET",
                    help=f"take inputs from the first test examples of one of {', '.join(_SPECTRUM_INPUTS.names)} "
                         "(unset: standard Gaussian noise)")
-    p.add_argument("--data-dir", type=A.input_dir, default=None,
+    p.add_argument("--data-dir", type=A.data_dir, default=None,
                    help="where the dataset files are (unset: $ISOTPP_DATA, the cache, system locations)")
     p.add_argument("--chunk-size", type=A.positive_int, default=None,
                    help="samples per jitted chunk (unset: chosen from the model size)")
@@ -121,7 +121,7 @@ def _run_spectrum(args) -> int:
 # isotpp reproduce mlp-linear / convnet / pai, isotpp demo
 # --------------------------------------------------------------------------
 
-_seeds = A.Int(1, 1000, what="a number of seeds")
+_seeds = A.Int(1, 1000, what="a positive number of seeds")
 _epochs = A.Int(1, 100_000, what="a number of epochs")
 _methods = A.CommaList(what="method")
 _out_help = "run directory (a rerun of the same command continues there; other settings are refused)"
@@ -162,7 +162,7 @@ def _add_reproduce(sub) -> None:
     c.add_argument("--methods", type=_methods, default=None, help="comma-separated methods (unset: L1,L1+OrthP,TPP)")
     c.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist", "cifar10"), A.DATASET_ALIASES,
                                               what="dataset"), default="fashion_mnist", help="the dataset the study trains on")
-    c.add_argument("--data-dir", type=A.input_dir, default=None, help=_data_dir_help)
+    c.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     c.add_argument("--ratio", type=A.open_fraction, default=None,
                    help="pruning ratio of every block's conv1 (unset: 0.9)")
     c.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
@@ -193,7 +193,7 @@ def _add_reproduce_pai(studies) -> None:
                    help="use this trained AutoSparse scorer (.npz)")
     p.add_argument("--irp-record", type=A.input_file, default=None, metavar="PATH",
                    help="train the AutoSparse scorer from this LeNet-300-100 IRP record (.npz)")
-    p.add_argument("--data-dir", type=A.input_dir, default=None, help=_data_dir_help)
+    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     p.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
     p.set_defaults(func=_run_reproduce_pai)
 
@@ -236,7 +236,7 @@ def _study_args(p, default_seeds: int) -> None:
                    help="retraining schedule per LR label, e.g. '0.001=0:0.001,45:0.0001' (repeatable, one per "
                         "label; the label names files; unset: the paper's two)")
     p.add_argument("--epochs", type=_epochs, default=None, help="retraining epochs (unset: 90, quick 10)")
-    p.add_argument("--data-dir", type=A.input_dir, default=None, help=_data_dir_help)
+    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     p.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
 
 
@@ -292,7 +292,7 @@ def _add_demo(sub) -> None:
                                    "table and the paths of the figure and results.",
                        epilog="examples:\n  isotpp demo\n  isotpp demo --out runs/demo --data-dir ~/data/fashion-mnist\n")
     p.add_argument("--out", type=A.output_dir, default="runs/demo", help=_out_help)
-    p.add_argument("--data-dir", type=A.input_dir, default=None, help=_data_dir_help)
+    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     p.set_defaults(func=_run_demo)
 
 
@@ -367,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = " ".join(["isotpp", args.command] + ([args.study] if getattr(args, "study", None) else []))
+    A.check_after_parsing(prog, args)
     if A.checked_only(prog, args):
         return 0
     return A.guarded(prog, lambda: args.func(args))

@@ -322,6 +322,29 @@ def input_file(value: str) -> str:
     return str(value)
 
 
+def data_dir(value: str) -> str:
+    """A data directory: a non-empty path; whether it exists is checked with the dataset's name by
+    :func:`check_after_parsing`."""
+    return str(_path_text(value, "a data directory"))
+
+
+def check_after_parsing(prog: str, args: argparse.Namespace) -> None:
+    """Checks that need two options, reported like argparse's (one line, exit 2): ``--data-dir``
+    exists, and the message names the dataset it should hold."""
+    import sys
+
+    directory = getattr(args, "data_dir", None)
+    if directory is None:
+        return
+    path = Path(directory).expanduser()
+    name = getattr(args, "dataset", None) or getattr(args, "data", None) or "dataset"
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        state = "is not a readable directory" if path.exists() else "does not exist"
+        sys.stderr.write(f"{prog}: error: argument --data-dir: {path} {state}: pass the directory holding the "
+                         f"{name} files (see '{prog} --help')\n")
+        raise SystemExit(2)
+
+
 def input_dir(value: str) -> str:
     """An existing, readable directory."""
     path = _path_text(value, "a directory")

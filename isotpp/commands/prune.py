@@ -84,7 +84,7 @@ def add_parser(sub) -> None:
     run.add_argument("--dataset", "--data", dest="dataset", type=_DATASETS, default=d.dataset,
                      metavar="DATASET",
                      help=f"one of {', '.join(_DATASETS.names)}; imagenet is an ImageFolder tree under --data-dir")
-    run.add_argument("--data-dir", type=A.input_dir, default=None,
+    run.add_argument("--data-dir", type=A.data_dir, default=None,
                      help="where the dataset files are; for imagenet (required) the directory holding "
                           "train/<class>/*.JPEG and val/<class>/*.JPEG")
     run.add_argument("--workers", type=A.Int(0, 256, what="a number of processes"), default=None,

@@ -50,7 +50,7 @@ def add_common_arguments(p: argparse.ArgumentParser, *, model: str, batch: int, 
     p.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and optimiser stay float32)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (multi-host; also when ISOTPP_DISTRIBUTED=1)")
-    p.add_argument("--data-dir", type=A.input_dir, default=None,
+    p.add_argument("--data-dir", type=A.data_dir, default=None,
                    help="where the dataset files are (unset: $ISOTPP_DATA, the cache, system locations)")
     p.add_argument("--checkpoint-every", type=A.positive_int, default=1000, metavar="STEPS",
                    help="also checkpoint every STEPS steps (epoch ends always)")
@@ -192,6 +192,7 @@ def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run
     """Parse, run, and turn user errors and preemption into exit codes (2, 75; see :func:`isotpp.cli.main`)."""
     parser = parser or build_parser()
     args = parser.parse_args(argv)
+    A.check_after_parsing(parser.prog, args)
     if A.checked_only(parser.prog, args):
         return 0
     return A.guarded(parser.prog, lambda: runner(args, hooks))
