@@ -328,11 +328,24 @@ def data_dir(value: str) -> str:
     return str(_path_text(value, "a data directory"))
 
 
+def later_input_file(value: str) -> str:
+    """An input file that an earlier job may still be writing (a grid's base model): a non-empty path,
+    whose existence :func:`check_after_parsing` checks when the command runs."""
+    return str(_path_text(value, "an input file"))
+
+
 def check_after_parsing(prog: str, args: argparse.Namespace) -> None:
-    """Checks that need two options, reported like argparse's (one line, exit 2): ``--data-dir``
-    exists, and the message names the dataset it should hold."""
+    """Checks made once the whole command line is parsed, reported like argparse's (one line, exit 2):
+    ``--data-dir`` exists (the message names the dataset it should hold), a base model exists."""
     import sys
 
+    base = getattr(args, "base", None)  # prune: the base model may be written by an earlier job of a grid
+    if base is not None:
+        try:
+            input_file(base)
+        except argparse.ArgumentTypeError as e:
+            sys.stderr.write(f"{prog}: error: argument --checkpoint/--base: {e} (see '{prog} --help')\n")
+            raise SystemExit(2) from None
     directory = getattr(args, "data_dir", None)
     if directory is None:
         return

@@ -93,7 +93,7 @@ def add_parser(sub) -> None:
                      help="imagenet: training crop and eval centre crop")
     run.add_argument("--resize", type=A.Int(1, 4096), default=d.resize,
                      help="imagenet: eval resize of the shorter side before the centre crop")
-    run.add_argument("--checkpoint", "--base", dest="base", type=A.input_file, default=None, metavar="MODEL",
+    run.add_argument("--checkpoint", "--base", dest="base", type=A.later_input_file, default=None, metavar="MODEL",
                      help="trained model to prune: isotpp .npz or PyTorch .pth "
                           "(unset: train one with --base-epochs/--base-lr-schedule)")
     run.add_argument("--base-epochs", type=A.Int(1, 100_000), default=d.base_epochs,
