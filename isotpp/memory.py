@@ -7,7 +7,7 @@ import os
 from isotpp.errors import UserError
 from isotpp.files import fmt_bytes
 
-__all__ = ["available_bytes", "require"]
+__all__ = ["available_bytes", "parameter_count", "require", "require_for_training"]
 
 
 def available_bytes() -> int:
@@ -35,3 +35,18 @@ def require(nbytes: float, what: str, fix: str) -> None:
     if nbytes > available:
         raise UserError(f"{what} would need {fmt_bytes(nbytes)} of memory, more than the {fmt_bytes(available)} "
                         f"available: {fix}")
+
+
+def parameter_count(model) -> int:
+    """Elements of every variable of an (abstract or concrete) NNX model."""
+    import math
+
+    from flax import nnx
+
+    return sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model)))
+
+
+def require_for_training(model, what: str, fix: str) -> None:
+    """Refuse to train a model whose weights, gradients and optimiser state (4 float32 copies) cannot fit."""
+    n = parameter_count(model)
+    require(16 * n, f"training {what} ({n:,} parameters)", fix)

@@ -203,6 +203,9 @@ def test_values_outside_their_domain_are_one_line_before_anything_runs(tmp_path,
      "width scale 0.02 leaves layer conv1 (16 channels) with none: use a scale of at least 0.0625"),
     (["train", "--model", "lenet5", "--dataset", "synthetic", "--train-limit", "8", "--batch-size", "32"],
      "--batch-size 32 is larger than --train-limit 8"),
+    # the classifier 64 x 10^9 + 10^9 biases, plus the 273,008 other variables (BN statistics included), 16 bytes each
+    (["prune", "--model", "resnet20", "--ratios", "*layer*.conv1:0.5", "--num-classes", "1000000000"],
+     "training resnet20 (65,000,273,008 parameters) would need 968.6 GiB of memory"),
 ])
 def test_options_that_contradict_each_other_are_refused_before_anything_is_written(tmp_path, capsys, argv, needle):
     code, out, err = _run([*argv, "--out", tmp_path / "run"], capsys)

@@ -467,6 +467,10 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
 
         if isinstance(e, Preempted):  # SIGTERM saved a checkpoint; the message is on stderr already
             return e.exit_code
+        if "RESOURCE_EXHAUSTED" in str(e).split("\n", 1)[0]:  # XLA could not allocate
+            print(f"{prog}: error: out of memory on the device: lower the sizes (samples, widths, batch size)",
+                  file=sys.stderr)
+            return 2
         if isinstance(e, OSError) and e.errno is not None:  # the system refused (disk full, permissions)
             where = f" ({e.filename})" if e.filename else ""
             print(f"{prog}: error: {e.strerror}{where}: free space or choose another place", file=sys.stderr)

@@ -178,8 +178,11 @@ def preflight(args) -> None:
     from isotpp.data import DATASET_INFO
     from isotpp.models import model_spec, widths_of
 
+    from isotpp.memory import require_for_training
+
     model = _abstract_model(args.model, args.num_classes or model_spec(args.model).num_classes)
     widths_after(model, args.ratios, _parse_skip(args.skip))  # a pattern matching nothing -> UserError
+    require_for_training(model, args.model, "lower --num-classes")
     widths = widths_of(model)
     if args.base is None and args.width_scale != 1.0:
         check_width_scale(widths, args.width_scale, keep=list(widths)[-1])

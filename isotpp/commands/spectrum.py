@@ -37,11 +37,11 @@ def _check_memory(model: str, num_classes: int | None, arch_kwargs: dict[str, An
 
     from flax import nnx
 
-    from isotpp.memory import require
+    from isotpp.memory import parameter_count, require
     from isotpp.models import create_model
 
     abstract = nnx.eval_shape(lambda: create_model(model, num_classes=num_classes, **arch_kwargs))
-    params = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(abstract)))
+    params = parameter_count(abstract)
     inputs, outputs = math.prod(abstract.input_shape), int(abstract.num_classes)
     chunk = min(samples, chunk_size or 64)
     need = itemsize * (3 * params + samples * (inputs + min(inputs, outputs)) + chunk * inputs * outputs)

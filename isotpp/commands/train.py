@@ -123,7 +123,14 @@ def make_model(args, num_classes: int, input_shape):
 
     from isotpp.models import create_model
 
+    from flax import nnx
+
+    from isotpp.memory import require_for_training
+
     widths = scaled_widths(args.model, num_classes, input_shape, args.width_scale)
+    require_for_training(nnx.eval_shape(lambda: create_model(args.model, num_classes=num_classes,
+                                                             input_shape=input_shape, widths=widths)),
+                         args.model, "lower --width-scale")
     return create_model(args.model, num_classes=num_classes, input_shape=input_shape, widths=widths,
                         init=args.init, seed=args.seed, dtype=jnp.bfloat16 if args.bf16 else None)
 
