@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
-from isotpp.errors import UserError
 
 # --------------------------------------------------------------------------
 # isotpp spectrum

@@ -25,13 +25,16 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from isotpp.checkpoint import save_model
 from isotpp.cli import main
+from isotpp.models import create_model
 
 _SETTINGS = dict(deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -55,13 +58,8 @@ def _workspace() -> Path:
     np.savez(ws / "list-header.npz", __isotpp__=np.frombuffer(b"[1, 2]", np.uint8), __header__=np.zeros(1))
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
-    import zipfile
-
     with zipfile.ZipFile(ws / "bomb.npz", "w") as zf:
         zf.writestr("__isotpp__.npy", buf.getvalue() + bytes(8))
-    from isotpp.checkpoint import save_model
-    from isotpp.models import create_model
-
     save_model(ws / "good.npz", create_model("mlp", depth=2, width=4, input_dim=8, num_classes=3))
     return ws
 
