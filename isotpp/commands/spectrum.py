@@ -103,6 +103,11 @@ def run_spectrum(
         net = create_model(model_name, num_classes=num_classes, init=init, sigma_w=sigma_w, seed=seed, **arch_kwargs)
         init_used = init
     input_shape = tuple(net.input_shape)
+    if checkpoint is not None:  # the model is bounded by its file; the inputs by --jsv-samples
+        from isotpp.memory import require
+
+        require(samples * int(np.prod(input_shape)) * (8 if float64 else 4), f"{samples:,} input samples",
+                "lower --jsv-samples")
     if float64:
         net = sp.to_float64(net)
 
