@@ -197,7 +197,9 @@ def test_failed_calls_leave_no_directory_and_do_not_touch_another_run(tmp_path):
             run_pruning(PruneConfig(out=empty, **PRUNE), **QUIET)
     from isotpp.commands.train import main as train
 
-    assert train(["--model", "mlp", "--dataset", "synthetic", "--workdir", ""]) == 2
+    with pytest.raises(SystemExit) as refused:  # the parser refuses it, before anything runs
+        train(["--model", "mlp", "--dataset", "synthetic", "--workdir", ""])
+    assert refused.value.code == 2
 
 
 # --------------------------------------------------------------------------
