@@ -278,25 +278,26 @@ def _system(layers):
         edges = np.stack([law.edges for _, law in groups.values()])  # (G, K+1), decreasing
         hi, lo = edges[:, :-1], edges[:, 1:]
         dens = (1.0 / hi.shape[1]) / np.maximum(hi - lo, 1e-300)
+        k = np.arange(1, 40)
+        moments = np.sum(dens[:, :, None] * (hi[:, :, None] ** (k + 1) - lo[:, :, None] ** (k + 1)), axis=1) / (k + 1)
     else:
-        hi = lo = dens = np.zeros((0, 1))
-    return pc, pr, pb, log_const, gr, gk, (hi, lo, dens), mu
+        edges = dens = moments = np.zeros((0, 1))
+    return pc, pr, pb, log_const, gr, gk, (edges, dens, moments), mu
 
 
 def _psi_bins(x, bins):
     """psi(x) = E[t x / (1 - t x)] and dpsi/dx for piecewise-constant densities,
     exactly: with zeta = 1/x, psi = zeta g(zeta) - 1, g = sum dens log((zeta - lo) / (zeta - hi))."""
-    hi, lo, dens = bins
+    edges, dens, moments = bins
     if np.max(np.abs(x)) < 0.1:  # far from the support: the moment series, free of cancellation
-        k = np.arange(1, 40)
-        m = np.sum(dens[:, :, None] * (hi[:, :, None] ** (k + 1) - lo[:, :, None] ** (k + 1)), axis=1) / (k + 1)
+        k = np.arange(1, moments.shape[1] + 1)
         xp = x[:, None] ** (k - 1)
-        return np.sum(m * xp * x[:, None], axis=1), np.sum(k * m * xp, axis=1)
-    zeta = (1.0 / x)[:, None]
-    a, b = zeta - lo, zeta - hi
-    g = np.sum(dens * (np.log(a) - np.log(b)), axis=1)
-    dg = np.sum(dens * (1.0 / a - 1.0 / b), axis=1)
-    zeta = zeta[:, 0]
+        return np.sum(moments * xp * x[:, None], axis=1), np.sum(k * moments * xp, axis=1)
+    zeta = 1.0 / x
+    d = zeta[:, None] - edges  # bin j lies between edges j+1 (lo) and j (hi)
+    log_d, inv_d = np.log(d), 1.0 / d
+    g = np.sum(dens * (log_d[:, 1:] - log_d[:, :-1]), axis=1)
+    dg = np.sum(dens * (inv_d[:, 1:] - inv_d[:, :-1]), axis=1)
     return zeta * g - 1.0, -(zeta**2) * (g + zeta * dg)
 
 
@@ -378,8 +379,8 @@ def _solve_density(sp: ChainSpectrum):
     c = sp._scale
     v = sp.var_over_mean_sq
     v_cont = max((v + 1) * (1 - sp.atom) - 1, 1e-6)
-    h_bulk = float(np.clip(math.sqrt(max(v_cont, 1e-12)) / 25, 1e-4, 0.01))
-    h_far = 0.1
+    h_bulk = float(np.clip(math.sqrt(v_cont) / 12, 2e-4, 0.02))
+    h_far = 0.25
     ln_lam = math.log(sp._norm_bound) + 0.05
     z = math.exp(ln_lam) * (1 + 1j * _ETA)
     w = (sp.mean_lambda / c) / z
@@ -412,7 +413,7 @@ def _solve_density(sp: ChainSpectrum):
             prev = rhos[-1] * lams[-1]
             step_mass = 0.5 * (rho * lam + prev) * h
             jump = abs(rho * lam - prev) > 0.25 * max(rho * lam, prev) and max(rho * lam, prev) > 1e-3 * peak
-            if h > 1e-6 and not leap and (step_mass > 2e-3 * cont or jump):
+            if h > 1e-6 and not leap and (step_mass > 5e-3 * cont or jump):
                 sol = None  # too coarse where the mass is: refine
         if sol is None:
             if leap:  # a longer leap
