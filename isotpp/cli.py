@@ -20,6 +20,16 @@ from isotpp.errors import UserError
 # --------------------------------------------------------------------------
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _add_spectrum(sub) -> None:
     from isotpp.models.init import INIT_SCHEMES
 
@@ -35,12 +45,16 @@ def _add_spectrum(sub) -> None:
     p.add_argument("--model", default="mlp", help="architecture name, e.g. mlp, mlp_7_linear, lenet5, resnet56, vgg19, resnet50")
     p.add_argument("--depth", type=_positive_int, default=7, help="mlp: number of dense layers (default 7)")
     p.add_argument("--width", type=_positive_int, default=100, help="mlp: hidden width (default 100)")
-    p.add_argument("--act", choices=("linear", "relu", "tanh"), default="linear", help="mlp: activation")
+    p.add_argument("--act", choices=("linear", "relu", "tanh", "hard_tanh"), default="linear",
+                   help="mlp: activation after every hidden layer (none after the last)")
     p.add_argument("--input-dim", type=_positive_int, default=None, help="mlp: input dimension (default 1024)")
     p.add_argument("--num-classes", type=_positive_int, default=None, help="number of outputs (default: the model's)")
     p.add_argument("--init", choices=INIT_SCHEMES, default="default", help="weight initialisation (default: Flax's)")
     p.add_argument("--sigma-w", type=_positive_float, default=1.0, help="weight scale for gaussian/orthogonal inits")
+    p.add_argument("--sigma-b", type=_nonneg_float, default=0.0, help="mlp: biases drawn N(0, sigma_b^2) (default 0)")
     p.add_argument("--samples", type=_positive_int, default=100, help="number of input samples (default 100)")
+    p.add_argument("--nets", type=_positive_int, default=1,
+                   help="independent weight draws (seeds seed, seed+1, ...), spectra pooled (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights (inputs use seed+1)")
     p.add_argument("--method", choices=("auto", "gram", "jacobian", "linear"), default="auto",
                    help="auto: exact kernel product for linear MLPs, else gram (J·Jᵀ from VJPs)")
@@ -69,7 +83,9 @@ def _run_spectrum(args) -> int:
         num_classes=args.num_classes,
         init=args.init,
         sigma_w=args.sigma_w,
+        sigma_b=args.sigma_b,
         samples=args.samples,
+        nets=args.nets,
         seed=args.seed,
         method=args.method,
         bn=args.bn,

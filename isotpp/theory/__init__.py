@@ -8,7 +8,7 @@
   networks by free multiplicative convolution (moments in closed form, the density
   by numerical inversion of the S-transform equation).
 
-:func:`jacobian_theory` picks the law for a network, or says why none applies.
+:func:`network_theory` picks the law for an MLP, or says why none applies.
 """
 
 from isotpp.theory.free import ChainSpectrum, chain_spectrum, fixed_point_input_norm_sq, ks_distance
@@ -25,6 +25,7 @@ from isotpp.theory.fuss_catalan import (
     theory_for,
     var_over_mean_sq,
 )
+from isotpp.theory.network import NetworkTheory, network_theory, weight_law
 from isotpp.theory.meanfield import (
     MeanField,
     activation_derivative_moments,
@@ -39,6 +40,7 @@ from isotpp.theory.meanfield import (
 __all__ = [
     "ChainSpectrum",
     "MeanField",
+    "NetworkTheory",
     "Theory",
     "activation_derivative_moments",
     "chain_spectrum",
@@ -53,6 +55,7 @@ __all__ = [
     "ks_distance",
     "mean_field",
     "mean_lambda",
+    "network_theory",
     "orthogonal_singular_value",
     "predicted_summary",
     "singular_value_density",
@@ -60,4 +63,5 @@ __all__ = [
     "var_over_mean_sq",
     "variance_map",
     "variance_trajectory",
+    "weight_law",
 ]
