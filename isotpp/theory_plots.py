@@ -108,8 +108,11 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
 
 
 def spectrum_theory_figure(singular_values, path, law: ChainSpectrum | None = None, *,
-                           title: str | None = None) -> Path:
-    """The two-panel figure (s and lambda) of measured JSV against ``law``; saved as PNG."""
+                           title: str | None = None, float32_floor: float | None = None) -> Path:
+    """The two-panel figure (s and lambda) of measured JSV against ``law``; saved as PNG.
+
+    ``float32_floor``: the singular value below which the measurement is rounding
+    (float32), drawn as a dotted line on both panels."""
     s = np.asarray(singular_values, dtype=float).ravel()
     if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0):
         raise UserError("singular values must be a non-empty array of finite numbers >= 0")
@@ -117,6 +120,9 @@ def spectrum_theory_figure(singular_values, path, law: ChainSpectrum | None = No
     ax, bx = fig.subplots(1, 2)
     draw_law(ax, law, s, var="s")
     draw_law(bx, law, s * s, var="lambda")
+    if float32_floor:
+        for a, v in ((ax, float32_floor), (bx, float32_floor**2)):
+            a.axvline(v, color="k", ls=":", lw=1, label="float32 resolves only above this")
     for a in (ax, bx):
         a.legend(fontsize="small")
     if title:

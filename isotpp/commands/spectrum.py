@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,6 @@ def run_spectrum(
     if sigma_b and (checkpoint is not None or model != "mlp"):
         raise UserError("sigma_b draws the biases of a freshly initialised mlp: use it with model='mlp' only")
     is_mlp = checkpoint is None and model == "mlp"
-    float64_auto = is_mlp and depth >= FLOAT64_DEPTH and not float64
-    float64 = float64 or float64_auto
-    if float64:
-        jax.config.update("jax_enable_x64", True)
 
     arch_kwargs: dict[str, Any] = {}
     if is_mlp:
@@ -122,6 +119,10 @@ def run_spectrum(
     resolved = method
     if method == "auto":
         resolved = "linear" if input_linear else "gram"
+    # float32 cannot resolve the small singular values of deep products; a linear
+    # MLP's exact kernel product costs nothing in float64
+    float64_auto = is_mlp and not float64 and (depth >= FLOAT64_DEPTH or resolved == "linear")
+    float64 = float64 or float64_auto
     n_in = int(np.prod(input_shape))
     n_out = int(getattr(net, "num_classes", 0) or (num_classes or 10))
 
@@ -156,25 +157,27 @@ def run_spectrum(
         bar = tqdm(total=total, desc="spectrum", unit="sample", leave=False, mininterval=0.5, disable=None)
 
     rows, source, elapsed = [], None, 0.0
-    for k in range(nets):
-        if k:
-            net = build(k)[0]
-        if float64:
-            net = sp.to_float64(net)
-        x, source = inputs(k)
-        if x is not None and float64:
-            x = x.astype(np.float64)
-        done_before = k * (total // nets)
+    # x64 only for this computation (a context, so a library caller's session keeps its own setting)
+    with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+        for k in range(nets):
+            if k:
+                net = build(k)[0]
+            if float64:
+                net = sp.to_float64(net)
+            x, source = inputs(k)
+            if x is not None and float64:
+                x = x.astype(np.float64)
+            done_before = k * (total // nets)
 
-        def on_chunk(done, _total, _base=done_before):
-            if bar is not None:
-                bar.n = _base + done
-                bar.refresh()
+            def on_chunk(done, _total, _base=done_before):
+                if bar is not None:
+                    bar.n = _base + done
+                    bar.refresh()
 
-        t0 = time.perf_counter()
-        sv = sp.model_singular_values(net, x, method=resolved, bn=bn, chunk_size=chunk_size, progress=on_chunk)
-        elapsed += time.perf_counter() - t0
-        rows.append(np.asarray(sv, dtype=np.float64))
+            t0 = time.perf_counter()
+            sv = sp.model_singular_values(net, x, method=resolved, bn=bn, chunk_size=chunk_size, progress=on_chunk)
+            elapsed += time.perf_counter() - t0
+            rows.append(np.asarray(sv, dtype=np.float64))
     if bar is not None:
         bar.close()
     sv = np.concatenate(rows, axis=0)
@@ -226,8 +229,9 @@ def run_spectrum(
                 rows_t.append([k, "", fmt_number(pred[k])])
         rows_t.append(["KS distance (lambda)", fmt_number(result["ks_distance"]), ""])
     rows_t.append(["n_samples", str(summary.n_samples), ""])
+    auto_why = "depth >= 16" if depth >= FLOAT64_DEPTH else "exact kernel product"
     header = (f"{model_name} · init {init_used} · method {resolved} · {result['dtype']}"
-              f"{' (automatic: depth >= 16)' if float64_auto else ''} · {nets} net(s) · {elapsed:.2f} s")
+              f"{f' (automatic: {auto_why})' if float64_auto else ''} · {nets} net(s) · {elapsed:.2f} s")
     table = markdown_table(["statistic", "measured", "theory" if th is not None else ""], rows_t)
     result["table"] = header + "\n" + table + (f"\n{note}" if note else "")
 
@@ -242,5 +246,8 @@ def run_spectrum(
         from isotpp.theory_plots import spectrum_theory_figure
 
         title = f"JSV of {model_name} ({init_used}), {summary.n_samples} spectra from {nets} net(s)"
-        result["plot"] = str(spectrum_theory_figure(sv, plot_path, th.law if th is not None else None, title=title))
+        # float32 gram squares the condition number: below ~3e-4 s_max the values are rounding
+        floor = None if float64 else (3e-4 if resolved == "gram" else 1e-6) * float(sv.max())
+        result["plot"] = str(spectrum_theory_figure(sv, plot_path, th.law if th is not None else None, title=title,
+                                                    float32_floor=floor))
     return result
