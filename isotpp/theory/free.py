@@ -72,6 +72,7 @@ from isotpp.theory.meanfield import (
     _check_nonneg,
     _check_positive,
     _fixed_point,
+    DerivativeLaw,
     _mean_phi_sq,
     derivative_law,
     variance_trajectory,
@@ -469,6 +470,7 @@ def chain_spectrum(
     act: str = "linear",
     sigma_b: float = 0.0,
     q_in: float | None = None,
+    keep: float | Sequence[float] = 1.0,
 ) -> ChainSpectrum:
     """The law of the squared JSV of an MLP with layer widths ``widths`` = (N_0, ..., N_L).
 
@@ -477,6 +479,12 @@ def chain_spectrum(
     biases N(0, sigma_b^2). ``q_in`` = |x|^2 / N_0 of the input; None puts the
     first layer at the mean-field fixed point (and needs one: tanh, hard_tanh, or
     relu with sigma_w^2 < 2; for linear and relu the law does not depend on q).
+
+    ``keep``: the fraction of each hidden layer's units that survive random
+    pruning (one number, or one per hidden layer). Removing units of layer l is
+    multiplying by a diagonal 0/1 mask, so it enters like a Bernoulli(keep)
+    derivative; the surviving weights keep their scale (sigma_w^2 / the original
+    fan-in). Not with tanh (its derivative law has no atom to merge the mask into).
     """
     widths = tuple(widths)
     if len(widths) < 2 or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in widths):
@@ -488,6 +496,11 @@ def chain_spectrum(
     act = _check_act(act)
     sigma_w, sigma_b = _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b)
     L = len(widths) - 1
+    keeps = [float(keep)] * (L - 1) if np.ndim(keep) == 0 else [float(k) for k in keep]
+    if len(keeps) != L - 1 or any(not 0 < k <= 1 for k in keeps):
+        raise UserError(f"keep must be in (0, 1], one number or one per hidden layer ({L - 1}), got {keep!r}")
+    if act == "tanh" and min(keeps, default=1.0) < 1:
+        raise UserError("keep < 1 (random pruning) has no theory here for tanh: use linear, relu or hard_tanh")
     if q_in is None:
         q_in = fixed_point_input_norm_sq(act, sigma_w, sigma_b)
         if q_in is None:
@@ -499,7 +512,7 @@ def chain_spectrum(
         gain = sigma_w**2 * (min(1.0, widths[l - 1] / widths[l]) if init == "orthogonal" else 1.0)
         q = gain * q_prev_out + sigma_b**2
         qs.append(q)
-        q_prev_out = _mean_phi_sq(act, q)
+        q_prev_out = keeps[l - 1] * _mean_phi_sq(act, q)  # pruned units feed zeros
     layers, m1, v, rank, norm = [], 1.0, 0.0, widths[0], 1.0
     iso = float(widths[0]) if init == "orthogonal" else 0.0  # generic dim of the isometrically passed inputs
     sigma2 = sigma_w**2
@@ -511,8 +524,10 @@ def chain_spectrum(
         norm *= sigma2 * ((1 + math.sqrt(a)) ** 2 if init == "gaussian" else 1.0)
         d_law = None
         n = 1 + (l >= 2)
-        if l >= 2 and act != "linear":
+        if l >= 2 and (act != "linear" or keeps[l - 2] < 1):
             d_law = derivative_law(act, qs[l - 2])
+            if keeps[l - 2] < 1:
+                d_law = DerivativeLaw(act, qs[l - 2], p=d_law.p * keeps[l - 2])
             mu1, mu2 = d_law.moment(1), d_law.moment(2)
             m1, v = m1 * mu1, v + mu2 / mu1**2 - 1
             rank = min(rank, widths[l - 1] * d_law.nonzero_fraction)

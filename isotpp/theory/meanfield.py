@@ -150,7 +150,9 @@ class DerivativeLaw:
         return self.p is not None
 
     def moment(self, k: int) -> float:
-        """mu_k = E[phi'(h)^(2k)] (exact, not from the bins)."""
+        """mu_k = E[phi'(h)^(2k)] (exact, not from the bins; p for an atom at 1)."""
+        if self.is_bernoulli:
+            return 1.0 if k == 0 else self.p
         return activation_derivative_moments(self.act, self.q, k)
 
     @property
