@@ -42,7 +42,8 @@ def _add_spectrum(sub) -> None:
                    help="architecture name, e.g. mlp, mlp_7_linear, lenet5, resnet56, vgg19, resnet50")
     p.add_argument("--depth", type=A.Int(1, 10_000), default=7, help="mlp: number of dense layers")
     p.add_argument("--width", type=A.positive_int, default=100, help="mlp: hidden width")
-    p.add_argument("--act", choices=("linear", "relu", "tanh"), default="linear", help="mlp: activation")
+    p.add_argument("--act", choices=("linear", "relu", "tanh", "hard_tanh"), default="linear",
+                   help="mlp: activation after every hidden layer (none after the last)")
     p.add_argument("--input-dim", type=A.positive_int, default=None, help="mlp: input dimension (unset: 1024)")
     p.add_argument("--num-classes", type=A.positive_int, default=None,
                    help="number of outputs (unset: the model's)")
@@ -52,6 +53,9 @@ def _add_spectrum(sub) -> None:
                    help="weight scale of the gaussian, orthogonal and delta-orthogonal inits")
     p.add_argument("--jsv-samples", "--samples", dest="samples", type=A.positive_int, default=100,
                    help="number of input samples")
+    p.add_argument("--sigma-b", type=A.nonnegative_float, default=0.0, help="mlp: biases drawn N(0, sigma_b^2)")
+    p.add_argument("--nets", type=A.Int(1, 10_000), default=1,
+                   help="independent weight draws (seeds seed, seed+1, ...), spectra pooled")
     p.add_argument("--seed", type=A.seed, default=0, help="seed for the weights (inputs use seed+1)")
     p.add_argument("--method", choices=("auto", "gram", "jacobian", "linear"), default="auto",
                    help="auto: exact kernel product for linear MLPs, else gram (J·Jᵀ from VJPs)")
@@ -96,7 +100,9 @@ def _run_spectrum(args) -> int:
         num_classes=args.num_classes,
         init=args.init,
         sigma_w=args.sigma_w,
+        sigma_b=args.sigma_b,
         samples=args.samples,
+        nets=args.nets,
         seed=args.seed,
         method=args.method,
         bn=args.bn,
