@@ -14,7 +14,10 @@ paper's plan: ``*layer*.conv1:0.5`` for ResNet56, the stage ratios
 Batches are random and already on the devices (this measures the step, not
 the input pipeline). Compilation is reported separately (first call minus a
 steady step); images/s is the global batch over the median step time. The
-device kind and count are printed with the results.
+device kind and count are printed with the results, and after each row the
+process's peak memory so far (device statistics where the backend has them,
+peak RSS on CPU): the cases run in order in one process, so a row's peak
+includes the rows before it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from isotpp.plan import l1_plan
 from isotpp.tpp import TPPConfig, targets_for, tpp
 from isotpp.train import reference_sgd
 from isotpp.trainer import TrainConfig, Trainer
+
+from _bench import mib, peak_memory
 
 CASES = {
     # name: (architecture, input shape, classes, TPP ratios, TPP config)
@@ -112,8 +117,10 @@ def main() -> None:
         for method in args.methods.split(","):
             r = time_case(name, method, batch, args.steps, mesh, args.bf16)
             results.append(r)
+            r["peak_bytes"], r["peak_source"] = peak_memory()
             print(f"{name:9s} {method:5s} batch {batch:4d}: {r['images_per_s']:9.1f} images/s "
-                  f"(step {r['step_s'] * 1e3:8.1f} ms, median of {args.steps}; compile {r['compile_s']:.1f} s)",
+                  f"(step {r['step_s'] * 1e3:8.1f} ms, median of {args.steps}; compile {r['compile_s']:.1f} s; "
+                  f"{r['peak_source']} so far {mib(r['peak_bytes'])})",
                   flush=True)  # fmt: skip
     if args.json:
         from isotpp.io import write_json
