@@ -35,10 +35,10 @@ section() {  # section SECONDS command...
 section 60 "$PY" -c "import jax; d = jax.devices(); print('jax', jax.__version__, '|', len(d), 'x', d[0].device_kind, d[0].platform)"
 
 if [ "${ACCEL_TINY:-0}" = 1 ]; then
-    section 300 "$PY" bench_throughput.py --cases resnet56 --cifar-batch 8 --steps 2
-    section 300 "$PY" bench_spectrum.py --rows mlp-linear,mlp-gram --rounds 1 --repeats 2
-    section 300 "$PY" bench_spectrum_stochastic.py --budgets 4 --samples 2 --skip-resnet50
-    section 300 "$PY" table1_cell.py --arch resnet20 --steps 5 --batch 8 --jsv-samples 4
+    section 900 "$PY" bench_throughput.py --cases resnet20 --cifar-batch 8 --steps 2
+    section 900 "$PY" bench_spectrum.py --rows mlp-linear,mlp-gram --rounds 1 --repeats 2
+    section 900 "$PY" bench_spectrum_stochastic.py --budgets 4 --samples 2 --skip-resnet50
+    section 900 "$PY" table1_cell.py --arch resnet20 --steps 5 --batch 8 --jsv-samples 4
 else
     section 150 "$PY" bench_throughput.py --cases resnet56,resnet50 --steps 10
     section 100 "$PY" bench_spectrum.py --rows mlp-linear,r56-gram,r56-gram-batch,r56-jacobian --rounds 1 --repeats 3

@@ -201,6 +201,8 @@ def main():
         print(f"{model_name:<14}{method:<22}{med(n, 'compile_s'):>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}{rel:>10}"
               f"{mib(med(n, 'peak_bytes')):>12}")
 
+    if not any(n in ROWS and ROWS[n][0] == "ResNet56" for n in names):
+        return
     r56, x_r56 = _inputs("ResNet56")
     fwd = forward_flops(r56, x_r56[:1])
     floor = 11 * fwd  # one forward + ten input-only VJPs (each ≈ one forward's FLOPs)

@@ -44,6 +44,7 @@ from _bench import mib, peak_memory
 CASES = {
     # name: (architecture, input shape, classes, TPP ratios, TPP config)
     "resnet56": ("resnet56", (32, 32, 3), 10, "*layer*.conv1:0.5", TPPConfig()),
+    "resnet20": ("resnet20", (32, 32, 3), 10, "*layer*.conv1:0.5", TPPConfig()),  # quick dry runs
     "resnet50": ("resnet50", (224, 224, 3), 1000, "*layer[1-3]*conv[1-2]:0.3,*layer4*conv[1-2]:0.14",
                  TPPConfig(update_reg_interval=5, stabilize_iters=40_000)),
 }
@@ -85,7 +86,7 @@ def time_case(name: str, method: str, batch: int, steps: int, mesh, bf16: bool) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50")
+    p.add_argument("--cases", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50, resnet20")
     p.add_argument("--methods", default="plain,tpp", help="comma-separated: plain, tpp")
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (after the compiling one)")
     p.add_argument("--cifar-batch", type=int, default=128)
@@ -112,7 +113,7 @@ def main() -> None:
     print(header)
     results = []
     for name in args.cases.split(","):
-        batch = args.cifar_batch if name == "resnet56" else (args.imagenet_batch or (8 if on_cpu else 256))
+        batch = args.cifar_batch if name != "resnet50" else (args.imagenet_batch or (8 if on_cpu else 256))
         batch = -(-batch // mesh.devices.size) * mesh.devices.size
         for method in args.methods.split(","):
             r = time_case(name, method, batch, args.steps, mesh, args.bf16)
