@@ -15,6 +15,12 @@ implementations, which the tests require to agree:
 ``"jacobian"``
     The explicit per-sample Jacobian (``jax.jacrev`` vmapped over samples) and
     its SVD: accurate to float precision relative to s_max, slower.
+``"stochastic"``
+    For many classes: Hutchinson's trace and stochastic Lanczos quadrature on
+    J·Jᵀ from a fixed budget of JVP/VJP products per sample
+    (:mod:`isotpp.spectrum_stochastic`, which defines what is estimated and its
+    error); returns a representative spectrum (quantiles of the estimated
+    density). ``"auto"`` picks it when C ≥ 4 × the budget (eval-mode BN).
 ``"linear"``
     For networks that are linear in their input (e.g. an MLP with identity
     activations) J is the same for every x: the singular values of the kernel
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -39,11 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isotpp import memory
+from isotpp import spectrum_stochastic as stochastic
 from isotpp.errors import UserError
 
-Method = Literal["gram", "jacobian", "linear", "auto"]
+logger = logging.getLogger(__name__)
+
+Method = Literal["gram", "jacobian", "linear", "stochastic", "auto"]
 BNMode = Literal["eval", "batch"]
-METHODS = ("gram", "jacobian", "linear", "auto")
+METHODS = ("gram", "jacobian", "linear", "stochastic", "auto")
 
 # Classes beyond this many are processed in chunks inside a lax.map, so that
 # ImageNet's 1000 classes do not unroll into 1000 VJPs in one program.
@@ -214,17 +225,23 @@ def model_singular_values(
     bn: BNMode = "eval",
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    matvecs: int | None = None,
+    memory_budget: int | None = None,
 ) -> np.ndarray:
     """Per-sample JSV of a Flax NNX model, shape (n_samples, min(C, D)).
 
     ``x``: inputs (N, ...) in the model's input layout; it may be None only for
     ``method="linear"``, which returns one row (the input-free spectrum).
-    ``method="auto"`` picks ``"linear"`` for input-linear models, else ``"gram"``.
+    ``method="auto"`` picks ``"linear"`` for input-linear models, ``"stochastic"``
+    for many classes (see ``matvecs``), else ``"gram"``.
     The computation runs in the dtype of the model's parameters: convert the
     model to float64 (with ``jax_enable_x64``) for badly conditioned spectra.
     Samples are processed in chunks of ``chunk_size`` (default: as many as keep
-    the Jacobian rows under ~256 MiB); ``progress(done, total)`` is called after
-    each chunk.
+    the Jacobian rows under ~256 MiB, or, given ``memory_budget`` in bytes, as many
+    as XLA's memory analysis of the compiled chunk fits in it);
+    ``progress(done, total)`` is called after each chunk. ``matvecs``: the
+    stochastic method's J·Jᵀ products per sample (default 64); ``"auto"`` uses
+    that method when the classes number at least 4 × ``matvecs``.
     """
     if method not in METHODS:
         raise UserError(f"unknown spectrum method {method!r}: choose one of {', '.join(METHODS)}")
@@ -232,6 +249,8 @@ def model_singular_values(
         raise UserError(f"unknown BatchNorm mode {bn!r}: choose 'eval' or 'batch'")
     if method == "auto":
         method = "linear" if is_input_linear(model) else "gram"
+        if method == "gram" and bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
+            method = "stochastic"
     if method == "linear":
         if not is_input_linear(model):
             raise UserError(
@@ -246,23 +265,44 @@ def model_singular_values(
         raise UserError(f"method {method!r} needs input samples: pass x (or use a dataset / random inputs)")
     if bn == "batch" and method != "gram":
         raise UserError("per-sample Jacobians with batch statistics are coupled: use method 'gram' with bn='batch'")
+    if method == "stochastic":
+        est = stochastic.stochastic_spectrum(
+            model, x, matvecs=matvecs or stochastic.DEFAULT_MATVECS, chunk_size=chunk_size,
+            memory_budget=memory_budget, progress=progress,
+        )
+        logger.info("stochastic spectrum: %s", est.summary())
+        return est.singular_values()
 
     graphdef, state = nnx.split(model)
     x = jnp.asarray(x)
     n = x.shape[0]
-    if chunk_size is None:
+    if chunk_size is None and memory_budget is None:
         c = _num_outputs(graphdef, state, x[:1])
         d = math.prod(x.shape[1:])
         chunk_size = max(1, min(n, _MAX_CHUNK, _ROW_BYTES // max(1, c * d * x.dtype.itemsize)))
         if method == "jacobian":
             chunk_size = max(1, chunk_size // 2)  # jacrev keeps an extra copy of the rows
+    programs = {}
+    if memory_budget is not None:
+        cap = min(n, chunk_size or _MAX_CHUNK)
+        chunk_size, prog = memory.chunk_for_budget(
+            lambda k: _chunk_sv.lower(graphdef, state, x[:k], method=method, bn=bn).compile(), n, memory_budget, cap
+        )
+        programs[chunk_size] = prog
     out = []
     for start in range(0, n, chunk_size):
         xb = x[start : start + chunk_size]
-        out.append(np.asarray(_chunk_sv(graphdef, state, xb, method=method, bn=bn)))
+        run = programs.get(len(xb)) or functools.partial(_chunk_sv, graphdef, method=method, bn=bn)
+        out.append(np.asarray(run(state, xb)))
         if progress is not None:
             progress(min(start + chunk_size, n), n)
     return np.concatenate(out, axis=0)
+
+
+def _many_outputs(model: nnx.Module, x, matvecs: int | None) -> bool:
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(x)
+    return stochastic.prefer_stochastic(_num_outputs(graphdef, state, x[:1]), math.prod(x.shape[1:]), matvecs)
 
 
 def _num_outputs(graphdef, state, x1) -> int:
