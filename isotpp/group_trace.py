@@ -145,9 +145,13 @@ class Traced:
 
 
 def _where(eqn) -> str:
+    """The innermost source line outside JAX and Flax that made this operation (file:line (function))."""
     try:
         from jax._src import source_info_util
 
+        for f in source_info_util.user_frames(eqn.source_info.traceback):
+            if "/flax/" not in f.file_name:
+                return f"{f.file_name}:{f.start_line} ({f.function_name})"
         return source_info_util.summarize(eqn.source_info)
     except Exception:  # noqa: BLE001 - private API: the location is a courtesy
         return "an unknown location"
@@ -371,7 +375,7 @@ class _Tracer:
                     why = next(iter(taint))[1]
                     taint |= {(s, why) for s in self.spaces_of(chan)}
                 axes.append(chan)
-            elif refs and not untracked and not data:
+            elif refs and not untracked:  # indexed by the variables along this axis (other factors broadcast)
                 axes.append(FromVar(refs))
             elif not infos:
                 axes.append(BCAST)
