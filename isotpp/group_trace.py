@@ -590,7 +590,7 @@ class _Tracer:
                     self.block(self.spaces_of(feat), f"a depthwise convolution with a computed kernel at {where}")
                 axes[out_spec[1]] = chan
             else:
-                axes[out_spec[1]] = self._produce(rhs, rhs_spec[0], c_out, "") if c_out > 1 else None
+                axes[out_spec[1]] = self._produce(rhs, rhs_spec[0], c_out, "")
         else:
             self.block(self.spaces_of(feat), f"a grouped convolution with {c_in // groups} channels per group at "
                                             f"{where} (isotpp prunes depthwise convolutions only)")
@@ -661,8 +661,7 @@ def trace_groups(model: nnx.Module, x=None) -> Traced:
                         "the model accepts") from None
     info = _variable_info(model)
     tracer = _Tracer(info)
-    env = [Val([FromVar(frozenset({(n, k)})) if d != 1 else BCAST for k, d in enumerate(leaf.shape)])
-           for n, leaf in zip(names, leaves)]
+    env = [Val([FromVar(frozenset({(n, k)})) for k in range(len(leaf.shape))]) for n, leaf in zip(names, leaves)]
     env.append(Val([None] * len(spec.shape), data=True))
     consts = [Val([None] * np.ndim(c)) for c in closed.consts]
     outs = tracer.run(closed.jaxpr, env, consts)
