@@ -34,9 +34,9 @@ xla_defaults()
 
 # The one-call API, imported on first use (keeps `import isotpp` and `isotpp --help` fast).
 _LAZY = {
-    "prune_optax": "isotpp.prune_optax",
-    "pruned_model": "isotpp.prune_optax",
-    "fit_schedule": "isotpp.prune_optax",
+    "prune_optax": "isotpp.optax_pruning",
+    "pruned_model": "isotpp.optax_pruning",
+    "fit_schedule": "isotpp.optax_pruning",
     "tpp_state": "isotpp.tpp",
     "describe": "isotpp.tpp",
     "channel_groups": "isotpp.groups",
