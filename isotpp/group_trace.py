@@ -689,7 +689,7 @@ def trace_groups(model: nnx.Module, x=None) -> Traced:
                 slots.append(slot)
         own = [layer for layer in layers if layer not in tracer.depthwise] or list(layers)
         is_stream = len(own) > 1 or any(s.role == "out_fixed" for s in slots) or frozenset(layers) in streams
-        name = "stream:" + "+".join(dict.fromkeys(_stage(layer, bool(streams)) for layer in layers)) if is_stream else own[0]
+        name = "stream:" + "+".join(dict.fromkeys(_stage(layer, bool(streams)) for layer in own)) if is_stream else own[0]
         why = r.why_not
         if not why and r.size < 2:
             why = "it has a single channel"

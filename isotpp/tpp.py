@@ -19,11 +19,12 @@ One update does, in the reference's order (REFERENCE §3):
    forward order (layer k after (k + 1) · interval iterations);
 6. after ``stabilize_iters`` iterations of stabilising, the phase is *done* and
    the caller removes the filters physically (:func:`isotpp.plan.hard_prune`).
-   A schedule whose zero-out would not reach every pruned layer by then is
-   refused when the wrapper is built (issue 10: ``done`` never comes with
-   unzeroed filters). Once done, both penalties stop and the pruned entries
-   are held at exactly 0, so training on with the same optimiser keeps them
-   pruned.
+   A schedule whose zero-out has not reached every pruned layer by then
+   zeroes all remaining ones on that last iteration (issue 10: ``done`` never
+   comes with unzeroed filters; :func:`isotpp.prune_optax` refuses such a
+   schedule instead, naming the minimum). Once done, both penalties stop and
+   the pruned entries are held at exactly 0, so training on with the same
+   optimiser keeps them pruned.
 
 Difference from the reference: its zero-out leaves the biases of pruned dense
 filters untouched (they have decayed to ~0 by then under reg = 1); here they
@@ -144,15 +145,11 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         config: TPPConfig = TPPConfig(), *, start_phase: int = UPDATE) -> optax.GradientTransformation:
     """Wrap ``inner`` (the SGD of the penalty phase) with TPP's penalties and schedule.
 
-    Refuses (:class:`~isotpp.errors.UserError`) a schedule that would report
-    ``done`` before zeroing every pruned layer (:func:`check_schedule`).
     ``start_phase=DONE`` skips the penalties: the plan's entries are zeroed at
     the first update and held at 0 (masked retraining). For the whole thing
     in one call, see :func:`isotpp.prune_optax`.
     """
     targets = tuple(targets)
-    if start_phase != DONE:
-        check_schedule(targets, config)
 
     def gram_total(params_flat, pruned):
         total = 0.0
@@ -224,8 +221,11 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         # 4. the inner optimiser
         updates, inner_state = inner.update(grads, state.inner, params)
 
-        # 5. zero-out, one more layer every zero_out_interval iterations of stabilising; all of them once done
+        # 6 (decided first). done after stabilize_iters iterations of stabilising
         since = i - stabilize_start
+        phase = jnp.where((phase == STABILIZE) & (since >= config.stabilize_iters), DONE, phase)
+
+        # 5. zero-out, one more layer every zero_out_interval iterations of stabilising; every one once done
         due = {t.group: (((phase == STABILIZE) & (since >= (t.order + 1) * config.zero_out_interval))
                          | (phase == DONE)).astype(jnp.float32)
                for t in targets}
@@ -234,8 +234,6 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
             lambda name, u: jnp.where(zmasks[name] > 0, -flat[name], u) if name in zmasks else u, updates
         )
 
-        # 6. done after stabilize_iters iterations of stabilising
-        phase = jnp.where((phase == STABILIZE) & (since >= config.stabilize_iters), DONE, phase)
         new_state = TPPState(i + 1, reg, phase, stabilize_start, value.astype(jnp.float32), state.pruned, inner_state)
         return updates, new_state
 

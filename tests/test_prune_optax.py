@@ -47,13 +47,34 @@ def test_too_short_or_mis_specified_schedules_are_refused():
         isotpp.prune_optax(optax.sgd(0.1), model, "hidden.*:0.5", method="L1+OrthP", x=x)
     with pytest.raises(UserError, match="would prune head, but it is the classifier"):
         isotpp.prune_optax(optax.sgd(0.1), model, "*:0.5", x=x)
-    # the low-level wrapper refuses the same schedule (issue 10: never done with unzeroed filters)
     groups = channel_groups(model, x)
     plan = Plan({"hidden.0": 8, "hidden.2": 6}, {"hidden.0": (0,), "hidden.2": (1,)})
-    with pytest.raises(UserError, match="stabilize_iters >= 30"):
-        tpp(optax.sgd(0.1), plan, targets_for(plan, groups, ["hidden.0", "hidden.1", "hidden.2", "head"], bad), bad)
     with pytest.raises(UserError, match="layer_order lacks 'hidden.2'"):
         targets_for(plan, groups, ["hidden.0"], bad)
+
+
+def test_the_low_level_wrapper_never_reports_done_with_unzeroed_filters():
+    """Issue 10's case: three pruned layers, interval 10, 20 stabilising iterations: the third layer is not
+    due before done, so it is zeroed on the last iteration, together with done."""
+    model = MLP((8, 7, 6))
+    x = np.zeros((2, 6), np.float32)
+    groups = channel_groups(model, x)
+    plan = Plan({"hidden.0": 8, "hidden.1": 7, "hidden.2": 6}, {"hidden.0": (0,), "hidden.1": (2,), "hidden.2": (1,)})
+    cfg = TPPConfig(reg_granularity=0.1, update_reg_interval=1, stabilize_iters=20, zero_out_interval=10)
+    tx = tpp(optax.sgd(0.01), plan, targets_for(plan, groups, ["hidden.0", "hidden.1", "hidden.2", "head"], cfg), cfg)
+    params = nnx.state(model, nnx.Param)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    for i in range(cfg.total_iters):
+        u, state = update(grads, state, params)
+        params = optax.apply_updates(params, u)
+        flat = flat_arrays(params)
+        third = float(np.abs(np.asarray(flat["hidden.2.kernel"])[:, 1]).max())
+        if i == cfg.total_iters - 2:
+            assert int(state.phase) != DONE and third > 0
+    assert int(state.phase) == DONE and third == 0.0
+    assert float(np.abs(np.asarray(flat["hidden.1.kernel"])[:, 2]).max()) == 0.0
 
 
 def test_tpp_state_is_found_inside_chains_hyperparams_and_multisteps():
