@@ -629,18 +629,10 @@ def example_input(model: nnx.Module, x=None, batch: int = 2):
     return jax.ShapeDtypeStruct((batch, *tuple(shape)), dtype)
 
 
-def _stage(layer: str, zoo: bool) -> str:
-    """A stream is named after the top-level modules of its producers; the zoo's ResNets call their
-    root-level first conv the stem (their declared ``streams`` mark them)."""
-    head, sep, _ = layer.partition(".")
-    return head if sep else ("stem" if zoo else layer)
+def forward_jaxpr(model: nnx.Module, spec: jax.ShapeDtypeStruct):
+    """The jaxpr of ``model(x)`` in eval mode over (every state leaf, x): (closed jaxpr, leaf names, leaf shapes)."""
+    from isotpp.groups import leaf_name
 
-
-def trace_groups(model: nnx.Module, x=None) -> Traced:
-    """Trace ``model(x)`` in eval mode and return its channel groups (see the module docstring)."""
-    from isotpp.groups import Group, Slot, leaf_name
-
-    spec = example_input(model, x)
     graphdef, state = nnx.split(model)
     leaves_p, treedef = jax.tree_util.tree_flatten_with_path(state)
     names = [leaf_name(p) for p, _ in leaves_p]
@@ -659,6 +651,22 @@ def trace_groups(model: nnx.Module, x=None) -> Traced:
         raise UserError(f"tracing {type(model).__name__} on an input of shape {spec.shape} failed "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): pass an example input "
                         "the model accepts") from None
+    return closed, names, leaves
+
+
+def _stage(layer: str, zoo: bool) -> str:
+    """A stream is named after the top-level modules of its producers; the zoo's ResNets call their
+    root-level first conv the stem (their declared ``streams`` mark them)."""
+    head, sep, _ = layer.partition(".")
+    return head if sep else ("stem" if zoo else layer)
+
+
+def trace_groups(model: nnx.Module, x=None) -> Traced:
+    """Trace ``model(x)`` in eval mode and return its channel groups (see the module docstring)."""
+    from isotpp.groups import Group, Slot
+
+    spec = example_input(model, x)
+    closed, names, leaves = forward_jaxpr(model, spec)
     info = _variable_info(model)
     tracer = _Tracer(info)
     env = [Val([FromVar(frozenset({(n, k)})) for k in range(len(leaf.shape))]) for n, leaf in zip(names, leaves)]

@@ -12,8 +12,6 @@ spectrum is exact and input-free (:func:`isotpp.spectrum.model_singular_values`)
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 from flax import nnx
 from jax.extend.core import Literal
 
@@ -79,18 +77,8 @@ def is_affine(model: nnx.Module, x=None) -> bool:
     ``x``: an example batch (or ``jax.ShapeDtypeStruct``); models with
     ``input_shape`` need none.
     """
-    from isotpp.group_trace import example_input
+    from isotpp.group_trace import example_input, forward_jaxpr
 
-    spec = example_input(model, x)
-    graphdef, state = nnx.split(model)
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    leaves = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in leaves]
-
-    def forward(leaves, x):
-        m = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
-        m.eval()
-        return m(x)
-
-    closed = jax.make_jaxpr(forward)(leaves, spec)
+    closed, _, leaves = forward_jaxpr(model, example_input(model, x))
     ins = [CONST] * len(leaves) + [AFFINE]
     return all(o != OTHER for o in _run(closed.jaxpr, ins))

@@ -163,43 +163,6 @@ def _resnet_groups(model, params) -> list[Group]:
 
 
 def _layers(model):
-    from isotpp.models import iter_layers
-
-    return iter_layers(model)
-
-
-def _family(model) -> str:
-    from isotpp.models import model_spec
-
-    config = getattr(model, "build_config", None)
-    if config is None:
-        raise UserError("channel groups need a model built by isotpp.models.create_model")
-    return model_spec(config.name).family
-
-
-def channel_groups(model: nnx.Module) -> list[Group]:
-    """The dependency groups of ``model``, in forward order of their producers."""
-    params = flat_arrays(nnx.state(model))
-    family = _family(model)
-    if family == "mlp":
-        groups = _mlp_groups(model, params)
-    elif family == "lenet":
-        groups = _sequential_conv_groups(model, params, {})
-    elif family == "vgg":
-        groups = _sequential_conv_groups(model, params, _vgg_bn_after(model, params))
-    elif family in ("resnet_cifar", "resnet_imagenet"):
-        groups = _resnet_groups(model, params)
-    else:  # pragma: no cover - every registered family is handled above
-        raise UserError(f"no channel groups are declared for {family} models")
-    for g in groups:
-        for s in g.slots:
-            if s.param not in params:
-                raise AssertionError(f"group {g.name}: {s.param} is not a variable of the model")
-    order = {n: i for i, (n, _) in enumerate(_layers(model))}
-    return sorted(groups, key=lambda g: order.get(g.layers[0], len(order)))
-
-
-def _layers(model):
     return iter_layers(model)
 
 
