@@ -12,7 +12,10 @@ The other structured methods of the paper take the same form (``method=``):
 ``L1`` (the L1 filters zeroed at the first step and held at 0: retraining of
 the pruned network, in place) and ``L1+KernOrth`` / ``L1+OrthConv`` (the same,
 plus the retraining penalty of REFERENCE §3 on the kept part of every kernel,
-exactly what the physically pruned network would see).
+exactly what the physically pruned network would see), and ``KernOrth+L1`` /
+``OrthConv+L1`` (the penalty on the whole network for ``steps - 1``
+iterations, then L1 chooses the filters from the weights reached, which are
+zeroed and held at 0 from that last iteration on).
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import optax
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.groups import Group, channel_groups, flat_arrays, program_layers
-from isotpp.plan import Plan, hard_prune, l1_plan
+from isotpp.groups import Group, channel_groups, flat_arrays, program_layers, resolve_ratios
+from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
 from isotpp.tpp import DONE, PHASES, TPPConfig, check_schedule, targets_for, tpp, tpp_state
 
-ONE_CALL_METHODS = ("TPP", "L1", "L1+KernOrth", "L1+OrthConv")
+ONE_CALL_METHODS = ("TPP", "L1", "L1+KernOrth", "L1+OrthConv", "KernOrth+L1", "OrthConv+L1")
 _PAPER_RAMP, _PAPER_STABILIZE, _PAPER_INTERVAL = 100_000, 10_000, 100
 
 
@@ -103,6 +106,12 @@ def prune_optax(inner: optax.GradientTransformation, model: nnx.Module, ratios: 
     method = names[key]
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
         raise UserError(f"steps must be a positive integer, got {steps!r}")
+    if method.endswith("+L1"):
+        if steps is None or schedule is not None:
+            raise UserError(f"{method} needs steps (iterations of the penalty before L1 chooses) and no schedule")
+        groups = channel_groups(model, x)
+        return _penalty_then_l1(inner, groups, program_layers(model, x), resolve_ratios(groups, ratios, skip),
+                                method.split("+")[0].lower(), steps)
     setup = _setup(model, ratios, skip, x)
     if method != "TPP":
         if schedule is not None:
@@ -130,6 +139,52 @@ def _masked(inner, setup: _Setup) -> optax.GradientTransformation:
     cfg = TPPConfig()
     targets = targets_for(setup.plan, setup.groups, setup.layers, cfg)
     return tpp(inner, setup.plan, targets, cfg, start_phase=DONE)
+
+
+def _penalty_then_l1(inner, groups: Sequence[Group], layers: Sequence[str], ratios: Mapping[str, float], kind: str,
+                     steps: int, weight: float | None = None) -> optax.GradientTransformation:
+    """"X + L1": ``weight`` · X on every kernel for ``steps - 1`` iterations, then the L1 filters of the weights
+    reached are chosen (inside the jitted update) and zeroed; TPP's wrapper, in its done phase, holds them."""
+    from isotpp.methods import PENALTY_WEIGHT, penalty_fn
+
+    weight = PENALTY_WEIGHT if weight is None else weight
+    chosen = [g for g in groups if g.prunable and n_pruned(ratios.get(g.name, 0.0), g.size) > 0]
+    counts = {g.name: n_pruned(ratios[g.name], g.size) for g in chosen}
+    placeholder = Plan({g.name: g.size for g in chosen}, {g.name: tuple(range(counts[g.name])) for g in chosen})
+    cfg = TPPConfig(reg_granularity=0.0)  # no TPP penalties: reg stays 0
+    masked = tpp(inner, placeholder, targets_for(placeholder, groups, layers, cfg), cfg)
+    penalty = penalty_fn(kind, [f"{layer}.kernel" for layer in layers])
+
+    def l1_masks(flat):
+        out = {}
+        for g in chosen:
+            scores = []
+            for slot in g.slots_with("out"):
+                w = jnp.abs(jnp.moveaxis(flat[slot.param], slot.axis, -1))
+                w = w.reshape(-1, w.shape[-1])
+                scores.append(w[:, slot.position_grid(g.size)].mean(axis=(0, 2)))
+            idx = jnp.argsort(jnp.mean(jnp.stack(scores), axis=0), stable=True)[: counts[g.name]]
+            out[g.name] = jnp.zeros((g.size,), jnp.float32).at[idx].set(1.0)
+        return out
+
+    def init(params):
+        st = masked.init(params)
+        return st._replace(pruned={k: jnp.zeros_like(v) for k, v in st.pruned.items()})
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise UserError(f"{kind}+L1 needs params in update(): use nnx.Optimizer or pass params")
+        before = state.phase != DONE
+        switch = before & (state.iteration >= steps - 1)
+        g = jax.grad(lambda p: weight * penalty(p))(params)
+        on = (before & ~switch).astype(jnp.float32)
+        grads = jax.tree.map(lambda a, b: a + (on * b).astype(a.dtype), grads, g)
+        new = l1_masks(flat_arrays(params))
+        pruned = {k: jnp.where(switch, new[k], v) for k, v in state.pruned.items()}
+        phase = jnp.where(switch, DONE, state.phase)
+        return masked.update(grads, state._replace(pruned=pruned, phase=phase), params)
+
+    return optax.GradientTransformation(init, update)
 
 
 def removed_index(groups: Sequence[Group], plan: Plan) -> dict[tuple[str, int], np.ndarray]:

@@ -171,6 +171,33 @@ def test_other_methods_in_one_call():
     np.testing.assert_allclose(-got[np.ix_(rows, cols)], np.asarray(g_small["hidden.1.kernel"]), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["KernOrth+L1", "OrthConv+L1"])
+def test_penalty_then_l1_in_one_call(method):
+    """X for steps - 1 iterations, then the L1 filters of the weights reached are zeroed and held at 0."""
+    model = ConvBN(c1=6, c2=5) if method == "OrthConv+L1" else MLP((8, 7))
+    x = jax.random.normal(jax.random.key(3), (4, *INPUTS[type(model)]))
+    pattern = "c*:0.5" if method == "OrthConv+L1" else "hidden.*:0.5"
+    tx = isotpp.prune_optax(optax.sgd(1e-2), model, pattern, method=method, steps=6, x=x)
+    params = nnx.state(model, nnx.Param)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(5):
+        u, state = update(grads, state, params)
+        params = optax.apply_updates(params, u)
+    assert int(tpp_state(state).phase) != DONE
+    reached = nnx.merge(nnx.graphdef(model), params, nnx.state(model, nnx.Not(nnx.Param)))
+    expected = isotpp.l1_plan(reached, pattern, x=x)
+    u, state = update(grads, state, params)
+    params = optax.apply_updates(params, u)
+    assert int(tpp_state(state).phase) == DONE and plan_of(state).pruned == expected.pruned
+    flat = flat_arrays(params)
+    for name, idx in expected.pruned.items():
+        assert np.all(np.asarray(flat[f"{name}.kernel"])[..., list(idx)] == 0)
+    with pytest.raises(UserError, match="needs steps"):
+        isotpp.prune_optax(optax.sgd(1e-2), model, pattern, method=method, x=x)
+
+
 def test_user_model_saved_and_reloaded(tmp_path):
     model = make_convbn()
     x = jax.random.normal(jax.random.key(2), (3, *INPUTS[ConvBN]))
