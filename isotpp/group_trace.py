@@ -44,14 +44,20 @@ from isotpp.errors import UserError
 
 CLASSIFIER = "it is the classifier (its outputs are the classes)"
 
-ELEMENTWISE = frozenset("""
-abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp copy copy_p cos cosh div eq erf erf_inv
-erfc exp exp2 expm1 floor ge gt imag integer_pow is_finite le lgamma digamma log log1p logistic lt max min mul ne neg
-nextafter not or pow real reduce_precision rem round rsqrt select_n sign sin sinh sqrt square sub tan tanh xor
-convert_element_type stop_gradient
-""".split())
-REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax argmin".split())
-WINDOWS = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window".split())
+ELEMENTWISE = frozenset((
+    "abs", "acos", "acosh", "add", "add_any", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt",
+    "ceil", "clamp", "copy", "copy_p", "cos", "cosh", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2",
+    "expm1", "floor", "ge", "gt", "imag", "integer_pow", "is_finite", "le", "lgamma", "digamma", "log",
+    "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or", "pow", "real",
+    "reduce_precision", "rem", "round", "rsqrt", "select_n", "sign", "sin", "sinh", "sqrt", "square", "sub",
+    "tan", "tanh", "xor", "convert_element_type", "stop_gradient",
+))
+REDUCTIONS = frozenset((
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "argmax", "argmin",
+))
+WINDOWS = frozenset((
+    "reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window",
+))
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
          "remat": "jaxpr", "checkpoint": "jaxpr", "custom_lin": None}
@@ -69,7 +75,8 @@ class Space:
         self.size = size
         self.seq = seq  # creation order: forward order of first appearance
         self.parent: Space | None = None
-        self.slots: list[tuple[int, str, int, str, int, int, int, int]] = []  # (seq, param, axis, role, off, per, rep, inner)
+        # (discovery order, variable, axis, role, offset, period, repeat, inner)
+        self.slots: list[tuple[int, str, int, str, int, int, int, int]] = []
         self.producers: list[tuple[int, str]] = []
         self.why_not: str = ""
 
@@ -163,6 +170,7 @@ class _Tracer:
         self.spaces: list[Space] = []
         self.layers: list[str] = []
         self.depthwise: set[str] = set()
+        self.n_slots = 0  # discovery order of slots
 
     # ---- helpers
     def space(self, size: int) -> Space:
@@ -181,8 +189,8 @@ class _Tracer:
         ndim = self.var_info[param][2]
         if ndim >= 2:
             axis = axis - ndim
-        r.slots.append((len(r.slots) + 1000 * len(self.spaces), param, axis, role, seg.offset, seg.period,
-                        seg.repeat, seg.inner))
+        self.n_slots += 1
+        r.slots.append((self.n_slots, param, axis, role, seg.offset, seg.period, seg.repeat, seg.inner))
 
     def role_of(self, param: str, out: bool) -> str:
         kind, owner, ndim = self.var_info[param]

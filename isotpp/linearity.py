@@ -17,9 +17,12 @@ from jax.extend.core import Literal
 
 CONST, AFFINE, OTHER = 0, 1, 2
 
-_ADDITIVE = frozenset("""add sub neg add_any convert_element_type reshape broadcast_in_dim transpose squeeze expand_dims
-slice concatenate reduce_sum copy copy_p reduce_window_sum rev real imag cumsum reduce_precision""".split())
-_PRODUCTS = frozenset("mul dot_general conv_general_dilated".split())
+_ADDITIVE = frozenset((
+    "add", "sub", "neg", "add_any", "convert_element_type", "reshape", "broadcast_in_dim", "transpose",
+    "squeeze", "expand_dims", "slice", "concatenate", "reduce_sum", "copy", "copy_p", "reduce_window_sum",
+    "rev", "real", "imag", "cumsum", "reduce_precision",
+))
+_PRODUCTS = frozenset(["mul", "dot_general", "conv_general_dilated"])
 _CALL_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 

@@ -30,9 +30,23 @@ import optax
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.groups import Group, channel_groups, flat_arrays, program_layers, resolve_ratios
+from isotpp.groups import (
+    Group,
+    channel_groups,
+    flat_arrays,
+    program_layers,
+    resolve_ratios,
+)
 from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
-from isotpp.tpp import DONE, PHASES, TPPConfig, check_schedule, targets_for, tpp, tpp_state
+from isotpp.tpp import (
+    DONE,
+    PHASES,
+    TPPConfig,
+    check_schedule,
+    targets_for,
+    tpp,
+    tpp_state,
+)
 
 ONE_CALL_METHODS = ("TPP", "L1", "L1+KernOrth", "L1+OrthConv", "KernOrth+L1", "OrthConv+L1")
 _PAPER_RAMP, _PAPER_STABILIZE, _PAPER_INTERVAL = 100_000, 10_000, 100

@@ -17,7 +17,6 @@ from isotpp.groups import Group, Slot, flat_arrays
 from isotpp.models import iter_layers, model_spec
 
 
-
 def _kernel(layer: str) -> str:
     return f"{layer}.kernel"
 

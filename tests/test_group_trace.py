@@ -5,7 +5,16 @@ import jax
 import numpy as np
 import pytest
 from declared_groups import declared_groups
-from user_models import INPUTS, MLP, Concat, ConvBN, LayerNormed, Residual, Separable, Sliced
+from user_models import (
+    INPUTS,
+    MLP,
+    Concat,
+    ConvBN,
+    LayerNormed,
+    Residual,
+    Separable,
+    Sliced,
+)
 
 from isotpp.errors import UserError
 from isotpp.groups import Slot, channel_groups, program_layers, resolve_ratios

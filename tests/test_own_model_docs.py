@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_docs_example_runs(tmp_path, monkeypatch):
     text = (ROOT / "docs" / "own-models.md").read_text()
-    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
     assert len(block.strip().splitlines()) < 20
     monkeypatch.chdir(tmp_path)
     ns: dict = {"__name__": "__main__"}
@@ -22,7 +22,7 @@ def test_the_docs_example_runs(tmp_path, monkeypatch):
     assert [(g.name, g.size) for g in isotpp.channel_groups(small, x)] == [("conv", 8), ("fc", 10)]
     assert [(g.name, g.size, g.prunable) for g in ns["groups"]] == [("conv", 16, True), ("fc", 10, False)]
     assert isotpp.describe(ns["opt"].opt_state)["phase"] == "done"
-    loaded, info = isotpp.load_model("small.npz", constructor=ns["Net"])
+    loaded, _ = isotpp.load_model("small.npz", constructor=ns["Net"])
     small.eval()
     loaded.eval()
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(small(x)))

@@ -14,8 +14,8 @@ import isotpp
 from isotpp.checkpoint import load_model, save_model
 from isotpp.errors import UserError
 from isotpp.groups import channel_groups, flat_arrays
-from isotpp.plan import Plan, hard_prune
 from isotpp.optax_pruning import fit_schedule, minimum_steps, plan_of
+from isotpp.plan import Plan, hard_prune
 from isotpp.tpp import DONE, TPPConfig, describe, targets_for, tpp, tpp_state
 
 

@@ -1,6 +1,8 @@
 """Spectra of any model: the exact path chosen from the program (not a class attribute), in float64,
 and gram's float32 resolution check."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ class DeepLinear(nnx.Module):
     def __init__(self, width=32, classes=10, seed=0):
         rng = np.random.default_rng(seed)
         dims = [width] * 7 + [classes]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=nnx.Rngs(seed)) for a, b in zip(dims[:-1], dims[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=nnx.Rngs(seed)) for a, b in itertools.pairwise(dims)])
         for i, layer in enumerate(self.layers):
             k = rng.standard_normal(layer.kernel.shape) / np.sqrt(layer.kernel.shape[0])
             if i == 6:
@@ -57,9 +59,9 @@ def test_auto_is_exact_for_a_users_linear_net_down_to_1e_8():
     np.testing.assert_allclose(sv[0], exact, rtol=1e-9)
     np.testing.assert_array_equal(sv[0], sv[2])  # input-free
     # gram in float32 cannot resolve them: it says so, recomputes with the explicit Jacobian, and asks for float64
-    with pytest.warns(RuntimeWarning, match="recomputed with the explicit Jacobian"):
-        with pytest.warns(RuntimeWarning, match="to_float64"):
-            g = model_singular_values(model, x, method="gram")
+    with pytest.warns(RuntimeWarning, match="recomputed with the explicit Jacobian"), \
+            pytest.warns(RuntimeWarning, match="to_float64"):
+        g = model_singular_values(model, x, method="gram")
     np.testing.assert_allclose(g[:, :4], exact[None, :4].repeat(3, 0), rtol=1e-4)
 
 

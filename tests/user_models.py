@@ -1,6 +1,8 @@
 """Small NNX models written the way a user would (not from the zoo), for the tracing, surgery,
 saving and one-call pruning tests. Widths are arguments so tests can draw architectures."""
 
+import itertools
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -11,7 +13,7 @@ class MLP(nnx.Module):
     def __init__(self, widths=(8, 7), din=6, classes=3, seed=0):
         rngs = nnx.Rngs(seed)
         sizes = (din, *widths)
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.head = nnx.Linear(sizes[-1], classes, rngs=rngs)
 
     def __call__(self, x):
