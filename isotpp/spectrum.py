@@ -22,9 +22,18 @@ implementations, which the tests require to agree:
     error); returns a representative spectrum (quantiles of the estimated
     density). ``"auto"`` picks it when C ≥ 4 × the budget (eval-mode BN).
 ``"linear"``
-    For networks that are linear in their input (e.g. an MLP with identity
-    activations) J is the same for every x: the singular values of the kernel
-    product W_L⋯W_1, exact and input-free (:func:`kernel_product_singular_values`).
+    For networks whose logits are affine in their input (an MLP with identity
+    activations, any model of dense / conv layers, biases and eval-mode
+    BatchNorm without activations; decided from the forward program,
+    :mod:`isotpp.linearity`) J is the same for every x: the SVD of that one
+    matrix, computed in float64, exact and input-free
+    (:func:`linear_singular_values`; :func:`kernel_product_singular_values` is
+    the pure, vmappable form for a chain of dense kernels).
+
+``"gram"`` checks itself: where a sample's smallest singular value falls below
+its float32 resolution (≈ 3·10⁻⁴·s_max) the chunk is recomputed with the
+explicit Jacobian, and a warning says so (and asks for float64 where even that
+cannot resolve it).
 
 BatchNorm: ``bn="eval"`` (running statistics; each sample's Jacobian is its
 own) or ``bn="batch"`` (batch statistics of each chunk, as the PyTorch reference
@@ -38,6 +47,7 @@ import dataclasses
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -212,9 +222,52 @@ def _chunk_sv(graphdef, state, x, *, method: str, bn: BNMode):
     return explicit_singular_values(f, x)
 
 
-def is_input_linear(model: nnx.Module) -> bool:
-    """True when the model is an MLP with identity activations (J constant in x)."""
-    return getattr(model, "act", None) == "linear" and hasattr(model, "dense_kernels")
+# Gram's relative resolution in float32 (√ε), and the explicit Jacobian's (a few ε).
+GRAM_RESOLUTION = 3e-4
+JACOBIAN_RESOLUTION = 1e-6
+
+
+def is_input_linear(model: nnx.Module, x=None) -> bool:
+    """True when the model's logits are affine in its input (J constant in x), decided from its
+    forward program; ``x``: an example batch for models without ``input_shape``."""
+    from isotpp.linearity import is_affine
+
+    try:
+        return is_affine(model, x)
+    except UserError:
+        return False
+
+
+def linear_singular_values(model: nnx.Module, x=None) -> np.ndarray:
+    """The singular values of the constant Jacobian of an input-affine model, in float64 (one row)."""
+    from isotpp.group_trace import example_input
+
+    spec = example_input(model, x)
+    graphdef, state = nnx.split(model)
+    with jax.enable_x64(True):
+        state64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
+                               else a, state)
+        f = _apply_fn(graphdef, "eval")
+        jac = jax.jacrev(lambda v: f(state64, v[None])[0])(jnp.zeros(spec.shape[1:], jnp.float64))
+        jac = np.asarray(jac, np.float64).reshape(jac.shape[0], -1)
+    return np.linalg.svd(jac, compute_uv=False)[None]
+
+
+def _check_gram(sv: np.ndarray, dtype, redo: Callable[[], np.ndarray]) -> np.ndarray:
+    """Recompute with the explicit Jacobian where gram's smallest values are below its resolution."""
+    if jnp.dtype(dtype) != jnp.float32 or sv.size == 0:
+        return sv
+    smax = sv.max(axis=1, keepdims=True)
+    if not np.any(sv < GRAM_RESOLUTION * smax):
+        return sv
+    warnings.warn(f"gram: singular values below its float32 resolution ({GRAM_RESOLUTION:g}·s_max); recomputed "
+                  "with the explicit Jacobian", RuntimeWarning, stacklevel=3)
+    sv = redo()
+    if np.any(sv < JACOBIAN_RESOLUTION * sv.max(axis=1, keepdims=True)):
+        warnings.warn(f"singular values below float32 resolution ({JACOBIAN_RESOLUTION:g}·s_max) remain: convert "
+                      "the model with isotpp.spectrum.to_float64 (jax_enable_x64) for them", RuntimeWarning,
+                      stacklevel=3)
+    return sv
 
 
 def model_singular_values(
@@ -247,17 +300,18 @@ def model_singular_values(
         raise UserError(f"unknown spectrum method {method!r}: choose one of {', '.join(METHODS)}")
     if bn not in ("eval", "batch"):
         raise UserError(f"unknown BatchNorm mode {bn!r}: choose 'eval' or 'batch'")
+    example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
     if method == "auto":
-        method = "linear" if is_input_linear(model) else "gram"
+        method = "linear" if is_input_linear(model, example) else "gram"
         if method == "gram" and bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
             method = "stochastic"
     if method == "linear":
-        if not is_input_linear(model):
+        if not is_input_linear(model, example):
             raise UserError(
-                "method 'linear' needs a network that is linear in its input (an MLP with act='linear'): "
+                "method 'linear' needs a network whose logits are affine in its input (no activations): "
                 "use method 'gram' or 'jacobian'"
             )
-        sv = np.asarray(kernel_product_singular_values(model.dense_kernels()))[None]
+        sv = linear_singular_values(model, example)
         if x is not None:
             sv = np.repeat(sv, len(x), axis=0)
         return sv
@@ -293,7 +347,11 @@ def model_singular_values(
     for start in range(0, n, chunk_size):
         xb = x[start : start + chunk_size]
         run = programs.get(len(xb)) or functools.partial(_chunk_sv, graphdef, method=method, bn=bn)
-        out.append(np.asarray(run(state, xb)))
+        sv = np.asarray(run(state, xb))
+        if method == "gram" and bn == "eval":
+            sv = _check_gram(sv, sv.dtype,
+                             lambda xb=xb: np.asarray(_chunk_sv(graphdef, state, xb, method="jacobian", bn=bn)))
+        out.append(sv)
         if progress is not None:
             progress(min(start + chunk_size, n), n)
     return np.concatenate(out, axis=0)
