@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,16 @@ def _header(path, data: Npz) -> dict[str, Any]:
         raise DataError(f"model file {path} has a corrupt widths record: {_FIX}")
     if not isinstance(meta, dict):
         raise DataError(f"model file {path} has corrupt metadata (a {type(meta).__name__}): {_FIX}")
+    # Every size the header declares (classes, depth, width, input size, a layer's width) counts numbers the
+    # file must hold; checked before the architecture is built, so a crafted header cannot make that slow.
+    held = sum(math.prod(data.shape(k)) for k in data.files if k != _HEADER)
+    build = build if isinstance(build, dict) else {}  # a module from outside the zoo: its sizes are in "custom"
+    arch_kwargs = build.get("arch_kwargs") if isinstance(build.get("arch_kwargs"), dict) else {}
+    sizes = {"num_classes": build.get("num_classes"), **arch_kwargs, **(widths or {})}
+    for name, value in sizes.items():
+        if type(value) is int and value > held:
+            raise DataError(f"model file {path} declares {name} = {value:,}, more than the {held:,} numbers it "
+                            f"holds: it is corrupt or crafted; {_FIX}")
     return header
 
 

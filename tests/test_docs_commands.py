@@ -107,6 +107,22 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
     "isotpp reproduce pai --quick --methods snip,synflow+ai --densities 5%,1% --no-transfer --out runs/pai-quick": (
         CHECK, None, "minutes; tests/test_pai_study.py runs the study at a reduced size"),
     "isotpp demo --out runs/demo": (CHECK, None, "the quick study (≈ 30 s); tests/test_study_mlp.py covers it"),
+    # docs/reliability.md
+    "isotpp prune --model mlp --dataset synthetic --ratios '*:0.5' --skip net.12 --method L1 --width-scale 0.25 "
+    "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
+    "--train-limit 128 --out runs/tiny": (
+        CHECK, None, "12 s of CPU; tests/test_faults.py runs this very run (killed, stopped, resumed)"),
+    "isotpp prune --model mlp --dataset synthetic --ratios '*:0.8' --skip net.12 --method TPP --width-scale 0.25 "
+    "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
+    "--train-limit 128 --out runs/tiny": (
+        CHECK, None, "shows the refusal of other settings in runs/tiny, which tests/test_faults.py "
+                     "(test_other_settings_in_a_finished_run_are_refused_and_nothing_changes) checks"),
+    "until isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 --limit 64 "
+    "--batch-size 32 --workdir runs/tiny-train --resume": (
+        CHECK, "isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
+               "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume",
+        "the command inside a shell loop on exit 75; tests/test_faults.py runs isotpp train as documented and "
+        "SIGTERM -> 75 -> resume"),
 }
 # Lines that show a launcher around a command given in full elsewhere on the page (its arguments elided).
 ELIDED = ("...", "srun ", "gcloud ")
@@ -180,7 +196,8 @@ def _plan(command: str) -> tuple[str, str] | None:
         return mode, instead or command
     if any(mark in command for mark in ELIDED):
         return None
-    if any(flag in command.split() for flag in _CHEAP) and not re.search(r"[\[\]{}]|\b[A-Z]{2,}\b", command):
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "''", command)  # globs in quoted patterns are not placeholders
+    if any(flag in command.split() for flag in _CHEAP) and not re.search(r"[\[\]{}]|\b[A-Z]{2,}\b", unquoted):
         return RUN, command
     raise AssertionError(
         f"the docs show `{command}`, which this test neither runs nor lists: add it to DOCUMENTED in "

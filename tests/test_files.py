@@ -101,6 +101,9 @@ def test_model_headers_of_the_wrong_json_type_are_one_line(tmp_path, header):
     (lambda h: h | {"widths": {"net.0": -3}}, "corrupt widths"),
     (lambda h: h | {"widths": "wide"}, "corrupt widths"),
     (lambda h: h | {"meta": 7}, "corrupt metadata"),
+    # a crafted depth would make even the abstract architecture slow to build; the file holds 4x3 + 3 + 3x2 + 2
+    (lambda h: h | {"build": {**h["build"], "arch_kwargs": {**h["build"]["arch_kwargs"], "depth": 10**9}}},
+     "declares depth = 1,000,000,000, more than the 23 numbers it holds"),
 ])
 def test_model_header_fields_of_the_wrong_type_are_one_line(tmp_path, mutate, needle):
     from isotpp.models import create_model
