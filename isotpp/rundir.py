@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from isotpp import faults
 from isotpp.errors import UserError
@@ -209,7 +209,7 @@ class Commit:
             self._files.append(rel)
         return self.dir / rel
 
-    def __enter__(self) -> Commit:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -311,9 +311,9 @@ class RunDir:
     def rollback(self) -> None:
         """After a failure: remove the settings this call recorded if nothing else was written beside them."""
         settings = self.path / SETTINGS_NAME
-        if not self.had_settings and settings.exists():
-            if {p.name for p in self.path.iterdir()} <= {SETTINGS_NAME, LOCK_NAME, STAGING_NAME}:
-                settings.unlink()
+        alone = {SETTINGS_NAME, LOCK_NAME, STAGING_NAME}
+        if not self.had_settings and settings.exists() and {p.name for p in self.path.iterdir()} <= alone:
+            settings.unlink()
 
 
 def _remove_created(top: Path | None, path: Path) -> None:
