@@ -41,8 +41,8 @@ def run(args, hooks=()) -> int:
 
     parallel.initialize(True if args.distributed else None)
 
-    from isotpp.data.imagefolder import imagefolder_data
     from isotpp.commands.train import settings, training_run
+    from isotpp.data.imagefolder import imagefolder_data
     from isotpp.errors import UserError
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer

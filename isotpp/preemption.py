@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,9 +55,18 @@ def _handle(signum, frame) -> None:
 
 
 def _single_process() -> bool:
-    import jax  # only here: the command line must not pay for it in `isotpp --help`
+    """Whether this is not one process of a multi-host JAX job, without starting a backend (a runner
+    such as the table's must not claim an accelerator its children need)."""
+    if "jax" not in sys.modules:
+        return True
+    try:
+        from jax._src import distributed
 
-    return jax.process_count() == 1
+        return distributed.global_state.client is None  # jax.distributed.initialize() was not called
+    except (ImportError, AttributeError):  # another JAX layout: ask JAX itself
+        import jax
+
+        return jax.process_count() == 1
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from isotpp import faults
 from isotpp.errors import UserError
@@ -105,6 +105,11 @@ def _read(fd: int) -> bytes:
     return os.read(fd, 4096)
 
 
+def _in_use(directory: Path, raw: bytes) -> UserError:
+    return UserError(f"{directory} is in use by another isotpp run ({_describe(raw)}): wait for it to finish, "
+                     "stop it, or use another directory")
+
+
 def acquire_lock(directory: Path) -> None:
     """Take ``directory``'s lock (re-entrant within a process); a UserError if another process holds it."""
     path = (directory / LOCK_NAME).absolute()
@@ -119,10 +124,9 @@ def acquire_lock(directory: Path) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = _describe(_read(fd))
+            raw = _read(fd)
             os.close(fd)
-            raise UserError(f"{directory} is in use by another isotpp run ({owner}): wait for it to finish, "
-                            "stop it, or use another directory") from None
+            raise _in_use(directory, raw) from None
         except OSError as e:  # no flock here (some network file systems): fall back on the recorded pid
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 os.close(fd)
@@ -132,8 +136,7 @@ def acquire_lock(directory: Path) -> None:
                 owner = json.loads(raw.decode()) if raw else None
                 if isinstance(owner, dict) and owner.get("pid") != os.getpid() and _alive(owner):
                     os.close(fd)
-                    raise UserError(f"{directory} is in use by another isotpp run ({_describe(raw)}): wait for it "
-                                    "to finish, stop it, or use another directory") from None
+                    raise _in_use(directory, raw) from None
         try:  # the previous owner may have removed the file between our open and our lock: lock the new one
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -206,7 +209,7 @@ class Commit:
             self._files.append(rel)
         return self.dir / rel
 
-    def __enter__(self) -> Commit:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -308,9 +311,9 @@ class RunDir:
     def rollback(self) -> None:
         """After a failure: remove the settings this call recorded if nothing else was written beside them."""
         settings = self.path / SETTINGS_NAME
-        if not self.had_settings and settings.exists():
-            if {p.name for p in self.path.iterdir()} <= {SETTINGS_NAME, LOCK_NAME, STAGING_NAME}:
-                settings.unlink()
+        alone = {SETTINGS_NAME, LOCK_NAME, STAGING_NAME}
+        if not self.had_settings and settings.exists() and {p.name for p in self.path.iterdir()} <= alone:
+            settings.unlink()
 
 
 def _remove_created(top: Path | None, path: Path) -> None:

@@ -105,29 +105,16 @@ def test_prune_killed_at_several_moments_finishes_with_the_uninterrupted_result(
     assert not (out / LOCK_NAME).exists() and not list(out.rglob(".*.tmp"))
 
 
-def test_prune_sigterm_at_each_stage_boundary_exits_75_and_resumes_exactly(reference, tmp_path, monkeypatch):
+def test_sigterm_at_a_stage_boundary_then_a_full_disk_then_an_exact_finish(reference, tmp_path, monkeypatch):
     ref_dir, ref = reference
     out = tmp_path / "run"
     config = PruneConfig(out=str(out), **PRUNE)
-    for boundary in ("base/model.npz", "pruned.npz"):
-        monkeypatch.setenv("ISOTPP_FAULT", f"term:after:{boundary}")
-        with pytest.raises(Preempted) as stop:
-            run_pruning(config, **QUIET)
-        assert stop.value.exit_code == 75
-        assert str(stop.value) == (f"stopped by SIGTERM: finished stages are kept in {out}; run the same command "
-                                   "again to continue")
-        assert not (out / "summary.json").exists()
-    monkeypatch.delenv("ISOTPP_FAULT")
-    assert not (out / "retrain").exists()
-    summary = run_pruning(config, **QUIET)
-    assert _without_times(summary) == _without_times(ref)
-    _same_arrays(out / "final.npz", ref_dir / "final.npz")
-
-
-def test_a_full_disk_is_one_line_and_the_rerun_finishes(reference, tmp_path, monkeypatch):
-    ref_dir, ref = reference
-    out = tmp_path / "run"
-    config = PruneConfig(out=str(out), **PRUNE)
+    monkeypatch.setenv("ISOTPP_FAULT", "term:after:base/model.npz")
+    with pytest.raises(Preempted) as stop:
+        run_pruning(config, **QUIET)
+    assert stop.value.exit_code == 75 and not (out / "plan.json").exists()
+    assert str(stop.value) == (f"stopped by SIGTERM: finished stages are kept in {out}; run the same command again "
+                               "to continue")
     monkeypatch.setenv("ISOTPP_FAULT", "enospc:before:pruned.npz")
     with pytest.raises(UserError) as full:
         run_pruning(config, **QUIET)
@@ -136,6 +123,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(reference, tmp_path, mon
     assert (out / "base" / "model.npz").exists() and not list(out.glob(".pruned.npz.*"))
     monkeypatch.delenv("ISOTPP_FAULT")
     assert _without_times(run_pruning(config, **QUIET)) == _without_times(ref)
+    _same_arrays(out / "final.npz", ref_dir / "final.npz")
 
 
 def test_other_settings_in_a_finished_run_are_refused_and_nothing_changes(reference, tmp_path):
@@ -254,7 +242,7 @@ def test_results_files_follow_the_umask(tmp_path):
 def test_isotpp_train_as_documented_then_again_then_with_other_settings(tmp_path):
     work = tmp_path / "runs" / "r56"
     args = ["train", "--model", "mlp", "--width-scale", "0.1", "--dataset", "synthetic", "--limit", "64",
-            "--epochs", "2", "--lr-schedule", "0:0.1,1:0.01", "--batch-size", "32", "--workdir", work]
+            "--epochs", "2", "--lr-schedule", "0:0.1,1:0.01", "--batch-size", "64", "--workdir", work]
     first = _isotpp(tmp_path, *args, "--resume", "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]
     assert _one_line(first.stderr) == "isotpp: no checkpoint to resume from: starting from scratch"
@@ -263,7 +251,7 @@ def test_isotpp_train_as_documented_then_again_then_with_other_settings(tmp_path
     results = read_json(work / "results.json")
     resumed = _isotpp(tmp_path, *args, "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    assert _one_line(resumed.stderr) == "isotpp: resuming from step 4 (epoch 2, step 0 of it)"
+    assert _one_line(resumed.stderr) == "isotpp: resuming from step 2 (epoch 2, step 0 of it)"
     assert read_json(work / "results.json") == results
     before = _snapshot(work)
     other = _isotpp(tmp_path, *[a if a != "0:0.1,1:0.01" else "0:0.2" for a in args], "--resume")
@@ -278,7 +266,7 @@ def test_isotpp_train_as_documented_then_again_then_with_other_settings(tmp_path
 # The studies
 # --------------------------------------------------------------------------
 
-MLP = {"dataset": "synthetic", "seeds": (0,), "methods": ("L1", "TPP"), "train_limit": 200, "batch_size": 100,
+MLP = {"dataset": "synthetic", "seeds": (0,), "methods": ("TPP",), "train_limit": 200, "batch_size": 100,
        "base_epochs": 1, "base_lr": "0:0.01", "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"),),
        "tpp_reg_granularity": 0.25, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 4,
        "tpp_zero_out_interval": 2}
