@@ -124,8 +124,9 @@ def prune_optax(inner: optax.GradientTransformation, model: nnx.Module, ratios: 
         if steps is None or schedule is not None:
             raise UserError(f"{method} needs steps (iterations of the penalty before L1 chooses) and no schedule")
         groups = channel_groups(model, x)
+        kind = "kernorth_v2" if method == "KernOrth+L1" else "orthconv_v1"  # the reference's opp_scheme v2 / v1
         return _penalty_then_l1(inner, groups, program_layers(model, x), resolve_ratios(groups, ratios, skip),
-                                method.split("+")[0].lower(), steps)
+                                kind, steps)
     setup = _setup(model, ratios, skip, x)
     if method != "TPP":
         if schedule is not None:
@@ -157,11 +158,11 @@ def _masked(inner, setup: _Setup) -> optax.GradientTransformation:
 
 def _penalty_then_l1(inner, groups: Sequence[Group], layers: Sequence[str], ratios: Mapping[str, float], kind: str,
                      steps: int, weight: float | None = None) -> optax.GradientTransformation:
-    """"X + L1": ``weight`` · X on every kernel for ``steps - 1`` iterations, then the L1 filters of the weights
-    reached are chosen (inside the jitted update) and zeroed; TPP's wrapper, in its done phase, holds them."""
-    from isotpp.methods import PENALTY_WEIGHT, penalty_fn
+    """"X + L1": ``weight`` (lw_opp) · X on every kernel for ``steps - 1`` iterations, then the L1 filters of
+    the weights reached are chosen (inside the jitted update) and zeroed; TPP's wrapper, done, holds them."""
+    from isotpp.methods import LW_OPP, penalty_fn
 
-    weight = PENALTY_WEIGHT if weight is None else weight
+    weight = LW_OPP if weight is None else weight
     chosen = [g for g in groups if g.prunable and n_pruned(ratios.get(g.name, 0.0), g.size) > 0]
     counts = {g.name: n_pruned(ratios[g.name], g.size) for g in chosen}
     placeholder = Plan({g.name: g.size for g in chosen}, {g.name: tuple(range(counts[g.name])) for g in chosen})
@@ -215,11 +216,11 @@ def removed_index(groups: Sequence[Group], plan: Plan) -> dict[tuple[str, int], 
 
 def kept_penalty(kind: str, groups: Sequence[Group], plan: Plan, layers: Sequence[str],
                  weight: float | None = None) -> optax.GradientTransformation:
-    """Adds ∇ of ``weight`` · KernOrth / OrthConv (REFERENCE §3, "L1 + X") over the *kept* part of every
-    conv / dense kernel: the penalty the physically pruned network would get while retraining."""
-    from isotpp.methods import PENALTY_WEIGHT, penalty_fn
+    """Adds ∇ of ``weight`` (lw_orth_reg) · KernOrth / OrthConv (REFERENCE §3, "L1 + X") over the *kept*
+    part of every conv / dense kernel: the penalty the physically pruned network would get while retraining."""
+    from isotpp.methods import LW_ORTH_REG, penalty_fn
 
-    weight = PENALTY_WEIGHT if weight is None else weight
+    weight = LW_ORTH_REG if weight is None else weight
     kernels = [f"{layer}.kernel" for layer in layers]
     removed = removed_index(groups, plan)
     total = penalty_fn(kind, kernels)

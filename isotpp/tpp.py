@@ -99,9 +99,9 @@ class Target:
     group: str
     kernels: tuple[str, ...]  # producer kernels (Gram penalty)
     order: int  # forward index among all conv/dense layers (zero-out schedule)
-    slots: tuple[Slot, ...]  # regularised and zeroed variable axes
+    slots: tuple[Slot, ...]  # variable axes zeroed out: the filters, biases, following BN scale/bias, fixed maps
     size: int = 0  # the group's channel count (0: the length of its mask)
-    zero_slots: tuple[Slot, ...] = ()  # further slots zeroed (not regularised): fixed maps, the rest of the L2 set
+    reg_slots: tuple[Slot, ...] = ()  # the subset regularised by reg · w (weight_reg, bn_reg)
 
 
 def targets_for(plan: Plan, groups: Sequence[Group], layer_order: Sequence[str], config: TPPConfig) -> tuple[Target, ...]:
@@ -120,9 +120,9 @@ def targets_for(plan: Plan, groups: Sequence[Group], layer_order: Sequence[str],
                 g.name,
                 tuple(s.param for s in g.slots_with("out")),
                 min(index[layer] for layer in g.layers),
-                g.slots_with(*roles),
+                g.slots_with("out", "bias", "bn", "out_fixed"),
                 g.size,
-                tuple(s for s in g.slots_with("out", "bias", "bn", "out_fixed") if s.role not in roles),
+                g.slots_with(*roles),
             ))
     return tuple(out)
 
@@ -183,10 +183,10 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         masks = {}
         for t in targets:
             m = pruned[t.group]
-            slots = t.slots
+            slots = t.reg_slots
             if due is not None:
                 m = m * due[t.group]
-                slots = slots + t.zero_slots
+                slots = t.slots
             for slot in slots:
                 if slot.param not in shapes:  # a fixed map or statistic outside the optimised tree
                     continue

@@ -161,10 +161,10 @@ def test_other_methods_in_one_call():
     state = tx.init(params)
     u, state = tx.update(grads, state, params)
     small = hard_prune(model, plan, x=x)
-    from isotpp.methods import PENALTY_WEIGHT, penalty_fn
+    from isotpp.methods import LW_ORTH_REG, penalty_fn
 
     names = ["hidden.0.kernel", "hidden.1.kernel", "head.kernel"]
-    g_small = flat_arrays(jax.grad(lambda q: PENALTY_WEIGHT * penalty_fn("kernorth", names)(q))(
+    g_small = flat_arrays(jax.grad(lambda q: LW_ORTH_REG * penalty_fn("kernorth", names)(q))(
         nnx.state(small, nnx.Param)))
     got = np.asarray(flat_arrays(u)["hidden.1.kernel"])  # rows: hidden.0's kept, columns: hidden.1's kept
     rows, cols = list(plan.kept("hidden.0")), list(plan.kept("hidden.1"))
@@ -177,7 +177,7 @@ def test_penalty_then_l1_in_one_call(method):
     model = ConvBN(c1=6, c2=5) if method == "OrthConv+L1" else MLP((8, 7))
     x = jax.random.normal(jax.random.key(3), (4, *INPUTS[type(model)]))
     pattern = "c*:0.5" if method == "OrthConv+L1" else "hidden.*:0.5"
-    tx = isotpp.prune_optax(optax.sgd(1e-2), model, pattern, method=method, steps=6, x=x)
+    tx = isotpp.prune_optax(optax.sgd(1e-5), model, pattern, method=method, steps=6, x=x)  # lw_opp = 1000
     params = nnx.state(model, nnx.Param)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
     state = tx.init(params)
