@@ -53,7 +53,9 @@ def _add_spectrum(sub) -> None:
     p.add_argument("--chunk-size", type=_positive_int, default=None, help="samples per jitted chunk")
     p.add_argument("--values", action="store_true", help="include every sample's singular values in the JSON")
     p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
-    p.add_argument("--plot", default=None, metavar="PATH", help="write a histogram (PNG) with the theory overlay")
+    p.add_argument("--plot", default=None, metavar="PATH",
+                   help="write a histogram with the theory overlay (.png, .pdf or .svg)")
+    _add_format(p, "--plot's path with each extension")
     p.set_defaults(func=_run_spectrum)
 
 
@@ -81,6 +83,7 @@ def _run_spectrum(args) -> int:
         values=args.values,
         json_path=args.json,
         plot_path=args.plot,
+        plot_formats=_formats(args),
     )
     print(result["table"])
     for key in ("json", "plot"):
@@ -92,6 +95,24 @@ def _run_spectrum(args) -> int:
 # --------------------------------------------------------------------------
 # isotpp reproduce mlp-linear / isotpp demo
 # --------------------------------------------------------------------------
+
+
+def _add_format(p, where: str = "figure.<ext> in --out") -> None:
+    p.add_argument("--format", default=None, metavar="EXT[,EXT]",
+                   help=f"figure formats, comma-separated from png, pdf, svg (e.g. png,pdf): one file each, {where}")
+
+
+def _formats(args) -> tuple[str, ...]:
+    from isotpp.plots import parse_formats
+
+    return parse_formats(args.format)
+
+
+def _redraw(results, out, formats, write_report) -> None:
+    """Write the figures again in ``formats`` (the study itself writes PNG) and list the new files."""
+    if formats and formats != ("png",):
+        paths = write_report(results, out, formats=formats)
+        results["files"] = {k: str(v) for k, v in paths.items()} | {"results": results["files"]["results"]}
 
 
 def _seeds(text: str) -> int:
@@ -124,6 +145,7 @@ def _add_reproduce(sub) -> None:
     c.add_argument("--data-dir", default=None)
     c.add_argument("--ratio", type=float, default=None, help="pruning ratio of every block's conv1 (default 0.9)")
     c.add_argument("--out", required=True)
+    _add_format(c)
     c.set_defaults(func=_run_reproduce_convnet)
     _add_reproduce_pai(studies)
 
@@ -149,6 +171,7 @@ def _add_reproduce_pai(studies) -> None:
                    help="train the AutoSparse scorer from this LeNet-300-100 IRP record (.npz)")
     p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (else $ISOTPP_DATA, cache, system)")
     p.add_argument("--out", required=True, help="run directory (reruns reuse what is already there)")
+    _add_format(p, "accuracy.<ext> and jsv.<ext> in --out")
     p.set_defaults(func=_run_reproduce_pai)
 
 
@@ -171,7 +194,11 @@ def _run_reproduce_pai(args) -> int:
         kw["epochs"] = args.epochs
     if args.no_transfer:
         kw["transfer"] = False
+    formats = _formats(args)
     results = study.run_study(study.quick_config(**kw) if args.quick else study.PaIConfig(**kw), args.out)
+    from isotpp.studies.pai_report import write_report
+
+    _redraw(results, args.out, formats, write_report)
     print(pai_tables(results))
     for key, path in results["files"].items():
         print(f"{key}: {path}")
@@ -191,6 +218,7 @@ def _study_args(p, default_seeds: int) -> None:
     p.add_argument("--epochs", type=_positive_int, default=None, help="retraining epochs (default 90, quick 10)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are (else $ISOTPP_DATA, cache, system)")
     p.add_argument("--out", required=True, help="run directory (reruns reuse what is already there)")
+    _add_format(p)
 
 
 def _study_config(args, seeds: int):
@@ -217,19 +245,23 @@ def _study_config(args, seeds: int):
     return study.quick_config(**kw) if args.quick else study.StudyConfig(**kw)
 
 
-def _print_study(results) -> None:
-    from isotpp.study_report import results_table
+def _print_study(results, args) -> None:
+    from isotpp.study_report import results_table, write_report
 
+    _redraw(results, args.out, _formats(args), write_report)
     print(results_table(results))
-    for key in ("results", "table", "figure"):
-        print(f"{key}: {results['files'][key]}")
+    files = results["files"]
+    for key in ("results", "csv", "table", *(k for k in files if k.startswith("figure"))):
+        if key in files:
+            print(f"{key}: {files[key]}")
 
 
 def _run_reproduce_mlp(args) -> int:
     from isotpp.studies import mlp_linear as study
 
+    _formats(args)  # a bad --format fails before the work
     results = study.run_study(_study_config(args, args.seeds), args.out)
-    _print_study(results)
+    _print_study(results, args)
     return 0
 
 
@@ -242,8 +274,9 @@ def _run_reproduce_convnet(args) -> int:
     if args.ratio is not None:
         kw["ratio"] = args.ratio
     config = convnet.quick_config(**kw) if args.quick else convnet.ConvStudyConfig(**kw)
+    _formats(args)
     results = convnet.run_convnet_study(config, args.out)
-    _print_study(results)
+    _print_study(results, args)
     return 0
 
 
@@ -252,16 +285,24 @@ def _add_demo(sub) -> None:
                        description="The quick MLP-7-Linear study on Fashion-MNIST with one seed: prints the "
                                    "table and the paths of the figure and results.")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (else $ISOTPP_DATA, cache, system)")
+    p.add_argument("--data-dir", default=None,
+                   help="where Fashion-MNIST is (else $ISOTPP_DATA, cache, system; then downloaded into the "
+                        "cache; offline, the 10,000-image subset shipped with isotpp)")
+    p.add_argument("--no-download", action="store_true",
+                   help="when Fashion-MNIST is not found, use the shipped subset without trying to download it")
+    _add_format(p)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
+    from isotpp.data.bundled import demo_data_dir
     from isotpp.studies import mlp_linear as study
 
-    config = study.quick_config(seeds=(0,), data_dir=args.data_dir)
+    _formats(args)
+    data_dir, _ = demo_data_dir(args.data_dir, download=not args.no_download)
+    config = study.quick_config(seeds=(0,), data_dir=str(data_dir))
     results = study.run_study(config, args.out)
-    _print_study(results)
+    _print_study(results, args)
     return 0
 
 
@@ -294,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from isotpp.progress import configure_logging
+
+    configure_logging()
     try:
         return args.func(args)
     except UserError as e:

@@ -52,6 +52,7 @@ def run_spectrum(
     values: bool = False,
     json_path: str | None = None,
     plot_path: str | None = None,
+    plot_formats: tuple[str, ...] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Compute, summarise and (optionally) write a model's JSV. Returns the result dict.
@@ -59,8 +60,16 @@ def run_spectrum(
     The dict holds the summary keys (mean, std, max, min, cond_mean, diff_mean,
     n_samples), the model/init used, the method, timing, the theory's
     prediction where one applies, and ``table`` (a printable summary).
+    ``plot_formats`` (e.g. ``("png", "pdf")``) writes the histogram once per
+    format, ``plot_path`` with each extension; by default its own extension
+    decides.
     """
     import jax
+
+    from isotpp.plots import figure_format
+
+    if plot_path and not plot_formats:
+        figure_format(plot_path)  # a bad extension fails before the work
 
     if float64:
         jax.config.update("jax_enable_x64", True)
@@ -95,9 +104,9 @@ def run_spectrum(
 
     bar = None
     if progress and resolved != "linear" and samples > 1:
-        from tqdm import tqdm
+        from isotpp.progress import progress as progress_bar
 
-        bar = tqdm(total=samples, desc="spectrum", unit="sample", leave=False, mininterval=0.5, disable=None)
+        bar = progress_bar(samples, "spectrum", unit="sample")
 
     def on_chunk(done, total):
         if bar is not None:
@@ -157,8 +166,9 @@ def run_spectrum(
 
         result["json"] = str(write_json(json_path, out))
     if plot_path:
-        from isotpp.plots import spectrum_histogram
+        from isotpp.plots import save_figures, spectrum_histogram
 
         title = f"JSV of {model_name} ({init_used}), {summary.n_samples} samples"
-        result["plot"] = str(spectrum_histogram(sv.ravel(), plot_path, theory=th, title=title))
+        fig = spectrum_histogram(sv.ravel(), theory=th, title=title)
+        result["plot"] = ", ".join(str(p) for p in save_figures(fig, plot_path, plot_formats))
     return result

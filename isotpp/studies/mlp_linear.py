@@ -35,6 +35,7 @@ import numpy as np
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+from isotpp.progress import progress as progress_bar
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -193,10 +194,7 @@ class Recorder:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ep", leave=False, disable=None if enabled else True,
-                dynamic_ncols=True, mininterval=0.5)
+    return progress_bar(total, desc, unit="ep", enabled=enabled)
 
 
 def _kernel_names(model) -> list[str]:
