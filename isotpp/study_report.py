@@ -295,9 +295,14 @@ _MODEL_NAMES = {"mlp_7_linear": "MLP-7-Linear", "resnet20": "ResNet-20", "resnet
 
 
 def method_style(index: int) -> dict[str, Any]:
-    """Colour, marker and line style of the ``index``-th method (the same in every panel and figure)."""
+    """Colour, marker, line style and marker size of the ``index``-th method (the same in every panel).
+
+    Markers shrink with the index, and later methods are drawn on top: where
+    two methods coincide (L1 and L1+KernOrth right after pruning) the earlier
+    one's larger marker rings the later one's.
+    """
     return {"color": f"C{index % 10}", "marker": _MARKERS[index % len(_MARKERS)],
-            "linestyle": _LINESTYLES[index % len(_LINESTYLES)]}  # fmt: skip
+            "linestyle": _LINESTYLES[index % len(_LINESTYLES)], "markersize": max(3.5, 8.5 - 1.2 * index)}
 
 
 def setting_title(results: Mapping[str, Any]) -> str:
@@ -309,12 +314,11 @@ def setting_title(results: Mapping[str, Any]) -> str:
         parts[0] += f" (width ×{config['width_scale']:g})"
     dataset = config.get("dataset")
     if isinstance(dataset, str):
-        data = f"on {_DATASET_NAMES.get(dataset, dataset)}"
+        parts[0] += f" on {_DATASET_NAMES.get(dataset, dataset)}"
         if str(config.get("data_dir") or "").rstrip("/").endswith("fashion_mnist_subset"):
-            data += " (the 10,000-image subset shipped with isotpp)"
+            parts[0] += " (the 10,000-image subset shipped with isotpp)"
         elif config.get("train_limit"):
-            data += f" ({config['train_limit']:,} training images)"
-        parts.append(data)
+            parts[0] += f" ({config['train_limit']:,} training images)"
     if _is_number(config.get("ratio")):
         parts.append(f"pruning ratio {config['ratio']:g}")
     seeds = config.get("seeds")
@@ -382,8 +386,7 @@ def draw_results_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
                 mean = y.mean(axis=0)
                 # about 8 markers per line, shifted per method so coinciding lines show each marker
                 step = max(1, len(x) // 8)
-                (line,) = ax.plot(x, mean, lw=1.5, markersize=5, markevery=(i % step, step), label=method,
-                                  **styles[method])
+                (line,) = ax.plot(x, mean, lw=1.5, markevery=(i % step, step), label=method, **styles[method])
                 handles.setdefault(method, line)
                 if y.shape[0] > 1:
                     std = y.std(axis=0)  # population std, as in the table
