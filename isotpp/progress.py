@@ -140,6 +140,21 @@ def progress(total: int | None, desc: str, unit: str = "it", *, enabled: bool = 
     return LogProgress(total, desc, unit, initial=initial, interval=interval)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (pytest and notebooks swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Show the ``isotpp`` logger's records on stderr as ``isotpp: message`` (the command line's setting).
 
@@ -148,7 +163,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logger = logging.getLogger("isotpp")
     if logger.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("isotpp: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
