@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -320,10 +321,10 @@ def setting_title(results: Mapping[str, Any]) -> str:
         elif config.get("train_limit"):
             parts[0] += f" ({config['train_limit']:,} training images)"
     if _is_number(config.get("ratio")):
-        parts.append(f"pruning ratio {config['ratio']:g}")
+        parts.append(f"pruning ratio\u00a0{config['ratio']:g}")  # no-break spaces: wrapping keeps these whole
     seeds = config.get("seeds")
     if isinstance(seeds, list | tuple):
-        parts.append(f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+        parts.append(f"{len(seeds)}\u00a0seed{'s' if len(seeds) != 1 else ''}")
     if config.get("quick"):
         parts.append("quick schedule")
     return ", ".join(parts)
@@ -412,7 +413,8 @@ def draw_results_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                    ncol=min(len(handles), 6), frameon=False)  # fmt: skip
-    fig.suptitle(setting_title(results))
+    # a long setting (the shipped subset, a width factor) wraps instead of running off the page
+    fig.suptitle(textwrap.fill(setting_title(results), width=int(11 * fig.get_figwidth())))
     return fig
 
 

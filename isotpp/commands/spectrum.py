@@ -168,7 +168,10 @@ def run_spectrum(
     if plot_path:
         from isotpp.plots import save_figures, spectrum_histogram
 
-        title = f"JSV of {model_name} ({init_used}), {summary.n_samples} samples"
+        n = summary.n_samples
+        inputs = "Gaussian inputs" if source == "gaussian" else f"{source} test images"
+        title = (f"JSV of {model_name} (init {init_used}), "
+                 + ("input-free (linear)" if resolved == "linear" else f"{n} sample{'s' if n != 1 else ''}, {inputs}"))
         fig = spectrum_histogram(sv.ravel(), theory=th, title=title)
         result["plot"] = ", ".join(str(p) for p in save_figures(fig, plot_path, plot_formats))
     return result
