@@ -253,7 +253,7 @@ def test_every_plotting_function_draws_into_given_axes_and_returns_the_figure():
     assert draw_results_figure(_tiny_results(), ax=axes) is fig2
     assert [a.get_title() for a in axes.ravel()] == ["LR 1e-2: mean JSV", "LR 1e-3: mean JSV",
                                                       "LR 1e-2: test accuracy", "LR 1e-3: test accuracy"]
-    assert fig2.get_suptitle() == "MLP-7-Linear on Fashion-MNIST, pruning ratio\u00a00.8, 2\u00a0seeds, quick schedule"
+    assert fig2.get_suptitle().replace("\n", " ") == "MLP-7-Linear on Fashion-MNIST, pruning ratio\u00a00.8, 2\u00a0seeds, quick schedule"
     # each method: its own colour, marker and line style in every panel
     lines = [ln for ln in axes[1][0].get_lines() if ln.get_label() in ("L1", "TPP")]
     styles = {ln.get_label(): (ln.get_color(), ln.get_marker(), ln.get_linestyle()) for ln in lines}
