@@ -138,7 +138,18 @@ def select_lowest(scores: np.ndarray, ratio: float) -> tuple[int, ...]:
 
 def l1_plan(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
             groups: Sequence[Group] | None = None) -> Plan:
-    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w|."""
+    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w|.
+
+    ``ratios``: ``{glob over layer names: ratio}`` (the last matching pattern
+    wins), or the same as text ``"conv*:0.5,fc1:0.25"``; ``skip``: patterns
+    left unpruned.
+
+    >>> from isotpp.models import create_model
+    >>> net = create_model("lenet5", seed=0)
+    >>> plan = l1_plan(net, {"conv*": 0.5})
+    >>> {g: len(p) for g, p in plan.pruned.items() if p}  # ceil(0.5 * 6), ceil(0.5 * 16), ceil(0.5 * 120)
+    {'conv1': 3, 'conv2': 8, 'conv3': 60}
+    """
     groups = list(groups) if groups is not None else channel_groups(model)
     per_group = resolve_ratios(groups, ratios, skip)
     params = flat_arrays(nnx.state(model, nnx.Param))
@@ -217,6 +228,11 @@ def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = N
 
     The architecture is rebuilt at the new widths from ``model.build_config``,
     so the result can be saved and reloaded like any model.
+
+    >>> from isotpp.models import create_model, widths_of
+    >>> net = create_model("lenet5", seed=0)
+    >>> widths_of(hard_prune(net, l1_plan(net, {"conv1": 0.5})))["conv1"]
+    3
     """
     groups = list(groups) if groups is not None else channel_groups(model)
     config = getattr(model, "build_config", None)
