@@ -25,7 +25,7 @@ from isotpp.errors import UserError
 from isotpp.plots import save_figures
 from isotpp.report import csv_text, markdown_table, mean_std, mean_std_fixed
 
-__all__ = ["draw_accuracy_figure", "draw_jsv_figure", "pai_rows", "pai_tables", "write_report"]
+__all__ = ["draw_accuracy_figure", "draw_jsv_figure", "pai_rows", "pai_setting", "pai_tables", "write_report"]
 
 
 def _vals(xs) -> list[float]:
@@ -167,6 +167,27 @@ def _parts(results):
     return [p for p in (results.get("lenet"), results.get("transfer")) if p]
 
 
+_ARCH_NAMES = {"lenet_300_100": "LeNet-300-100", "small_convnet": "small ConvNet", "lenet5": "LeNet-5"}
+
+
+def _arch(part: Mapping[str, Any]) -> str:
+    return _ARCH_NAMES.get(part["arch"], part["arch"])
+
+
+def pai_setting(results: Mapping[str, Any]) -> str:
+    """One line naming the study's setting: data, seeds, epochs, threshold, schedule."""
+    config = results.get("config") or {}
+    seeds = len(config.get("seeds") or [])
+    parts = ["Pruning at initialisation on Fashion-MNIST"]
+    if seeds:
+        parts.append(f"{seeds}\u00a0seed{'s' if seeds != 1 else ''}")
+    if config.get("scope"):
+        parts.append(f"{config['scope']} threshold")
+    if config.get("quick"):
+        parts.append("quick schedule")
+    return ", ".join(parts)
+
+
 def _figure_axes(parts, ax):
     if ax is not None:
         axes = list(np.ravel(np.asarray(ax, dtype=object)))
@@ -185,8 +206,10 @@ def draw_accuracy_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
     for ax, part in zip(axes, parts, strict=True):
         _plot_part(ax, part, "final_acc")
         ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"{part['arch']} on Fashion-MNIST, {_seeds_note(part)}")
+        epochs = (results.get("config") or {}).get("transfer_epochs" if part is results.get("transfer") else "epochs")
+        ax.set_title(f"{_arch(part)}: final test accuracy" + (f" after {epochs} epochs" if epochs else ""))
         ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(pai_setting(results))
     return fig
 
 
@@ -200,8 +223,9 @@ def draw_jsv_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
         if dense:
             ax.axhline(float(np.nanmean(dense)), color="black", linewidth=0.8, linestyle=":", label="Dense")
         ax.set_ylabel("mean JSV at initialisation (symlog)")
-        ax.set_title(f"{part['arch']}: spectrum before training, {_seeds_note(part)}")
+        ax.set_title(f"{_arch(part)}: spectrum before training")
         ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(pai_setting(results))
     return fig
 
 
