@@ -108,7 +108,8 @@ def find_results(run_dir: str | os.PathLike | None = None, *, roots=("runs", "..
         if not root.is_dir():
             continue
         found = []
-        for path in root.rglob("results.json"):
+        # up to two levels deep (runs/NAME, runs/GROUP/NAME); unlike rglob, this follows symlinked run directories
+        for path in (p for pattern in ("*/results.json", "*/*/results.json") for p in root.glob(pattern)):
             try:
                 if "runs" in json.loads(path.read_text(encoding="utf-8")):
                     found.append(path)

@@ -259,6 +259,10 @@ def test_find_results_takes_the_newest_study_or_the_given_run(tmp_path, monkeypa
     assert find_results() == Path("runs/demo/results.json")
     assert find_results("runs/older") == Path("runs/older/results.json")
     assert find_results(demo) == demo
+    elsewhere = _write_run(tmp_path / "scratch", "big", tiny_results(), 2_500_000)  # a run kept on another disk,
+    (tmp_path / "runs" / "big").symlink_to(elsewhere.parent)                       # linked into runs/
+    assert find_results() == Path("runs/big/results.json")
+    (tmp_path / "runs" / "big").unlink()
     (tmp_path / "analysis").mkdir()
     monkeypatch.chdir(tmp_path / "analysis")  # a notebook in analysis/ sees the runs as ../runs
     assert find_results() == Path("../runs/demo/results.json")
