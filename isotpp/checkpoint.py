@@ -12,7 +12,6 @@ state are a separate, orbax-based format.)
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from isotpp.errors import UserError
+from isotpp.errors import DataError, UserError
+from isotpp.files import Npz, json_header, open_npz
 from isotpp.io import atomic_write
 
 _HEADER = "__isotpp__"
@@ -55,28 +55,33 @@ def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None 
     return path
 
 
+_FIX = "save it again with isotpp.checkpoint.save_model"
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of model file ``path`` (checked; no weights are read)."""
     with _open(path) as data:
         return _header(path, data)
 
 
-def _open(path: str | Path):
+def _open(path: str | Path) -> Npz:
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file {path} does not exist: check the path")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"model file {path} is not a readable .npz ({e}): it may be truncated; re-save it") from None
+    return open_npz(path, what="model file", fix=_FIX)
 
 
-def _header(path, data) -> dict[str, Any]:
-    if _HEADER not in data.files:
-        raise UserError(f"{path} is not an isotpp model file (no {_HEADER} header): save it with isotpp.checkpoint.save_model")
-    try:
-        return json.loads(bytes(data[_HEADER]).decode())
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
-        raise UserError(f"model file {path} has a corrupt header ({e}): re-save it") from None
+def _header(path, data: Npz) -> dict[str, Any]:
+    header = json_header(data, _HEADER, fix=_FIX)
+    build, widths, meta = header.get("build"), header.get("widths"), header.get("meta", {})
+    if not isinstance(build, dict):
+        raise DataError(f"model file {path} has no build description (got {type(build).__name__}): {_FIX}")
+    if widths is not None and not (isinstance(widths, dict) and all(
+            isinstance(k, str) and type(v) is int and v >= 1 for k, v in widths.items())):
+        raise DataError(f"model file {path} has a corrupt widths record: {_FIX}")
+    if not isinstance(meta, dict):
+        raise DataError(f"model file {path} has corrupt metadata (a {type(meta).__name__}): {_FIX}")
+    return header
 
 
 def load_model(path: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
@@ -93,14 +98,11 @@ def load_model(path: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
             key = ".".join(str(p) for p in key_path)
             if key not in data.files:
                 raise UserError(f"model file {path} lacks {key} for {config.name}: it was saved from another architecture")
-            try:
-                value = data[key]
-            except (OSError, ValueError, zipfile.BadZipFile) as e:
-                raise UserError(f"model file {path} is corrupt at {key} ({e}): re-save it") from None
-            if tuple(value.shape) != tuple(var.shape):
+            if tuple(data.shape(key)) != tuple(var.shape):  # checked before the array is read
                 raise UserError(
-                    f"model file {path}: {key} has shape {tuple(value.shape)}, {config.name} expects {tuple(var.shape)}"
+                    f"model file {path}: {key} has shape {tuple(data.shape(key))}, {config.name} expects "
+                    f"{tuple(var.shape)}"
                 )
-            flat.append((key_path, var.replace(jax.numpy.asarray(value, dtype=var.dtype))))
+            flat.append((key_path, var.replace(jax.numpy.asarray(data[key], dtype=var.dtype))))
         nnx.update(model, nnx.from_flat_state(flat))
     return model, {**header["build"], "widths": header.get("widths"), "meta": header.get("meta", {})}

@@ -15,6 +15,7 @@ its declaration here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -317,6 +318,17 @@ def parse_ratios(text: str | Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def closest_layers(pattern: str, groups: Sequence[Group], n: int = 5) -> list[str]:
+    """The ``n`` layer names most similar to ``pattern`` (difflib on the pattern without its wildcards),
+    each marked when it cannot be pruned alone."""
+    marks = {layer: ("" if g.prunable and len(g.layers) == 1 else " (residual stream)" if g.prunable
+                     else " (not prunable)") for g in groups for layer in g.layers}
+    bare = "".join(c for c in pattern if c not in "*?[]")
+    ranked = sorted(marks, key=lambda layer: (-round(difflib.SequenceMatcher(None, bare, layer).ratio(), 2),
+                                              marks[layer] != ""))  # ties: layers prunable alone first
+    return [layer + marks[layer] for layer in ranked[:n]]
+
+
 def resolve_ratios(groups: Sequence[Group], patterns: Mapping[str, float] | str,
                    skip: Sequence[str] = ()) -> dict[str, float]:
     """Ratio per prunable group: the last matching pattern wins; ``skip`` patterns force 0.
@@ -328,8 +340,8 @@ def resolve_ratios(groups: Sequence[Group], patterns: Mapping[str, float] | str,
     all_layers = [layer for g in groups for layer in g.layers]
     for p in list(patterns) + list(skip):
         if not any(fnmatch.fnmatchcase(layer, p) for layer in all_layers):
-            shown = ", ".join(all_layers[:8]) + (", …" if len(all_layers) > 8 else "")
-            raise UserError(f"pattern {p!r} matches no layer; the layers are {shown}")
+            raise UserError(f"pattern {p!r} matches no layer (of {len(all_layers)}); the closest are "
+                            f"{', '.join(closest_layers(p, groups))} (--list-layers shows them all)")
     ratios = {}
     for g in groups:
         ratio = 0.0

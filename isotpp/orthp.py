@@ -1,10 +1,18 @@
 """OrthP — the oracle trainability recovery (Wang et al. 2021; REFERENCE §4).
 
 After pruning and before retraining, every conv/dense kernel is replaced by the
-orthogonal factor of its QR decomposition: the kernel as W (rows = filters),
-transposed if it has fewer rows than columns, Q·sign(diag R) (so the result is
-the unique QR factor with a positive diagonal of R), transposed back, times the
-activation gain (1 linear, √2 ReLU). On a linear MLP every JSV becomes 1.
+orthogonal factor of its QR decomposition, as the reference's
+``orthogonalize_weights`` computes it: the kernel as W (rows = filters, columns
+= the fan-in flattened in PyTorch's order c_in, kh, kw), transposed if it has
+fewer rows than columns, Q·sign(diag R), transposed back, times the activation
+gain (1 linear, √2 ReLU). On a linear MLP every JSV becomes 1.
+
+The fan-in order matters when W is not transposed (at least as many filters as
+fan-in, e.g. a 3×3 conv from 3 to 64 channels): the QR of a column-permuted
+matrix is a different orthogonal matrix. With a transpose it only permutes the
+rows of Q. As in the reference, sign(0) = 0: a column of Q whose diagonal entry
+of R is exactly 0 (a rank-deficient kernel, e.g. with an all-zero filter) is
+zeroed, not kept; ``zero_sign=1.0`` keeps it instead (the unique-QR convention).
 """
 
 from __future__ import annotations
@@ -16,23 +24,27 @@ from flax import nnx
 from isotpp.errors import UserError
 from isotpp.groups import map_named
 from isotpp.models import ACT_GAIN, layer_names
+from isotpp.penalties import from_torch_filters, torch_filters
 
 
-def orthogonalize(kernel: np.ndarray, gain: float = 1.0) -> np.ndarray:
-    """The OrthP image of one kernel (Flax layout, filters last), same shape and dtype."""
+def orthogonalize(kernel: np.ndarray, gain: float = 1.0, *, zero_sign: float = 0.0) -> np.ndarray:
+    """The OrthP image of one kernel (Flax layout, filters last), same shape and dtype.
+
+    ``zero_sign``: the sign used where diag(R) is exactly 0 (0, the reference's
+    ``torch.sign``, zeroes that column of Q).
+    """
     k = np.asarray(kernel)
-    w = k.reshape(-1, k.shape[-1]).T.astype(np.float64)  # (filters, fan_in)
+    w = torch_filters(k.astype(np.float64))  # (filters, fan_in), fan-in in PyTorch order
     transposed = w.shape[0] < w.shape[1]
     if transposed:
         w = w.T
     q, r = np.linalg.qr(w)
     d = np.sign(np.diag(r))
-    d[d == 0] = 1.0
+    d[d == 0] = zero_sign
     q = q * d[None, :]
     if transposed:
         q = q.T
-    out = (gain * q).T.reshape(k.shape)  # back to (…, fan_in, n)
-    return out.astype(k.dtype)
+    return from_torch_filters(gain * q, k.shape).astype(k.dtype)
 
 
 def orthp(model: nnx.Module, act: str = "linear") -> nnx.Module:

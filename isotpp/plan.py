@@ -111,9 +111,9 @@ class Plan:
 def n_pruned(ratio: float, n: int) -> int:
     """ceil(ratio · n), at most n − 1 (never a whole layer).
 
-    A 1e-9 tolerance keeps float artefacts such as 0.7·10 = 7.000000000000001
-    from pruning one channel more than intended (the reference's plain ceil
-    would prune 8 of 10 there).
+    A 1e-9 tolerance keeps float artefacts such as 0.07·100 = 7.000000000000001
+    (in IEEE double arithmetic) from pruning one channel more than intended
+    (the reference's plain ``math.ceil`` prunes 8 of 100 there, not 7).
     """
     if ratio <= 0:
         return 0

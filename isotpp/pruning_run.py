@@ -29,6 +29,7 @@ run. The methods are :mod:`isotpp.methods`' recipes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from isotpp.errors import UserError
+from isotpp.io import read_json, write_json
 
 BASE_LR = "0:0.1,100:0.01,150:0.001"  # the paper's CIFAR base recipe (200 epochs)
 RETRAIN_LR = "0:0.01,60:0.001,90:0.0001"
@@ -64,14 +66,16 @@ class PruneConfig:
     seed: int = 0
     init: str = "kaiming"
     tpp_lr: float = 1e-3
-    lw_opp: float = 1000.0
+    lw_opp: float = 1000.0  # TPP's Gram penalty and the constant weight of "X + L1" (the reference's --lw_opp)
     reg_granularity: float = 1e-4
     update_reg_interval: int = 10
     stabilize_reg_interval: int = 10_000
     zero_out_interval: int = 100
     pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
+    pre_scheme: str = "penalty"  # "X + L1": X alone ("penalty") or inside the reference's opp loop ("opp")
     pre_lr: float = 1e-3
-    penalty_weight: float = 0.1
+    penalty_weight: float = 0.1  # "L1 + X": the reference's --lw_orth_reg
+    kernorth_rule: str = "c_in"  # KernOrth+L1's transpose rule: "c_in" (the reference's) or "fan_in" (intended)
     ai_iters: int = 10_000
     jsv_samples: int = 100
     jsv_bn: str = "eval"
@@ -108,6 +112,10 @@ class PruneConfig:
         if _is_imagenet(self.dataset) and self.resize < self.image_size:
             raise UserError(f"resize {self.resize} is smaller than image-size {self.image_size}: the centre crop "
                             "would not fit (use e.g. --image-size 224 --resize 256)")
+        if self.pre_scheme not in ("penalty", "opp"):
+            raise UserError(f"pre_scheme must be 'penalty' or 'opp', got {self.pre_scheme!r}")
+        if self.kernorth_rule not in ("c_in", "fan_in"):
+            raise UserError(f"kernorth_rule must be 'c_in' (the reference's) or 'fan_in', got {self.kernorth_rule!r}")
         if self.jsv_bn not in ("eval", "batch"):
             raise UserError(f"jsv-bn must be 'eval' or 'batch', got {self.jsv_bn!r}")
         if self.base is not None and not Path(self.base).exists():
@@ -404,28 +412,41 @@ def base_model(config: PruneConfig, data: RunData, out: Path, log):
     return model
 
 
-def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log):
-    """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end."""
+def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log, *, penalty: str | None = None):
+    """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end.
+
+    ``penalty``: the reference's ``opp_scheme`` v2 / v1 loop instead ("X + L1" with ``pre_scheme="opp"``):
+    the same L2 ramp, BatchNorm L2 and zero-out on the L1-chosen filters, with TPP's Gram term replaced by
+    ``lw_opp`` (constant) times the penalty ``penalty`` over every layer.
+    """
     from isotpp.groups import channel_groups
+    from isotpp.methods import penalty_fn
     from isotpp.models import layer_names
     from isotpp.tpp import TPPConfig, targets_for, tpp
     from isotpp.train import reference_sgd
 
-    cfg = TPPConfig(lw_opp=config.lw_opp, reg_granularity=config.reg_granularity,
+    extra = {}
+    if penalty is not None:
+        extra = {"penalties": {penalty: penalty_fn(penalty, _kernel_names(base), rule=config.kernorth_rule)},
+                 "weights": {penalty: config.lw_opp}}
+    cfg = TPPConfig(lw_opp=0.0 if penalty else config.lw_opp, reg_granularity=config.reg_granularity,
                     update_reg_interval=config.update_reg_interval, stabilize_iters=config.stabilize_reg_interval,
                     zero_out_interval=config.zero_out_interval)
     targets = targets_for(plan, channel_groups(base), layer_names(base), cfg)
     tx = tpp(reference_sgd(config.tpp_lr, config.wd, config.momentum), plan, targets, cfg)
     steps = data.steps_per_epoch(config.batch_size)
-    log(f"TPP: {cfg.total_iters} iterations (reg to {cfg.reg_cap} by {cfg.update_iters}, then "
+    log(f"{f'{penalty}+L1 (opp loop)' if penalty else 'TPP'}: {cfg.total_iters} iterations (reg to {cfg.reg_cap} "
+        f"by {cfg.update_iters}, then "
         f"{cfg.stabilize_iters} of stabilising)")
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(cfg.total_iters / steps),
-                        lr_schedule=None, seed=config.seed + 1, max_steps=cfg.total_iters, plan=plan, method="TPP")
+                        lr_schedule=None, seed=config.seed + 1, max_steps=cfg.total_iters, plan=plan,
+                        method=f"{penalty}+L1" if penalty else "TPP", **extra)
     return trainer.host_model()
 
 
 def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path, log):
-    """"X + L1": train with penalty X for ``pre_iters`` iterations before L1 chooses the filters."""
+    """"X + L1": train with penalty X (weight ``lw_opp``, constant) for ``pre_iters`` iterations before L1
+    chooses the filters."""
     from isotpp.methods import penalty_fn
     from isotpp.train import reference_sgd
 
@@ -434,8 +455,8 @@ def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path
     tx = reference_sgd(config.pre_lr, config.wd, config.momentum)
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(config.pre_iters / steps),
                         lr_schedule=None, seed=config.seed + 1, max_steps=config.pre_iters,
-                        penalties={kind: penalty_fn(kind, _kernel_names(base))},
-                        weights={kind: config.penalty_weight}, method=f"{kind}+L1")
+                        penalties={kind: penalty_fn(kind, _kernel_names(base), rule=config.kernorth_rule)},
+                        weights={kind: config.lw_opp}, method=f"{kind}+L1")
     return trainer.host_model()
 
 
@@ -452,10 +473,11 @@ def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
         return model, header["meta"]
     method = get_method(config.method)
     skip = list(config.skip)
-    if method.pre == "tpp":
+    if method.pre == "tpp" or (method.pre and config.pre_scheme == "opp"):
         plan = Plan.load(out / "plan.json") if (out / "plan.json").exists() else l1_plan(base, config.ratios, skip)
         plan.save(out / "plan.json")
-        small = hard_prune(tpp_phase(config, data, base, plan, out, log), plan)
+        penalty = None if method.pre == "tpp" else method.pre
+        small = hard_prune(tpp_phase(config, data, base, plan, out, log, penalty=penalty), plan)
     else:
         start = penalty_phase(config, data, base, method.pre, out, log) if method.pre else base
         plan = l1_plan(start, config.ratios, skip)
@@ -502,27 +524,75 @@ def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
                   seed=config.seed + 2, penalties=penalties, weights=weights, hooks=[hook], method=method.name)
 
 
+# Settings that may change between the calls that finish one run (they do not change its results).
+REUSABLE = ("data_dir", "out", "shared", "progress", "workers", "checkpoint_every")
+RETRAINING = ("epochs", "lr_schedule")  # what runs sharing their earlier stages (``shared``) may differ in
+RESUME_HINT = "run the same command again to continue"
+
+
+def check_inputs(config: PruneConfig, data: RunData) -> None:
+    """Refuse ratio or skip patterns that match no layer of the model, and an isotpp base model file of
+    another architecture, before anything is trained or written."""
+    from isotpp.checkpoint import read_header
+    from isotpp.cost import widths_after
+    from isotpp.models import BuildConfig
+
+    abstract = BuildConfig(config.model, data.num_classes, tuple(data.input_shape)).create(abstract=True)
+    widths_after(abstract, config.ratios, config.skip)
+    if config.base is not None and not str(config.base).endswith((".pth", ".pt")):
+        arch = (read_header(config.base).get("build") or {}).get("arch")
+        if arch != config.model:
+            raise UserError(f"--base holds a {arch}, not a {config.model}: pass --model {arch} or another --base")
+
+
 def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
-    """Run (or finish) one pruning run in ``config.out``; returns the summary (also summary.json)."""
+    """Run (or finish) one pruning run in ``config.out``; returns the summary (also summary.json).
+
+    Everything is checked (settings, the run directory, the data, the
+    patterns against the model) before anything is written; ``config.out``
+    (and ``config.shared``) are locked for the run, and a directory that
+    holds a run with other settings is refused. SIGTERM stops the run at the
+    next step or stage boundary with :class:`~isotpp.preemption.Preempted`;
+    calling again with the same config finishes it.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.rundir import check_path, open_run
+
+    config = config.validate()
+    out = check_path(config.out)
+    shared = check_path(config.shared, "shared directory") if config.shared else out
+    settings = config.to_dict()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_stops(RESUME_HINT))
+        runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE))]
+        if shared.absolute() != out.absolute():
+            runs.append(stack.enter_context(open_run(
+                shared, {k: v for k, v in settings.items() if k not in RETRAINING},
+                kind="set of shared pruning stages", reusable=REUSABLE)))
+        if (out / "summary.json").exists():
+            return read_json(out / "summary.json")
+        data = load_data(config)
+        check_inputs(config, data)
+        for run in runs:
+            run.record()
+        return _run_stages(config, data, out, shared, log)
+
+
+def _run_stages(config: PruneConfig, data: RunData, out: Path, shared: Path, log) -> dict[str, Any]:
     from isotpp import parallel
     from isotpp.checkpoint import save_model
     from isotpp.cost import widths_cost
-    from isotpp.io import read_json, write_json
     from isotpp.models import widths_of
+    from isotpp.preemption import check
 
-    config = config.validate()
-    out = Path(config.out)
-    shared = Path(config.shared) if config.shared else out
-    if (out / "summary.json").exists():
-        return read_json(out / "summary.json")
     t0 = time.time()
-    data = load_data(config)
     main = parallel.is_main_process()
-    if main:
-        write_json(out / "config.json", config.to_dict())
+    kept = f"finished stages are kept in {shared}"
     base = base_model(config, data, shared, log)
+    check(kept)
     base_acc = evaluate(base, data)
     small, meta = pruned_model(config, data, base, shared, log)
+    check(kept)
     trainer, history = retrain(config, data, small, out, log)
     final = trainer.host_model()
     cost = widths_cost(base, widths_of(small))
@@ -537,7 +607,7 @@ def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
         "flops": cost.flops, "flops_pruned": cost.flops_pruned, "speedup": cost.speedup,
         "wall_s": time.time() - t0,
     }
-    if main:
+    if main:  # summary.json last: it marks the run finished
         save_model(out / "final.npz", final, {"stage": "final", **{k: summary[k] for k in ("method", "best_acc")}})
         write_json(out / "summary.json", summary)
     return summary

@@ -20,6 +20,11 @@ One update does, in the reference's order (REFERENCE §3):
 6. after ``stabilize_iters`` iterations of stabilising, the phase is *done* and
    the caller removes the filters physically (:func:`isotpp.plan.hard_prune`).
 
+``weight_reg=False`` (the reference's ``--no_weight_reg``) drops the L2 on the
+pruned filters' kernels and biases, ``bn_reg=False`` (``--no_bn_reg``) the one
+on their BatchNorm scale and bias; the zero-out covers all of them either way,
+as in the reference.
+
 Difference from the reference: its zero-out leaves the biases of pruned dense
 filters untouched (they have decayed to ~0 by then under reg = 1); here they
 are zeroed too, so the soft-pruned network equals the hard-pruned one exactly.
@@ -86,13 +91,14 @@ class Target:
     group: str
     kernels: tuple[str, ...]  # producer kernels (Gram penalty)
     order: int  # forward index among all conv/dense layers (zero-out schedule)
-    slots: tuple[tuple[str, int, int], ...]  # (variable, axis, interleave) for L2 and zero-out
+    slots: tuple[tuple[str, int, int], ...]  # (variable, axis, interleave) zeroed out: kernel, bias, BN
+    reg_slots: tuple[tuple[str, int, int], ...] = ()  # those under the L2 (weight_reg, bn_reg)
 
 
 def targets_for(plan: Plan, groups: Sequence[Group], layer_order: Sequence[str], config: TPPConfig) -> tuple[Target, ...]:
-    """The TPP targets of a plan: each pruned group's kernels and regularised slots."""
+    """The TPP targets of a plan: each pruned group's kernels, zeroed-out and regularised slots."""
     index = {name: i for i, name in enumerate(layer_order)}
-    roles = ["out"] + (["bias"] if config.weight_reg else []) + (["bn"] if config.bn_reg else [])
+    reg_roles = (["out", "bias"] if config.weight_reg else []) + (["bn"] if config.bn_reg else [])
     out = []
     for g in groups:
         if plan.pruned.get(g.name):
@@ -100,7 +106,8 @@ def targets_for(plan: Plan, groups: Sequence[Group], layer_order: Sequence[str],
                 g.name,
                 tuple(s.param for s in g.slots_with("out")),
                 min(index[layer] for layer in g.layers),
-                tuple((s.param, s.axis, s.interleave) for s in g.slots_with(*roles)),
+                tuple((s.param, s.axis, s.interleave) for s in g.slots_with("out", "bias", "bn")),
+                tuple((s.param, s.axis, s.interleave) for s in g.slots_with(*reg_roles)),
             ))
     return tuple(out)
 
@@ -135,7 +142,7 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         )
 
     def slot_masks(params, pruned, due=None):
-        """{variable: mask of the pruned entries} (optionally only for layers due for zero-out)."""
+        """{variable: mask of the pruned entries}: of the L2, or (with ``due``) of the layers due for zero-out."""
         shapes = {}
         map_named(lambda n, x: shapes.__setitem__(n, x.shape), params)
         masks = {}
@@ -143,7 +150,7 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
             m = pruned[t.group]
             if due is not None:
                 m = m * due[t.group]
-            for name, axis, interleave in t.slots:
+            for name, axis, interleave in (t.reg_slots if due is None else t.slots):
                 b = _broadcast(m, shapes[name], axis, interleave)
                 masks[name] = jnp.maximum(masks[name], b) if name in masks else b
         return masks

@@ -294,6 +294,28 @@ def test_resnet50_table2_speedups():
         assert (pub["flops_g"], pub["flops_pruned_g"]) == (8.178, flops_pruned_g)
 
 
+def test_resnet34_table2_config_gives_the_published_1_32x():
+    """The ResNet-34 config's one setting (Li et al.'s pruned-B) gives the paper's 1.32x, exactly and with
+    the paper's rounding, pruning only the 8 non-skipped first convs of the basic blocks."""
+    from isotpp.tables import load_spec
+
+    spec = load_spec("table2_resnet34")
+    assert [label for label, _ in spec.ratios] == ["1.32x"]
+    model = _abstract("resnet34")
+    pc = ratios_cost(model, spec.ratios[0][1])
+    pub = pc.as_published()
+    assert round(pc.speedup, 2) == 1.32 and round(pub["speedup"], 2) == 1.32
+    assert pc.layers == {
+        "layer1.1.conv1": (64, 32), "layer1.2.conv1": (64, 32), "layer2.1.conv1": (128, 51),
+        "layer2.2.conv1": (128, 51), **{f"layer3.{i}.conv1": (256, 153) for i in range(1, 5)},
+    }
+    # multiply-adds by hand: a basic block's conv1 (c_in→k) and conv2 (k→c_out) are both 3×3 at the stage's
+    # output size s×s, so removing d of conv1's filters saves 9·s²·d·(c_in + c_out)
+    saved = 2 * 9 * 56**2 * 32 * (64 + 64) + 2 * 9 * 28**2 * 77 * (128 + 128) + 4 * 9 * 14**2 * 103 * (256 + 256)
+    assert pc.flops - pc.flops_pruned == saved
+    assert pc.flops == 3_663_761_408
+
+
 def test_vgg19_skip_first_conv():
     model = _abstract("vgg19")
     pc = ratios_cost(model, "*features*:0.5", skip=("*features.0",))

@@ -530,3 +530,29 @@ def test_mlp_dense_kernels_and_spec_kwargs():
     assert model_spec("mlp", input_dim=1024).input_shape == (32, 32, 1)
     with pytest.raises(UserError, match="does not take"):
         model_spec("resnet20", input_dim=64)
+
+
+def test_float64_model_is_float64_throughout_batchnorm_statistics_too():
+    """create_model(param_dtype=float64): every variable float64, BN running statistics included, and a
+    train-mode BN update stays float64 (no dtype-promotion warning) and equals the float64 batch mean."""
+    import warnings
+
+    from isotpp.groups import flat_arrays
+
+    with jax.enable_x64(True):
+        m = create_model("resnet20", widths={n: 4 for n in layer_names(create_model("resnet20"))[:-1]},
+                         param_dtype=jnp.float64, seed=0)
+        dtypes = {k: v.dtype for k, v in flat_arrays(nnx.state(m)).items() if jnp.issubdtype(v.dtype, jnp.floating)}
+        assert set(dtypes.values()) == {jnp.dtype(jnp.float64)}, dtypes
+        assert {"bn1.mean", "bn1.var"} <= set(dtypes)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8, 8, 3)) * 1e-3 + 1.0, jnp.float64)
+        h = np.asarray(m.conv1(x))
+        m.train()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            m(x)
+        mean, var = m.bn1.mean[...], m.bn1.var[...]
+        assert mean.dtype == jnp.float64 and var.dtype == jnp.float64
+        # Flax momentum 0.9 from mean 0 / var 1: 0.1 of the batch statistics (biased variance)
+        np.testing.assert_allclose(np.asarray(mean), 0.1 * h.mean(axis=(0, 1, 2)), rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(np.asarray(var), 0.9 + 0.1 * h.var(axis=(0, 1, 2)), rtol=1e-12)

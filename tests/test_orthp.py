@@ -21,11 +21,19 @@ def _kernel(shape, seed=0, dtype=np.float32):
     return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
+def _torch_rows(kernel):
+    """W (filters, fan_in) in float64 with the fan-in in PyTorch's order (c_in, kh, kw), built entry by entry."""
+    k = np.asarray(kernel, np.float64)
+    if k.ndim == 2:
+        return k.T.copy()
+    kh, kw, c_in, n = k.shape
+    return np.array([[k[u, v, c, i] for c in range(c_in) for u in range(kh) for v in range(kw)] for i in range(n)])
+
+
 def _tall(kernel):
     """The (transposed if needed) filter matrix that OrthP factorises, float64:
-    W (filters, fan_in), transposed when it has fewer rows than columns."""
-    k = np.asarray(kernel, np.float64)
-    w = np.stack([k[..., i].ravel() for i in range(k.shape[-1])])
+    W (filters, fan_in) in PyTorch's order, transposed when it has fewer rows than columns."""
+    w = _torch_rows(kernel)
     return (w.T, True) if w.shape[0] < w.shape[1] else (w, False)
 
 
@@ -40,8 +48,10 @@ def _gram_schmidt(a):
     return q
 
 
-# Dense (fan_in, n): (3, 5) has more filters than inputs, (5, 3) fewer; conv (kh, kw, c_in, n).
-SHAPES = [(3, 5), (5, 3), (4, 4), (3, 3, 2, 4), (1, 1, 6, 3), (3, 3, 1, 12)]
+# Dense (fan_in, n): (3, 5) has more filters than inputs, (5, 3) fewer; conv (kh, kw, c_in, n);
+# (2, 3, 2, 14) and (3, 3, 3, 32): non-square / square convs with more filters than fan-in and c_in > 1, where
+# the fan-in order changes Q.
+SHAPES = [(3, 5), (5, 3), (4, 4), (3, 3, 2, 4), (1, 1, 6, 3), (3, 3, 1, 12), (2, 3, 2, 14), (3, 3, 3, 32)]
 
 
 @pytest.mark.parametrize("gain", [1.0, math.sqrt(2.0)])
@@ -93,6 +103,56 @@ def test_orthogonalize_dense_by_hand():
     k = np.array([[3.0, 4.0], [0.0, 5.0]], np.float32)
     np.testing.assert_allclose(orthogonalize(k), [[0.6, 0.8], [-0.8, 0.6]], atol=1e-6)
     np.testing.assert_allclose(orthogonalize(k, 2.0), [[1.2, 1.6], [-1.6, 1.2]], atol=1e-6)
+
+
+def _conv_from_torch_rows(w, kh, kw, c_in):
+    """Inverse of :func:`_torch_rows` for a conv: kernel[u, v, c, i] = w[i, (c·kh + u)·kw + v]."""
+    n = w.shape[0]
+    k = np.zeros((kh, kw, c_in, n))
+    for i in range(n):
+        for c in range(c_in):
+            for u in range(kh):
+                for v in range(kw):
+                    k[u, v, c, i] = w[i, (c * kh + u) * kw + v]
+    return k
+
+
+def test_orthogonalize_conv_in_torch_fan_in_order_by_hand():
+    """A 1×2 conv, c_in 2, 5 filters (more filters than fan-in 4: no transpose, so the order matters).
+
+    In PyTorch's order the filter matrix is W = [D; 0] with D upper triangular, diag (2, −3, 1, 4):
+    its QR with a positive diagonal of R is Q = [diag(1, −1, 1, 1); 0]: OrthP maps W to that Q
+    (−1 where D's diagonal is negative, the extra filter stays 0). Flattening in Flax's order
+    (kh, kw, c_in) would permute the columns of W and give a different Q.
+    """
+    w = np.array([[2.0, 1.0, 5.0, -1.0],
+                  [0.0, -3.0, 1.0, 2.0],
+                  [0.0, 0.0, 1.0, 1.0],
+                  [0.0, 0.0, 0.0, 4.0],
+                  [0.0, 0.0, 0.0, 0.0]])  # fmt: skip
+    k = _conv_from_torch_rows(w, 1, 2, 2)
+    np.testing.assert_array_equal(_torch_rows(k), w)
+    expected = np.zeros((5, 4))
+    expected[[0, 1, 2, 3], [0, 1, 2, 3]] = [1.0, -1.0, 1.0, 1.0]
+    out = orthogonalize(k)
+    np.testing.assert_allclose(_torch_rows(out), expected, atol=1e-12)
+    np.testing.assert_allclose(_torch_rows(orthogonalize(k, 3.0)), 3.0 * expected, atol=1e-12)
+    # the Flax-order flattening (the former behaviour) is a different orthogonal matrix
+    flax_w = k.reshape(-1, 5).T
+    q, r = np.linalg.qr(flax_w)
+    flax_q = q * np.sign(np.diag(r))[None, :]
+    assert np.abs(flax_q - out.reshape(-1, 5).T).max() > 0.5
+
+
+def test_orthogonalize_sign_of_a_zero_diagonal_is_zero_like_the_reference():
+    """Dense W (3 filters × 2 fan-in) = [[1, 0], [0, 0], [0, 0]]: R = [[±1, 0], [0, 0]], sign(0) = 0 zeroes
+    Q's second column (torch.sign(0) = 0 in the reference): OrthP(W) = W. With ``zero_sign=1`` the column
+    is kept, a unit vector orthogonal to e₁."""
+    k = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # (fan_in 2, n 3) = Wᵀ
+    np.testing.assert_array_equal(orthogonalize(k), k)
+    kept = orthogonalize(k, zero_sign=1.0).T  # (3, 2)
+    np.testing.assert_allclose(kept[:, 0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(kept.T @ kept, np.eye(2), atol=1e-12)
 
 
 # --------------------------------------------------------------------------

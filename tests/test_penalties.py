@@ -282,3 +282,204 @@ def test_kernorth_of_a_wide_layer_never_forms_the_large_gram_but_equals_it():
     np.testing.assert_allclose(float(pen.kernorth_penalty(kernel)), float(explicit(kernel)), rtol=1e-4)
     np.testing.assert_allclose(np.asarray(jax.grad(pen.kernorth_penalty)(kernel)), np.asarray(jax.grad(explicit)(kernel)),
                                rtol=1e-3, atol=1e-8)
+
+
+# --------------------------------------------------------------------------
+# The reference's functions (REFERENCE §3): torch_filters, orth_dist,
+# orth_regularization, deconv_orth_dist, and the four baseline paths
+# --------------------------------------------------------------------------
+
+
+def _torch_weight(kernel):
+    """The PyTorch weight (n, c_in, kh, kw) or (n, fan_in) of a Flax kernel, float64."""
+    k = np.asarray(kernel, np.float64)
+    return k.T.copy() if k.ndim == 2 else np.transpose(k, (3, 2, 0, 1))
+
+
+def _torch_w(kernel):
+    """The reference's ``w.view(n, -1)`` of a Flax kernel, float64."""
+    w = _torch_weight(kernel)
+    return w.reshape(w.shape[0], -1)
+
+
+def _orth_dist_np(weight):
+    mat = weight.reshape(weight.shape[0], -1)
+    if mat.shape[0] < mat.shape[1]:
+        mat = mat.T
+    return np.linalg.norm(mat.T @ mat - np.eye(mat.shape[1]))
+
+
+def _orth_regularization_np(weight, transpose=True):
+    w_ = weight.reshape(weight.shape[0], -1)
+    if transpose and w_.shape[0] < weight.shape[1]:  # the reference compares with w.size(1): c_in for a conv
+        w_ = w_.T
+    return np.mean((w_ @ w_.T - np.eye(w_.shape[0])) ** 2)
+
+
+def _deconv_orth_dist_np(weight):
+    out = _torch_conv2d(weight, weight, 2, 1)
+    target = np.zeros_like(out)
+    ct = out.shape[-1] // 2
+    target[:, :, ct, ct] = np.eye(weight.shape[0])
+    return np.linalg.norm(out - target)
+
+
+def test_torch_filters_is_the_pytorch_view_and_round_trips():
+    k = _kernel((2, 3, 4, 5), seed=30)  # (kh, kw, c_in, n): entry [i, (c·kh + u)·kw + v] is k[u, v, c, i]
+    w = np.asarray(pen.torch_filters(k))
+    for u, v, c, i in [(0, 0, 0, 0), (1, 2, 3, 4), (0, 2, 1, 3), (1, 0, 2, 1)]:
+        assert w[i, (c * 2 + u) * 3 + v] == k[u, v, c, i]
+    for shape in [(3, 4), (2, 3, 2, 5), (3, 3, 4, 2)]:
+        k = _kernel(shape, seed=31)
+        w = np.asarray(pen.torch_filters(k))
+        np.testing.assert_array_equal(w, _torch_w(k).astype(np.float32))
+        np.testing.assert_array_equal(np.asarray(pen.from_torch_filters(w, shape)), k)
+        np.testing.assert_array_equal(np.asarray(pen.torch_filters(jnp.asarray(k))), w)
+
+
+def test_orth_dist_by_hand_is_a_norm_of_the_smaller_gram():
+    # wide W (2 × 3) = [[1,1,0],[0,1,0]] → M = Wᵀ, MᵀM = W Wᵀ = [[2,1],[1,1]], minus I → [[1,1],[1,0]] → √3
+    w = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    np.testing.assert_allclose(float(pen.orth_dist(jnp.asarray(w.T))), np.sqrt(3.0), rtol=1e-6)
+    # tall W (3 × 2) = [[2,0],[0,1],[0,0]] → WᵀW − I = diag(3, 0) → 3 (not 9: not squared; not 9/4: not averaged)
+    w = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(float(pen.orth_dist(jnp.asarray(w.T))), 3.0, rtol=1e-6)
+    # a non-square conv (1×2, c_in 2, 5 filters ≥ fan-in 4): M = W (5×4) tall, WᵀW = diag(1, 4, 1, 1) → 3
+    w = np.zeros((5, 4))
+    w[0, 0], w[1, 1], w[2, 2], w[3, 3] = 1.0, 2.0, 1.0, -1.0
+    k = np.transpose(w.reshape(5, 2, 1, 2), (2, 3, 1, 0))  # (kh 1, kw 2, c_in 2, n 5)
+    np.testing.assert_array_equal(_torch_w(k), w)
+    np.testing.assert_allclose(float(pen.orth_dist(jnp.asarray(k))), 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 6), (1, 1, 4, 7), (2, 3, 2, 14)])
+def test_orth_dist_value_and_gradient_match_numpy(shape):
+    k = _kernel(shape, seed=33)
+    m = _torch_w(k)
+    value, grad = jax.value_and_grad(pen.orth_dist)(jnp.asarray(k))
+    np.testing.assert_allclose(float(value), _orth_dist_np(_torch_weight(k)), rtol=1e-5)
+    # d‖D‖/dM with D = MᵀM − I (M tall) is 2 M D / ‖D‖; for a wide W, M = Wᵀ
+    tall = m if m.shape[0] >= m.shape[1] else m.T
+    d = tall.T @ tall - np.eye(tall.shape[1])
+    g = 2.0 * tall @ d / np.linalg.norm(d)
+    g_w = g if m.shape[0] >= m.shape[1] else g.T
+    expected = np.asarray(pen.from_torch_filters(g_w, shape))
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_orth_dist_has_gradient_zero_at_an_exactly_orthogonal_kernel():
+    value, grad = jax.value_and_grad(pen.orth_dist)(jnp.eye(3, 2))
+    assert float(value) == 0.0
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+
+
+def test_orth_regularization_reference_rule_compares_filters_with_input_channels_by_hand():
+    # conv 1×2, c_in 2, n 3: fan-in 4. W (torch order) = [[1,0,0,0],[0,1,1,0],[0,0,0,2]].
+    # The reference: 3 < c_in 2 is false → no transpose: W Wᵀ = diag(1, 2, 4), minus I → diag(0, 1, 3): 10/9.
+    # The fan-in rule: 3 < 4 → transposed: WᵀW − I = [[0,0,0,0],[0,0,1,0],[0,1,0,0],[0,0,0,3]]: 11/16.
+    w = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 2.0]])
+    k = jnp.asarray(np.transpose(w.reshape(3, 2, 1, 2), (2, 3, 1, 0)))
+    np.testing.assert_allclose(float(pen.orth_regularization(k)), 10.0 / 9.0, rtol=1e-6)
+    np.testing.assert_allclose(float(pen.orth_regularization(k, rule="fan_in")), 11.0 / 16.0, rtol=1e-6)
+    np.testing.assert_allclose(float(pen.kernorth_penalty(k)), 11.0 / 16.0, rtol=1e-6)
+    np.testing.assert_allclose(float(pen.orth_regularization(k, transpose=False, rule="fan_in")), 10.0 / 9.0,
+                               rtol=1e-6)
+    # c_in 4, n 3 (a 1×1 conv, c_in = fan-in): both rules transpose
+    k1 = jnp.asarray(w.T.reshape(1, 1, 4, 3))
+    np.testing.assert_allclose(float(pen.orth_regularization(k1)), 11.0 / 16.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="rule"):
+        pen.orth_regularization(k, rule="n")
+
+
+@pytest.mark.parametrize("shape,transpose", [((3, 6), True), ((1, 1, 7, 4), True), ((3, 3, 2, 4), True),
+                                             ((3, 3, 8, 4), True), ((2, 3, 2, 14), True), ((3, 3, 8, 4), False)])
+def test_orth_regularization_matches_the_reference_in_numpy(shape, transpose):
+    k = _kernel(shape, seed=35) * 0.3
+    value, grad = jax.value_and_grad(lambda x: pen.orth_regularization(x, transpose))(jnp.asarray(k))
+    np.testing.assert_allclose(float(value), _orth_regularization_np(_torch_weight(k), transpose), rtol=1e-5)
+    # gradient: dmean((AAᵀ−I)²)/dA = 4 (AAᵀ − I) A / m², A = W or Wᵀ as transposed
+    w = _torch_w(k)
+    a = w.T if transpose and w.shape[0] < _torch_weight(k).shape[1] else w
+    m = a.shape[0]
+    g = 4.0 * (a @ a.T - np.eye(m)) @ a / m**2
+    g_w = g.T if a is not w else g
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(pen.from_torch_filters(g_w, shape)), rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_deconv_orth_dist_by_hand():
+    # one 3×3 filter of ones: padded by 1 to 5×5, stride 2 → four taps (0,0), (0,2), (2,0), (2,2), each the
+    # kernel's overlap with itself shifted by one row and one column: 2×2 = 4 ones. The target puts 1 at the
+    # tap (1, 1): ‖[[4, 4], [4, 4 − 1]]‖ = √(3·16 + 9) = √57 (the aligned inner product, 9, never appears).
+    np.testing.assert_allclose(float(pen.deconv_orth_dist(jnp.ones((3, 3, 1, 1)))), np.sqrt(57.0), rtol=1e-6)
+    # a non-square 1×2 conv with more filters (3) than fan-in (2): kernel height 1, so stride 2 only visits the
+    # padding rows 0 and 2: the self-convolution is 0 whatever the weights, the distance √n, its gradient 0
+    k = jnp.asarray(_kernel((1, 2, 1, 3), seed=36))
+    value, grad = jax.value_and_grad(pen.deconv_orth_dist)(k)
+    np.testing.assert_allclose(float(value), np.sqrt(3.0), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 5, 3), (2, 3, 2, 5)])
+def test_deconv_orth_dist_matches_the_reference_in_numpy(shape):
+    k = _kernel(shape, seed=37)
+    np.testing.assert_allclose(float(pen.deconv_orth_dist(jnp.asarray(k))), _deconv_orth_dist_np(_torch_weight(k)),
+                               rtol=1e-5)
+
+
+# A small "network" in forward order: a 3×3 stem with fewer filters than fan-in, a non-square conv with
+# more filters than fan-in, a 1×1 conv, a 3×3 conv with c_in ≤ n < fan-in, and two dense layers.
+NET = {"stem": (3, 3, 3, 8), "a": (1, 3, 8, 30), "b": (1, 1, 30, 12), "c": (3, 3, 12, 16), "fc1": (16, 20),
+       "fc2": (20, 10)}
+
+
+def _reference_path_np(kind, kernels):
+    """The reference's four sums, in numpy on PyTorch-layout weights, as main.py / opp_pruner.py write them."""
+    total = 0.0
+    for i, (name, k) in enumerate(kernels.items()):
+        w = _torch_weight(k)
+        pointwise = w.ndim == 2 or w.shape[-1] == 1
+        if kind == "kernorth":  # main.py, orth_reg_method CVPR17
+            total += _orth_dist_np(w)
+        elif kind == "orthconv":  # main.py, orth_reg_method CVPR20: cnt != 0
+            if i != 0:
+                total += _orth_dist_np(w) if pointwise else _deconv_orth_dist_np(w)
+        elif kind == "kernorth_v2":  # opp_pruner.py, opp_scheme v2 (transpose=True)
+            total += _orth_regularization_np(w, True)
+        elif kind == "orthconv_v1":  # opp_pruner.py, opp_scheme v1
+            total += _orth_regularization_np(w) if pointwise else _deconv_orth_dist_np(w)
+    return total
+
+
+@pytest.mark.parametrize("kind", ["kernorth", "orthconv", "kernorth_v2", "orthconv_v1"])
+def test_each_baseline_path_matches_the_reference_sum_in_float64(kind):
+    from isotpp.methods import penalty_fn
+
+    rng = np.random.default_rng(41)
+    kernels = {n: rng.normal(size=s) / np.sqrt(np.prod(s[:-1])) for n, s in NET.items()}
+    params = {n: {"kernel": jnp.asarray(k, jnp.float32)} for n, k in kernels.items()}
+    got = float(penalty_fn(kind, [f"{n}.kernel" for n in NET])(params))
+    np.testing.assert_allclose(got, _reference_path_np(kind, kernels), rtol=2e-5)
+
+
+def test_the_baseline_paths_differ_where_the_reference_does():
+    """L1+KernOrth is a sum of norms, KernOrth+L1 a sum of means of squares (smaller by orders of magnitude on a
+    large layer); L1+OrthConv skips the first layer, OrthConv+L1 does not."""
+    from isotpp.methods import penalty_fn
+
+    names = [f"{n}.kernel" for n in NET]
+    rng = np.random.default_rng(43)
+    params = {n: {"kernel": jnp.asarray(rng.normal(size=s) / np.sqrt(np.prod(s[:-1])))} for n, s in NET.items()}
+    only_stem = {n: {"kernel": p["kernel"] * (1.0 if n == "stem" else 0.0)} for n, p in params.items()}
+    stem = params["stem"]["kernel"]
+    # with every other kernel zero, each zero layer contributes its constant (identity term)
+    zero_terms_cvpr20 = sum(float(pen.orthconv_penalty(jnp.zeros(s))) for n, s in NET.items() if n != "stem")
+    np.testing.assert_allclose(float(penalty_fn("orthconv", names)(only_stem)), zero_terms_cvpr20, rtol=1e-5)
+    zero_terms_v1 = sum(float(pen.orth_regularization(jnp.zeros(s)) if len(s) == 2 or s[1] == 1
+                              else pen.deconv_orth_dist(jnp.zeros(s))) for n, s in NET.items() if n != "stem")
+    np.testing.assert_allclose(float(penalty_fn("orthconv_v1", names)(only_stem)),
+                               float(pen.deconv_orth_dist(stem)) + zero_terms_v1, rtol=1e-5)
+    # per layer: the gradient of the norm form is far larger than that of the mean-of-squares form
+    g17 = jax.grad(pen.orth_dist)(params["c"]["kernel"])
+    g_v2 = jax.grad(pen.orth_regularization)(params["c"]["kernel"])
+    assert float(jnp.linalg.norm(g17)) > 20 * float(jnp.linalg.norm(g_v2))

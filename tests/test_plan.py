@@ -199,6 +199,7 @@ def test_resolve_ratios_refuses_selecting_nothing(ratios, skip):
 @pytest.mark.parametrize("ratio,n,k", [
     (0.8, 100, 80), (0.7, 10, 7), (0.3, 10, 3), (0.1, 10, 1), (0.99, 5, 4), (0.0, 7, 0),
     (0.5, 3, 2), (0.01, 10, 1), (0.5, 1, 0), (0.9, 2, 1), (0.95, 16, 15), (0.9, 64, 58),
+    (0.07, 100, 7),  # 0.07 · 100 = 7.000000000000001 in IEEE doubles: a plain ceil would give 8
 ])  # fmt: skip
 def test_n_pruned(ratio, n, k):
     assert n_pruned(ratio, n) == k

@@ -89,9 +89,27 @@ def test_x_plus_l1_trains_with_the_penalty_before_choosing(base_file, tmp_path):
     base_path, _, _ = base_file
     _, out = _run(tmp_path, "KernOrth+L1", base=str(base_path), pre_iters=5)
     config = read_json(out / "pre" / "config.json")
-    assert config["train"]["penalty_weights"] == {"kernorth": 0.1} and config["train"]["method"] == "kernorth+L1"
+    # KernOrth+L1 is the reference's opp_scheme v2: weight lw_opp (1000, constant), not lw_orth_reg
+    assert config["train"]["penalty_weights"] == {"kernorth_v2": 1000.0}
+    assert config["train"]["method"] == "kernorth_v2+L1"
     lines = [json.loads(line) for line in (out / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert max(line.get("step", 0) for line in lines) == 5
+
+
+def test_x_plus_l1_in_the_reference_opp_loop(base_file, tmp_path):
+    """pre_scheme="opp": the reference's opp_scheme v1 loop — TPP's schedule (L2 ramp, zero-out) on the
+    L1-chosen filters, the Gram term replaced by lw_opp · OrthConv over every layer."""
+    base_path, _, _ = base_file
+    _, out = _run(tmp_path, "OrthConv+L1", base=str(base_path), pre_scheme="opp", lw_opp=10.0,
+                  update_reg_interval=1, reg_granularity=0.5, stabilize_reg_interval=20, zero_out_interval=1)
+    config = read_json(out / "pre" / "config.json")
+    assert config["train"]["penalty_weights"] == {"orthconv_v1": 10.0}
+    assert config["train"]["method"] == "orthconv_v1+L1"
+    lines = [json.loads(line) for line in (out / "pre" / "metrics.jsonl").read_text().splitlines()]
+    assert max(line.get("step", 0) for line in lines) == 2 + 20 + 1  # TPPConfig.total_iters (every layer zeroed by then)
+    plan = Plan.load(out / "plan.json")
+    pruned, _ = load_model(out / "pruned.npz")
+    assert widths_of(pruned)["layer1.0.conv1"] == plan.sizes["layer1.0.conv1"] - len(plan.pruned["layer1.0.conv1"])
 
 
 def test_retraining_penalty_is_in_the_retraining_loss(base_file, tmp_path):

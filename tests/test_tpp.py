@@ -99,6 +99,39 @@ def test_one_update_by_hand():
     assert float(state.gram_penalty) == pytest.approx(total_gram, rel=1e-4)
 
 
+@pytest.mark.parametrize("weight_reg", [True, False])
+def test_weight_reg_false_drops_the_kernel_and_bias_l2_and_still_zeroes_them(weight_reg):
+    """The reference's --no_weight_reg: no reg·w on the pruned kernels nor their biases (the Gram penalty
+    stays); the zero-out still zeroes both at the end."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, weight_reg=weight_reg)
+    model, plan = _mlp()
+    params, tx = _setup(model, plan, cfg)
+    state = tx.init(params)
+    for _ in range(5):
+        _, state = tx.update(_zero_grads(params), state, params)
+    updates, state = tx.update(_zero_grads(params), state, params)
+    p, u = flat_arrays(params), flat_arrays(updates)
+    reg, l2 = 0.2, float(weight_reg)
+    for layer, pruned in (("net.0", (1, 4)), ("net.2", (0,))):
+        mask = np.zeros(6)
+        mask[list(pruned)] = 1
+        gk, _ = _gram_grad_by_hand(p[f"{layer}.kernel"], mask)
+        exp_k = 1000 * reg * gk + l2 * reg * mask[None, :] * np.asarray(p[f"{layer}.kernel"])
+        np.testing.assert_allclose(np.asarray(u[f"{layer}.kernel"]), -LR * exp_k, rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(u[f"{layer}.bias"]),
+                                   -LR * l2 * reg * mask * np.asarray(p[f"{layer}.bias"]), rtol=1e-5, atol=1e-9)
+    update = jax.jit(tx.update)
+    for _ in range(cfg.total_iters - 6):
+        updates, state = update(_zero_grads(params), state, params)
+        params = optax.apply_updates(params, updates)
+    assert int(state.phase) == DONE
+    flat = flat_arrays(params)
+    assert np.all(np.asarray(flat["net.0.kernel"])[:, [1, 4]] == 0) and np.all(np.asarray(flat["net.0.bias"])[[1, 4]] == 0)
+    assert np.all(np.asarray(flat["net.2.kernel"])[:, [0]] == 0)
+
+
 def test_batchnorm_scale_and_bias_of_pruned_channels_are_regularised():
     widths = {"features.0": 4, "features.4": 5}
     model = create_model("vgg11", widths={**{n: 4 for n in layer_names(create_model("vgg11"))[:-1]}, **widths},
@@ -119,6 +152,28 @@ def test_batchnorm_scale_and_bias_of_pruned_channels_are_regularised():
         np.testing.assert_allclose(np.asarray(u[name]), expected, rtol=1e-5, atol=1e-9)
     # the running statistics are not parameters: untouched
     assert "features.1.mean" not in u
+
+
+def test_bn_reg_false_leaves_the_batchnorm_out_of_the_l2():
+    import dataclasses
+
+    widths = {n: 4 for n in layer_names(create_model("vgg11"))[:-1]}
+    model = create_model("vgg11", widths=widths, num_classes=3, init="kaiming", seed=1)
+    plan = Plan({"features.0": 4}, {"features.0": (2,)})
+    cfg = dataclasses.replace(CFG, bn_reg=False)
+    params, tx = _setup(model, plan, cfg)
+    params = map_named(lambda n, x: x + 0.5 if n.startswith("features.1.") else x, params)
+    state = tx.init(params)
+    for _ in range(5):
+        _, state = tx.update(_zero_grads(params), state, params)
+    updates, _ = tx.update(_zero_grads(params), state, params)
+    u = flat_arrays(updates)
+    for name in ("features.1.scale", "features.1.bias"):
+        np.testing.assert_array_equal(np.asarray(u[name]), 0.0)
+    # the BN slots are still zeroed out (the reference's zero-out ignores --no_bn_reg)
+    target = targets_for(plan, channel_groups(model), layer_names(model), cfg)[0]
+    assert {s[0] for s in target.slots} >= {"features.1.scale", "features.1.bias", "features.0.kernel"}
+    assert {s[0] for s in target.reg_slots} == {"features.0.kernel"}
 
 
 def test_zero_out_one_more_layer_every_interval():

@@ -6,6 +6,9 @@ weight decay 5e-4 (the paper's base reaches 93.78 %). Pruning `*layer*.conv1`
 retraining 120 epochs at LR 1e-2 (0:0.01,60:0.001,90:0.0001) or 1e-3
 (0:0.001,80:0.0001); 8 methods × 3 seeds: 240 runs + 3 base models.
 TPP: lw_opp 1000, update_reg_interval 10, stabilize_reg_interval 10000.
+KernOrth+L1 / OrthConv+L1: the same lw_opp, constant (the reference's opp_scheme
+v2 / v1), 50,000 iterations; L1+KernOrth / L1+OrthConv: lw_orth_reg 0.1
+(orth_reg_method CVPR17 / CVPR20). See docs/fidelity.md.
 """
 
 from isotpp.methods import TABLE1_METHODS

@@ -30,6 +30,25 @@ def build_inputs(spec_shape: tuple[int, ...], samples: int, seed: int, data: str
     return x.reshape((len(x), *spec_shape)), data
 
 
+def _check_memory(model: str, num_classes: int | None, arch_kwargs: dict[str, Any], samples: int,
+                  chunk_size: int | None, itemsize: int) -> None:
+    """Refuse, before allocating, a model or an input set that cannot fit in memory (one line)."""
+    import math
+
+    from flax import nnx
+
+    from isotpp.memory import parameter_count, require
+    from isotpp.models import create_model
+
+    abstract = nnx.eval_shape(lambda: create_model(model, num_classes=num_classes, **arch_kwargs))
+    params = parameter_count(abstract)
+    inputs, outputs = math.prod(abstract.input_shape), int(abstract.num_classes)
+    chunk = min(samples, chunk_size or 64)
+    need = itemsize * (3 * params + samples * (inputs + min(inputs, outputs)) + chunk * inputs * outputs)
+    size = f"{params:,} parameters; {samples:,} samples of {inputs:,} inputs; {outputs:,} outputs"
+    require(need, f"the spectrum of {model} ({size})", "lower --width, --num-classes, --input-dim or --jsv-samples")
+
+
 def run_spectrum(
     *,
     model: str = "mlp",
@@ -89,9 +108,15 @@ def run_spectrum(
         model_name = model
         if model == "mlp":
             arch_kwargs = {"depth": depth, "width": width, "act": act, "input_dim": input_dim or 1024}
+        _check_memory(model_name, num_classes, arch_kwargs, samples, chunk_size, 8 if float64 else 4)
         net = create_model(model_name, num_classes=num_classes, init=init, sigma_w=sigma_w, seed=seed, **arch_kwargs)
         init_used = init
     input_shape = tuple(net.input_shape)
+    if checkpoint is not None:  # the model is bounded by its file; the inputs by --jsv-samples
+        from isotpp.memory import require
+
+        require(samples * int(np.prod(input_shape)) * (8 if float64 else 4), f"{samples:,} input samples",
+                "lower --jsv-samples")
     if float64:
         net = sp.to_float64(net)
 
@@ -167,6 +192,12 @@ def run_spectrum(
         result["json"] = str(write_json(json_path, out))
     if plot_path:
         from isotpp.plots import save_figures, spectrum_histogram
+
+        try:  # like --json: a missing directory is created
+            Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create directory {Path(plot_path).parent}: {e.strerror}; choose a writable path"
+                            ) from None
 
         n = summary.n_samples
         inputs = "Gaussian inputs" if source == "gaussian" else f"{source} test images"

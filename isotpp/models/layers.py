@@ -184,8 +184,16 @@ class LayerFactory:
         # remains: PyTorch updates running_var with the UNBIASED batch variance
         # (n / (n - 1) times larger), Flax with the biased one. Normalisation of
         # the batch itself uses the biased variance in both.
-        return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=self.param_dtype, rngs=self.rngs)
+        bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                           param_dtype=self.param_dtype, rngs=self.rngs)
+        # Flax keeps the running statistics in float32 whatever param_dtype is: a float64 model would
+        # normalise with float32 statistics (and warn on every train-mode update). Keep them at least float32
+        # and as wide as the parameters.
+        stat_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        if stat_dtype != jnp.float32:
+            bn.mean = nnx.BatchStat(bn.mean[...].astype(stat_dtype))
+            bn.var = nnx.BatchStat(bn.var[...].astype(stat_dtype))
+        return bn
 
 
 # --------------------------------------------------------------------------
