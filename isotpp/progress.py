@@ -3,8 +3,9 @@
 On a terminal, :func:`progress` is a tqdm bar on stderr. Anywhere else (nohup,
 Slurm, ``| tee``, a notebook's captured stderr) a bar's ``\\r`` frames would
 fill log files, so it becomes a line on the ``isotpp`` logger every
-``interval`` seconds (``$ISOTPP_PROGRESS_INTERVAL``, default 30) and one when
-it closes: a heartbeat that says where a long run is::
+``interval`` seconds (``$ISOTPP_PROGRESS_INTERVAL``, default 30), and one more
+with the final count when it closes after having beaten at least once: a
+heartbeat that says where a long run is, and silence for short steps::
 
     >>> import logging
     >>> from isotpp.progress import progress
@@ -96,7 +97,9 @@ class LogProgress:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self.n > self._logged_n:  # the final count, unless the last line already said it
+            # a heartbeat ends with the final count; a bar that never beat (shorter than the interval) stays
+            # silent, so a short step or a failure adds no line to a command's output
+            if self._logged_n != self._start_n and self.n > self._logged_n:
                 self.logger.info(self.line())
 
     def __enter__(self) -> LogProgress:

@@ -331,13 +331,18 @@ def test_off_a_terminal_progress_is_periodic_log_lines(caplog):
     assert "eta" in lines[1] and "eta" not in lines[3] and lines[3].startswith("seed 0: base: 4/4 ep (100 %)")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="isotpp"):
-        bar = progress(100, "long", tty=False, interval=3600)
+        bar = progress(100, "short", tty=False, interval=3600)  # shorter than one interval: no line at all
         for _ in range(100):
             bar.update()
         bar.close()
-        bar.close()
         progress(5, "silent", enabled=False, tty=False, interval=0).update(5)
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["long: 100/100 it (100 %)"]
+        beat = progress(10, "long", tty=False, interval=0)
+        beat.update(4)  # one beat ...
+        beat.interval = 3600
+        beat.update(6)
+        beat.close()  # ... then the final count, once
+        beat.close()
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["long: 4/10 it (40 %)", "long: 10/10 it (100 %)"]
 
 
 def test_on_a_terminal_progress_is_a_tqdm_bar():
