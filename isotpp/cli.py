@@ -75,7 +75,8 @@ def _add_spectrum(sub) -> None:
     p.add_argument("--values", action="store_true", help="include every sample's singular values in the JSON")
     p.add_argument("--json", type=A.output_file, default=None, metavar="PATH", help="write the summary as JSON")
     p.add_argument("--plot", type=A.output_file, default=None, metavar="PATH",
-                   help="write a histogram with the theory overlay (PNG)")
+                   help="write a histogram with the theory overlay (format from the extension: .png, .pdf, .svg)")
+    _add_format(p, "--plot's path with each extension")
     p.add_argument("--list-layers", action="store_true",
                    help="print the model's layer names in forward order (which can be pruned) and stop")
     p.set_defaults(func=_run_spectrum)
@@ -114,6 +115,7 @@ def _run_spectrum(args) -> int:
         values=args.values,
         json_path=args.json,
         plot_path=args.plot,
+        plot_formats=args.format or (),
     )
     print(result["table"])
     for key in ("json", "plot"):
@@ -131,6 +133,19 @@ _epochs = A.Int(1, 100_000, what="a number of epochs")
 _methods = A.CommaList(what="method")
 _out_help = "run directory (a rerun of the same command continues there; other settings are refused)"
 _data_dir_help = "where the dataset files are (unset: $ISOTPP_DATA, the cache, system locations)"
+_formats = A.CommaList(("png", "pdf", "svg"), what="figure format")
+
+
+def _add_format(p, where: str = "figure.<ext> in --out") -> None:
+    p.add_argument("--format", type=_formats, default=None, metavar="EXT[,EXT]",
+                   help=f"figure formats, comma-separated among png, pdf, svg (e.g. png,pdf): one file each, {where}")
+
+
+def _redraw(results, out, formats, write_report) -> None:
+    """Write the figures again in ``formats`` (a study itself writes PNG) and list the new files."""
+    if formats and formats != ("png",):
+        paths = write_report(results, out, formats=formats)
+        results["files"] = {k: str(v) for k, v in paths.items()} | {"results": results["files"]["results"]}
 
 
 def _add_reproduce(sub) -> None:
@@ -171,6 +186,7 @@ def _add_reproduce(sub) -> None:
     c.add_argument("--ratio", type=A.open_fraction, default=None,
                    help="pruning ratio of every block's conv1 (unset: 0.9)")
     c.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
+    _add_format(c)
     c.set_defaults(func=_run_reproduce_convnet)
     _add_reproduce_pai(studies)
 
@@ -200,13 +216,14 @@ def _add_reproduce_pai(studies) -> None:
                    help="train the AutoSparse scorer from this LeNet-300-100 IRP record (.npz)")
     p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     p.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
+    _add_format(p, "accuracy.<ext> and jsv.<ext> in --out")
     p.set_defaults(func=_run_reproduce_pai)
 
 
 def _run_reproduce_pai(args) -> int:
     from isotpp.pai.masks import parse_densities
     from isotpp.studies import pai as study
-    from isotpp.studies.pai_report import pai_tables
+    from isotpp.studies.pai_report import pai_tables, write_report
 
     kw = {"data_dir": args.data_dir, "scope": args.scope, "scorer_path": args.scorer,
           "irp_record_path": args.irp_record}
@@ -221,6 +238,7 @@ def _run_reproduce_pai(args) -> int:
     if args.no_transfer:
         kw["transfer"] = False
     results = study.run_study(study.quick_config(**kw) if args.quick else study.PaIConfig(**kw), args.out)
+    _redraw(results, args.out, args.format, write_report)
     print(pai_tables(results))
     for key, path in results["files"].items():
         print(f"{key}: {path}")
@@ -243,6 +261,7 @@ def _study_args(p, default_seeds: int) -> None:
     p.add_argument("--epochs", type=_epochs, default=None, help="retraining epochs (unset: 90, quick 10)")
     p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     p.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
+    _add_format(p)
 
 
 def _study_config(args, seeds: int):
@@ -261,19 +280,22 @@ def _study_config(args, seeds: int):
     return study.quick_config(**kw) if args.quick else study.StudyConfig(**kw)
 
 
-def _print_study(results) -> None:
-    from isotpp.study_report import results_table
+def _print_study(results, args) -> None:
+    from isotpp.study_report import results_table, write_report
 
+    _redraw(results, args.out, args.format, write_report)
     print(results_table(results))
-    for key in ("results", "table", "figure"):
-        print(f"{key}: {results['files'][key]}")
+    files = results["files"]
+    for key in ("results", "csv", "table", *(k for k in files if k.startswith("figure"))):
+        if key in files:
+            print(f"{key}: {files[key]}")
 
 
 def _run_reproduce_mlp(args) -> int:
     from isotpp.studies import mlp_linear as study
 
     results = study.run_study(_study_config(args, args.seeds), args.out)
-    _print_study(results)
+    _print_study(results, args)
     return 0
 
 
@@ -287,7 +309,7 @@ def _run_reproduce_convnet(args) -> int:
         kw["ratio"] = args.ratio
     config = convnet.quick_config(**kw) if args.quick else convnet.ConvStudyConfig(**kw)
     results = convnet.run_convnet_study(config, args.out)
-    _print_study(results)
+    _print_study(results, args)
     return 0
 
 
@@ -297,16 +319,23 @@ def _add_demo(sub) -> None:
                                    "table and the paths of the figure and results.",
                        epilog="examples:\n  isotpp demo\n  isotpp demo --out runs/demo --data-dir ~/data/fashion-mnist\n")
     p.add_argument("--out", type=A.output_dir, default="runs/demo", help=_out_help)
-    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
+    p.add_argument("--data-dir", type=A.data_dir, default=None,
+                   help="where Fashion-MNIST is (unset: $ISOTPP_DATA, the cache, system locations; then downloaded "
+                        "into the cache; offline, the 10,000-image subset shipped with isotpp)")
+    p.add_argument("--no-download", action="store_true",
+                   help="when Fashion-MNIST is not found, use the shipped subset without trying to download it")
+    _add_format(p)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
+    from isotpp.data.bundled import demo_data_dir
     from isotpp.studies import mlp_linear as study
 
-    config = study.quick_config(seeds=(0,), data_dir=args.data_dir)
+    data_dir, _ = demo_data_dir(args.data_dir, download=not args.no_download)
+    config = study.quick_config(seeds=(0,), data_dir=str(data_dir))
     results = study.run_study(config, args.out)
-    _print_study(results)
+    _print_study(results, args)
     return 0
 
 
@@ -375,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     A.check_after_parsing(prog, args)
     if A.checked_only(prog, args):
         return 0
+    from isotpp.progress import configure_logging
+
+    configure_logging()
     return A.guarded(prog, lambda: args.func(args))
 
 

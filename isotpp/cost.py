@@ -379,5 +379,16 @@ def plan_cost(model: nnx.Module, plan, input_shape: Sequence[int] | None = None)
 
 def ratios_cost(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
                 input_shape: Sequence[int] | None = None) -> PlanCost:
-    """Cost before and after pruning by glob ``ratios`` (see :func:`widths_after`)."""
+    """Cost before and after pruning by glob ``ratios`` (see :func:`widths_after`).
+
+    LeNet-5 without half of conv1's six 5x5 filters, counted by hand: conv1
+    loses 3 x (25 weights + 1 bias) and 28·28 x 75 multiply-adds, conv2 loses
+    3 of its 6 input channels (16 x 3 x 25 = 1200 weights, 10·10 x 1200
+    multiply-adds):
+
+    >>> from isotpp.models import create_model
+    >>> cost = ratios_cost(create_model("lenet5"), "conv1:0.5")
+    >>> cost.params - cost.params_pruned, cost.flops - cost.flops_pruned
+    (1278, 178800)
+    """
     return widths_cost(model, widths_after(model, ratios, skip), input_shape)

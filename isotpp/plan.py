@@ -139,8 +139,18 @@ def select_lowest(scores: np.ndarray, ratio: float) -> tuple[int, ...]:
 
 def l1_plan(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
             groups: Sequence[Group] | None = None, x=None) -> Plan:
-    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w| (``x``: an example input
-    for models without ``input_shape``)."""
+    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w|.
+
+    ``ratios``: ``{glob over layer names: ratio}`` (the last matching pattern
+    wins), or the same as text ``"conv*:0.5,fc1:0.25"``; ``skip``: patterns
+    left unpruned; ``x``: an example input for models without ``input_shape``.
+
+    >>> from isotpp.models import create_model
+    >>> net = create_model("lenet5", seed=0)
+    >>> plan = l1_plan(net, {"conv*": 0.5})
+    >>> {g: len(p) for g, p in plan.pruned.items() if p}  # ceil(0.5 * 6), ceil(0.5 * 16), ceil(0.5 * 120)
+    {'conv1': 3, 'conv2': 8, 'conv3': 60}
+    """
     groups = list(groups) if groups is not None else channel_groups(model, x)
     per_group = resolve_ratios(groups, ratios, skip)
     params = flat_arrays(nnx.state(model, nnx.Param))
@@ -237,6 +247,11 @@ def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = N
     ``out_features``, ``num_features``, a depthwise conv's
     ``feature_group_count``) updated. ``x``: an example input, for modules
     without ``input_shape`` (see :func:`isotpp.groups.channel_groups`).
+
+    >>> from isotpp.models import create_model, widths_of
+    >>> net = create_model("lenet5", seed=0)
+    >>> widths_of(hard_prune(net, l1_plan(net, {"conv1": 0.5})))["conv1"]
+    3
     """
     groups = list(groups) if groups is not None else channel_groups(model, x)
     arrays = {k: np.asarray(v) for k, v in flat_arrays(nnx.state(model)).items()}

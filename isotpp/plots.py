@@ -19,15 +19,68 @@ from matplotlib.figure import Figure
 from isotpp.errors import UserError
 from isotpp.theory import Theory
 
-__all__ = ["save_figure", "spectrum_histogram"]
+__all__ = ["FORMATS", "PNG_DPI", "figure_format", "new_axes", "parse_formats", "save_figure", "save_figures",
+           "spectrum_histogram"]
 
 # a positive spectrum whose 99th/1st percentile ratio exceeds this is drawn on log-x
 _LOG_X_SPREAD = 100.0
 
+FORMATS = ("png", "pdf", "svg")
+PNG_DPI = 200  # print quality; PDF and SVG are vector graphics
+
+
+def figure_format(path) -> str:
+    """The file format a figure path asks for, from its extension: 'png', 'pdf' or 'svg'.
+
+    >>> figure_format("runs/demo/figure.pdf")
+    'pdf'
+
+    Raises:
+      UserError: no extension, or one matplotlib is not asked to write here.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise UserError(f"cannot tell the figure format of {path}: end the file name in "
+                        f"{', '.join('.' + f for f in FORMATS)}")
+    return suffix
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """``'png,pdf'`` -> ``('png', 'pdf')``; None or empty -> ``()``.
+
+    Raises:
+      UserError: an unknown format.
+    """
+    formats = tuple(dict.fromkeys(f.strip().lower().lstrip(".") for f in (text or "").split(",") if f.strip()))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise UserError(f"unknown figure format {bad[0]!r}: choose from {', '.join(FORMATS)}, e.g. 'png,pdf'")
+    return formats
+
+
+def new_axes(ax=None, figsize=(6.4, 4.4)):
+    """``(figure, axes)``: ``ax`` and its figure when given, else a new Agg figure (no pyplot state)."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def save_figures(fig: Figure, path, formats=()) -> list[Path]:
+    """Write ``fig`` once per format: ``path`` with each extension of ``formats`` (default: ``path`` as is)."""
+    path = Path(path)
+    targets = [path.with_suffix("." + f) for f in formats] if formats else [path]
+    return [save_figure(fig, t) for t in targets]
+
 
 def save_figure(fig: Figure, path) -> Path:
-    """Write ``fig`` to ``path`` as PNG, atomically; returns the path."""
+    """Write ``fig`` to ``path`` atomically, in the format its extension names; returns the path.
+
+    PNG is rendered at :data:`PNG_DPI` dots per inch; PDF and SVG are vector
+    files (fonts embedded as TrueType in PDF, text kept as text in SVG).
+    """
     path = Path(path)
+    fmt = figure_format(path)
     parent = path.parent
     if not parent.is_dir():
         raise UserError(f"cannot write figure {path}: directory {parent} does not exist; create it first")
@@ -35,13 +88,18 @@ def save_figure(fig: Figure, path) -> Path:
     tmp = parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # same dir: os.replace is atomic
     try:
         with open(tmp, "xb") as fh:  # default permissions, unlike mkstemp's 0600
-            fig.savefig(fh, format="png")
+            fig.savefig(fh, format=fmt, dpi=PNG_DPI if fmt == "png" else "figure",
+                        metadata=_METADATA[fmt])
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"cannot write figure {path}: {exc.strerror or exc}; check the path and free space") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# no creation date in the files: the same figure gives the same bytes (diffable, cacheable)
+_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
 def _as_singular_values(singular_values) -> np.ndarray:
@@ -65,25 +123,42 @@ def _auto_log_x(s: np.ndarray) -> bool:
 
 def spectrum_histogram(
     singular_values,
-    path,
+    path=None,
     *,
+    ax=None,
     theory: Theory | None = None,
     title: str | None = None,
     log_x: bool | None = None,
-) -> Path:
-    """Density histogram of singular values, with the theory's law overlaid; saved as PNG.
+) -> Figure:
+    """Density histogram of singular values, with the theory's law overlaid; returns the Figure.
 
-    ``log_x=None`` picks a log axis when the spectrum spans more than two decades
-    (deep Gaussian nets). On a log axis the bars and the theory curve are both the
-    density of log10 s (rho_s(s) * s * ln 10), so areas stay probabilities; zero
-    singular values cannot be placed there and are counted in the legend instead.
-    A point-mass theory is drawn as a vertical line. Returns ``path``.
+    Drawn on ``ax`` when given (a panel of your own figure), else on a new
+    figure; written to ``path`` too when given (format from the extension:
+    .png, .pdf, .svg). ``log_x=None`` picks a log axis when the spectrum spans
+    more than two decades (deep Gaussian nets). On a log axis the bars and the
+    theory curve are both the density of log10 s (rho_s(s) * s * ln 10), so
+    areas stay probabilities; zero singular values cannot be placed there and
+    are counted in the legend instead. A point-mass theory is drawn as a
+    vertical line.
+
+    Example (a notebook displays the returned Figure as it is):
+
+    >>> import numpy as np
+    >>> from isotpp.plots import spectrum_histogram
+    >>> from isotpp.theory import theory_for
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.normal(size=(3, 200, 200)) / np.sqrt(200)
+    >>> s = np.linalg.svd(w[0] @ w[1] @ w[2], compute_uv=False)
+    >>> fig = spectrum_histogram(s, theory=theory_for("gaussian", 3, 1.0, "linear"))
+    >>> fig.axes[0].get_xlabel()
+    'singular value s'
     """
     s = _as_singular_values(singular_values)
+    if path is not None:
+        figure_format(path)  # refuse a bad extension before drawing
     if log_x is None:
         log_x = _auto_log_x(s)
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = new_axes(ax)
     bins = int(np.clip(np.sqrt(s.size), 10, 80))
 
     if log_x:
@@ -117,7 +192,9 @@ def spectrum_histogram(
     if title:
         ax.set_title(title)
     ax.legend(fontsize="small")
-    return save_figure(fig, path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
 def _sample_label(s: np.ndarray) -> str:

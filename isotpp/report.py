@@ -52,3 +52,27 @@ def mean_std_fixed(values: Sequence[float | None], decimals: int = 2) -> str:
     if v.size == 1:
         return f"{v[0]:.{decimals}f}"
     return f"{v.mean():.{decimals}f} ± {v.std():.{decimals}f}"
+
+
+def csv_text(rows: Sequence[dict]) -> str:
+    """Rows of one flat dict each as CSV text (header from the first row; ``None`` and NaN as empty cells).
+
+    The tidy form a DataFrame reads directly: ``pandas.read_csv(path)``.
+
+    >>> print(csv_text([{"method": "L1", "acc": 77.3}, {"method": "TPP", "acc": float("nan")}]), end="")
+    method,acc
+    L1,77.3
+    TPP,
+    """
+    import csv
+    import io
+    import math
+
+    buf = io.StringIO()
+    fields = list(rows[0]) if rows else []
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                         for k, v in row.items()})
+    return buf.getvalue()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,16 +34,20 @@ from matplotlib.ticker import MaxNLocator
 
 from isotpp.errors import UserError
 from isotpp.io import write_text
-from isotpp.plots import save_figure
-from isotpp.report import markdown_table, mean_std, mean_std_fixed
+from isotpp.plots import save_figure, save_figures
+from isotpp.report import csv_text, markdown_table, mean_std, mean_std_fixed
 
 __all__ = [
     "draw_results_figure",
+    "find_results",
     "learning_rates",
     "load_results",
     "lr_label",
+    "method_style",
     "results_figure",
+    "results_rows",
     "results_table",
+    "setting_title",
     "write_report",
 ]
 
@@ -76,6 +81,44 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"results file {path} is not valid JSON ({e}); it may be truncated: {_REGENERATE}") from e
     _validate(results, str(path))
     return results
+
+
+def find_results(run_dir: str | os.PathLike | None = None, *, roots=("runs", "../runs")) -> Path:
+    """The ``results.json`` to read: ``run_dir``'s, or else the newest study's under ``roots``.
+
+    ``run_dir`` may be a run directory or a results file. Without it, every
+    ``results.json`` of a linear-network or ConvNet study (``isotpp demo``,
+    ``isotpp reproduce mlp-linear|convnet``) under the first existing root is a
+    candidate, and the most recently written one wins; ``../runs`` finds a
+    repository's runs from a notebook in ``analysis/``.
+
+    Raises:
+      UserError: ``run_dir`` holds no results, or no root holds any.
+    """
+    if run_dir is not None:
+        path = Path(run_dir)
+        path = path / "results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: pass a run directory holding results.json, "
+                            "or run `isotpp demo` first")  # fmt: skip
+        return path
+    looked = []
+    for root in map(Path, roots):
+        looked.append(str(root))
+        if not root.is_dir():
+            continue
+        found = []
+        # up to two levels deep (runs/NAME, runs/GROUP/NAME); unlike rglob, this follows symlinked run directories
+        for path in (p for pattern in ("*/results.json", "*/*/results.json") for p in root.glob(pattern)):
+            try:
+                if "runs" in json.loads(path.read_text(encoding="utf-8")):
+                    found.append(path)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a half-written or foreign file is not a candidate
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime_ns)
+    raise UserError(f"no study's results.json under {' or '.join(looked)}: run `isotpp demo` first (a minute or two "
+                    "on a CPU), or pass the run directory")
 
 
 def _validate(results: Any, source: str = "results") -> None:
@@ -244,22 +287,82 @@ def _curves(cell: Mapping[str, Any], key: str) -> np.ndarray | None:
     return np.array([c[:n] for c in seqs], dtype=np.float64)
 
 
-def draw_results_figure(results: Mapping[str, Any]) -> Figure:
+# Every method differs in colour, marker and line style, so lines that coincide (L1 and L1+KernOrth
+# right after pruning, OrthP and AI near isometry) stay distinguishable, in greyscale too.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)))
+_DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10",
+                  "cifar100": "CIFAR-100"}  # fmt: skip
+_MODEL_NAMES = {"mlp_7_linear": "MLP-7-Linear", "resnet20": "ResNet-20", "resnet56": "ResNet-56"}
+
+
+def method_style(index: int) -> dict[str, Any]:
+    """Colour, marker, line style and marker size of the ``index``-th method (the same in every panel).
+
+    Markers shrink with the index, and later methods are drawn on top: where
+    two methods coincide (L1 and L1+KernOrth right after pruning) the earlier
+    one's larger marker rings the later one's.
+    """
+    return {"color": f"C{index % 10}", "marker": _MARKERS[index % len(_MARKERS)],
+            "linestyle": _LINESTYLES[index % len(_LINESTYLES)], "markersize": max(3.5, 8.5 - 1.2 * index)}
+
+
+def setting_title(results: Mapping[str, Any]) -> str:
+    """One line naming the study's setting: model, data, pruning ratio, seeds, schedule."""
+    config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
+    model = str(config.get("model", "mlp_7_linear"))
+    parts = [_MODEL_NAMES.get(model, model)]
+    if config.get("width_scale") not in (None, 1, 1.0):
+        parts[0] += f" (width ×{config['width_scale']:g})"
+    dataset = config.get("dataset")
+    if isinstance(dataset, str):
+        parts[0] += f" on {_DATASET_NAMES.get(dataset, dataset)}"
+        if str(config.get("data_dir") or "").rstrip("/").endswith("fashion_mnist_subset"):
+            parts[0] += " (the 10,000-image subset shipped with isotpp)"
+        elif config.get("train_limit"):
+            parts[0] += f" ({config['train_limit']:,} training images)"
+    if _is_number(config.get("ratio")):
+        parts.append(f"pruning ratio\u00a0{config['ratio']:g}")  # no-break spaces: wrapping keeps these whole
+    seeds = config.get("seeds")
+    if isinstance(seeds, list | tuple):
+        parts.append(f"{len(seeds)}\u00a0seed{'s' if len(seeds) != 1 else ''}")
+    if config.get("quick"):
+        parts.append("quick schedule")
+    return ", ".join(parts)
+
+
+def draw_results_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
     """The paper's figure as a matplotlib Figure (no pyplot state, nothing saved).
 
     One column per learning rate (largest first); top row the mean JSV per
-    retraining epoch (log scale; epoch 0 is right after pruning), bottom row the test accuracy per epoch. One
-    line per method (mean over seeds), same colour in every panel, a band of
-    ± population std when there are several seeds; the unpruned model, when
-    present, is a grey dashed line.
+    retraining epoch (log scale; epoch 0 is right after pruning), bottom row
+    the test accuracy per epoch, on one y-axis per row so panels compare. One
+    line per method (mean over seeds) with its own colour, marker and line
+    style in every panel, a band of ± population std when there are several
+    seeds; the unpruned model, when present, is a grey dashed line. The title
+    names the setting (:func:`setting_title`).
+
+    ``ax``: draw into these axes (2 × number of learning rates, row-major, e.g.
+    ``fig.subplots(2, 2)``) instead of a new figure; returns their figure.
+
+    >>> from isotpp.study_report import draw_results_figure
+    >>> cell = {"best_acc": [80.0], "acc_per_epoch": [[70.0, 80.0]], "jsv_after_prune": [0.01],
+    ...         "jsv_per_epoch": [[0.5, 0.9]]}
+    >>> fig = draw_results_figure({"runs": {"L1": {"0.01": cell}}, "config": {"dataset": "fashion_mnist"}})
+    >>> fig.get_suptitle()
+    'MLP-7-Linear on Fashion-MNIST'
     """
     _validate(results)
     runs = results["runs"]
     lrs = learning_rates(results)
     ncols = max(1, len(lrs))
-    fig = Figure(figsize=(4.6 * ncols, 7.0), layout="constrained")
-    axes = fig.subplots(2, ncols, squeeze=False, sharex="col")
-    colours = {m: f"C{i % 10}" for i, m in enumerate(runs)}
+    if ax is None:
+        fig = Figure(figsize=(4.6 * ncols, 7.4), layout="constrained")
+        axes = fig.subplots(2, ncols, squeeze=False, sharex="col", sharey="row")
+    else:
+        axes = np.asarray(ax, dtype=object).reshape(2, ncols)
+        fig = axes[0][0].figure
+    styles = {m: method_style(i) for i, m in enumerate(runs)}
     handles: dict[str, Any] = {}
 
     base = results.get("base") or {}
@@ -271,7 +374,7 @@ def draw_results_figure(results: Mapping[str, Any]) -> Figure:
             ax = axes[row][col]
             ax.set_title(f"LR {lr_label(lr)}: {name}" if lr is not None else name)
             drawn = False
-            for method, by_lr in runs.items():
+            for i, (method, by_lr) in enumerate(runs.items()):
                 cell = by_lr.get(lr, {}) if lr is not None else {}
                 y = _curves(cell, key) if lr is not None else None
                 if y is None or y.shape[1] == 0:
@@ -283,14 +386,16 @@ def draw_results_figure(results: Mapping[str, Any]) -> Figure:
                     y = np.concatenate([np.asarray(after, dtype=np.float64)[:, None], y], axis=1)
                     x = np.arange(0, y.shape[1])
                 mean = y.mean(axis=0)
-                (line,) = ax.plot(x, mean, color=colours[method], lw=1.6, label=method)
+                # about 8 markers per line, shifted per method so coinciding lines show each marker
+                step = max(1, len(x) // 8)
+                (line,) = ax.plot(x, mean, lw=1.5, markevery=(i % step, step), label=method, **styles[method])
                 handles.setdefault(method, line)
                 if y.shape[0] > 1:
                     std = y.std(axis=0)  # population std, as in the table
                     lo = mean - std
                     if log_y:  # a band below every seed's value is meaningless, and <= 0 cannot be drawn
                         lo = np.maximum(lo, y.min(axis=0))
-                    ax.fill_between(x, lo, mean + std, color=colours[method], alpha=0.18, lw=0)
+                    ax.fill_between(x, lo, mean + std, color=styles[method]["color"], alpha=0.15, lw=0)
                 drawn = True
             ref = [v for v in base_vals[key] if math.isfinite(v)]
             if drawn and ref:
@@ -309,23 +414,54 @@ def draw_results_figure(results: Mapping[str, Any]) -> Figure:
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                    ncol=min(len(handles), 6), frameon=False)  # fmt: skip
+    # a long setting (the shipped subset, a width factor) wraps instead of running off the page
+    fig.suptitle(textwrap.fill(setting_title(results), width=int(11 * fig.get_figwidth())))
     return fig
 
 
 def results_figure(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Draw the paper's figure (see :func:`draw_results_figure`) and write it as PNG, atomically."""
+    """Draw the paper's figure (see :func:`draw_results_figure`) and write it atomically (format from the extension)."""
     return save_figure(draw_results_figure(results), path)
 
 
 # ---------------------------------------------------------------- both
 
 
-def write_report(
-    results: Mapping[str, Any], out_dir: str | os.PathLike, *, metric: Metric = "best_acc"
-) -> dict[str, Path]:
-    """Write ``table.md`` and ``figure.png`` into ``out_dir`` (created if needed), atomically.
+def results_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (method, learning rate, seed): the per-seed numbers of the table, for CSV or a DataFrame.
 
-    Returns ``{"table": path, "figure": path}``.
+    Columns: method, lr, seed, best_acc, final_acc, jsv_after_prune (and
+    jsv_after_prune_eval, sparsity, speedup where the study records them).
+    ``pandas.DataFrame(results_rows(results))`` gives the same as reading ``results.csv``.
+    """
+    _validate(results)
+    config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
+    seeds = list(config.get("seeds") or [])
+    extra = ("jsv_after_prune_eval", "sparsity", "speedup")
+    present = [k for k in extra if any(k in c for by_lr in results["runs"].values() for c in by_lr.values())]
+    rows = []
+    for method, by_lr in results["runs"].items():
+        for lr in sorted(by_lr, key=lambda k: (-float(k), k)):
+            cell = by_lr[lr]
+            n = len(cell.get("best_acc") or [])
+            for i in range(n):
+                row = {"method": method, "lr": float(lr), "seed": seeds[i] if len(seeds) >= n else i}
+                for k in ("best_acc", "final_acc", "jsv_after_prune", *present):
+                    values = _values(cell.get(k))
+                    row[k] = values[i] if i < len(values) else None
+                rows.append(row)
+    return rows
+
+
+def write_report(
+    results: Mapping[str, Any], out_dir: str | os.PathLike, *, metric: Metric = "best_acc",
+    formats: Sequence[str] = ("png",),
+) -> dict[str, Path]:
+    """Write ``table.md``, ``results.csv`` and ``figure.<format>`` for each of ``formats`` into ``out_dir``.
+
+    The directory is created if needed; every file is written atomically.
+    Returns ``{"table": path, "csv": path, "figure": path of the first format,
+    "figure_<format>": path of each other format}``.
     """
     out_dir = Path(out_dir)
     table = results_table(results, metric=metric)  # validates before anything is written
@@ -335,6 +471,10 @@ def write_report(
         raise UserError(f"cannot create directory {out_dir}: {e.strerror or e}; choose a writable path") from e
     try:
         table_path = write_text(out_dir / "table.md", table)
+        csv_path = write_text(out_dir / "results.csv", csv_text(results_rows(results)))
     except OSError as e:
-        raise UserError(f"cannot write {out_dir / 'table.md'}: {e.strerror or e}; check the path and free space") from e
-    return {"table": table_path, "figure": results_figure(results, out_dir / "figure.png")}
+        raise UserError(f"cannot write into {out_dir}: {e.strerror or e}; check the path and free space") from e
+    figures = save_figures(draw_results_figure(results), out_dir / "figure.png", formats)
+    paths = {"table": table_path, "csv": csv_path, "figure": figures[0]}
+    paths.update({f"figure_{p.suffix[1:]}": p for p in figures[1:]})
+    return paths

@@ -107,9 +107,10 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
     return log_x
 
 
-def spectrum_theory_figure(singular_values, path, law: ChainSpectrum | None = None, *,
-                           title: str | None = None, float32_floor: float | None = None) -> Path:
-    """The two-panel figure (s and lambda) of measured JSV against ``law``; saved as PNG.
+def spectrum_theory_figure(singular_values, path=None, law: ChainSpectrum | None = None, *,
+                           title: str | None = None, float32_floor: float | None = None) -> Figure | Path:
+    """The two-panel figure (s and lambda) of measured JSV against ``law``: saved to ``path`` (its
+    extension names the format) and the path returned, or, without ``path``, the Figure.
 
     ``float32_floor``: the singular value below which the measurement is rounding
     (float32), drawn as a dotted line on both panels."""
@@ -127,4 +128,4 @@ def spectrum_theory_figure(singular_values, path, law: ChainSpectrum | None = No
         a.legend(fontsize="small")
     if title:
         fig.suptitle(title + ("" if law is None else f"\n{law.label}"), fontsize="medium")
-    return save_figure(fig, path)
+    return fig if path is None else save_figure(fig, path)

@@ -44,6 +44,7 @@ from isotpp import parallel, preemption
 from isotpp.errors import UserError
 from isotpp.io import write_json
 from isotpp.preemption import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401 (re-exported)
+from isotpp.progress import progress as progress_bar
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -483,16 +484,14 @@ class Trainer:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
 
     def _run_epoch(self, epoch: int, steps: int) -> None:
-        from tqdm.auto import tqdm
-
         cfg = self.config
         lr = self.lr(epoch)
         pending: list = []
         start = self._step_in_epoch
         ran = 0
         t0 = time.perf_counter()
-        bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (cfg.progress and parallel.is_main_process()), dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", unit="step", initial=start,
+                           enabled=cfg.progress and parallel.is_main_process())
         batches = self.train_data.epoch(epoch, start)
         closing = contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext()
         with contextlib.closing(bar), closing:  # leaving early (max_steps, SIGTERM) stops a prefetch thread

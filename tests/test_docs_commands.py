@@ -42,6 +42,24 @@ _CHEAP = ("--help", "--version", "--list-layers", "--dry-run")
 
 # doc command (whitespace collapsed) -> (mode, command executed instead or None for the same, why)
 DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
+    # pages merged from parallel branches (docs/fidelity.md, docs/reliability.md)
+    "isotpp prune --dry-run --model resnet34 --ratios "
+    "'layer1.[12].conv1:0.5,layer2.[12].conv1:0.6,layer3.[1-4].conv1:0.4'": (
+        CHECK, None, "a dry run whose brackets are glob classes, not placeholders; ResNet-34 at ImageNet size "
+                     "is traced for seconds, so its arguments (patterns against the model) are validated here"),
+    "isotpp prune --model mlp --dataset synthetic --ratios '*:0.5' --skip net.12 --method L1 --width-scale 0.25 "
+    "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
+    "--train-limit 128 --out runs/tiny": (
+        CHECK, None, "the reliability page's tiny run; tests/test_faults.py runs these settings and interrupts them"),
+    "isotpp prune --model mlp --dataset synthetic --ratios '*:0.8' --skip net.12 --method TPP --width-scale 0.25 "
+    "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
+    "--train-limit 128 --out runs/tiny": (
+        CHECK, None, "the same directory with other settings: tests/test_faults.py checks the refusal; arguments validated"),
+    "until isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
+    "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume": (
+        CHECK, "isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
+               "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume",
+        "a shell loop around a resumable run: the command inside it, arguments validated"),
     ".venv/bin/isotpp demo --out runs/demo": (
         CHECK, None, "the quick study trains 11 networks (≈ 30 s); tests/test_study_mlp.py runs it at a smaller size"),
     "isotpp spectrum --model mlp --depth L --width N --act linear --input-dim D --num-classes C --init "

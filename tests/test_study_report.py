@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from matplotlib.figure import Figure
 
 from isotpp.errors import UserError
 from isotpp.study_report import (
+    find_results,
     learning_rates,
     load_results,
     lr_label,
@@ -169,10 +171,17 @@ def test_write_report(tmp_path):
     r = tiny_results()
     paths = write_report(r, tmp_path / "out" / "report")
     assert paths == {"table": tmp_path / "out" / "report" / "table.md",
+                     "csv": tmp_path / "out" / "report" / "results.csv",
                      "figure": tmp_path / "out" / "report" / "figure.png"}  # fmt: skip
     assert paths["table"].read_text() == results_table(r)
     assert paths["figure"].read_bytes().startswith(PNG_MAGIC)
-    assert sorted(p.name for p in paths["table"].parent.iterdir()) == ["figure.png", "table.md"]
+    assert sorted(p.name for p in paths["table"].parent.iterdir()) == ["figure.png", "results.csv", "table.md"]
+    # the CSV: one row per (method, LR, seed) present, LRs largest first, seeds from the config
+    lines = paths["csv"].read_text().splitlines()
+    assert lines == ["method,lr,seed,best_acc,final_acc,jsv_after_prune",
+                     "TPP,0.01,0,92.0,91.0,3.0", "TPP,0.01,1,93.0,92.0,4.0",
+                     "TPP,0.001,0,91.0,90.0,3.0", "TPP,0.001,1,91.1,90.2,4.0",
+                     "L1,0.01,0,90.0,89.0,0.0001", "L1,0.01,1,91.0,91.0,0.0003"]  # fmt: skip
 
 
 def test_write_report_validates_before_writing(tmp_path):
@@ -231,7 +240,40 @@ def test_load_accepts_null_as_nan(results_file):
 # ---------------------------------------------------------------- the notebook
 
 
-def test_notebook_runs_on_tiny_results(results_file, tmp_path, monkeypatch):
+def _write_run(root: Path, name: str, results: dict, mtime: float) -> Path:
+    path = root / "runs" / name / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_find_results_takes_the_newest_study_or_the_given_run(tmp_path, monkeypatch):
+    older = tiny_results() | {"config": {"dataset": "mnist", "seeds": [0]}}
+    _write_run(tmp_path, "older", older, 1_000_000)
+    demo = _write_run(tmp_path, "demo", tiny_results(), 2_000_000)
+    _write_run(tmp_path, "pai", {"lenet": {}}, 3_000_000)  # newest, but not a study this report reads
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "results.json").write_text("{half")  # a half-written file is skipped
+    monkeypatch.chdir(tmp_path)
+    assert find_results() == Path("runs/demo/results.json")
+    assert find_results("runs/older") == Path("runs/older/results.json")
+    assert find_results(demo) == demo
+    elsewhere = _write_run(tmp_path / "scratch", "big", tiny_results(), 2_500_000)  # a run kept on another disk,
+    (tmp_path / "runs" / "big").symlink_to(elsewhere.parent)                       # linked into runs/
+    assert find_results() == Path("runs/big/results.json")
+    (tmp_path / "runs" / "big").unlink()
+    (tmp_path / "analysis").mkdir()
+    monkeypatch.chdir(tmp_path / "analysis")  # a notebook in analysis/ sees the runs as ../runs
+    assert find_results() == Path("../runs/demo/results.json")
+    with pytest.raises(UserError, match="isotpp demo"):
+        find_results("nowhere")
+    monkeypatch.chdir(tmp_path / "runs" / "demo")
+    with pytest.raises(UserError, match=r"no study's results.json under runs or \.\./runs: run `isotpp demo`"):
+        find_results()
+
+
+def test_notebook_runs_on_tiny_results(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -243,18 +285,22 @@ def test_notebook_runs_on_tiny_results(results_file, tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(c.get("outputs", []) == [] for c in nb.cells), "commit the notebook with outputs cleared"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and "RESULTS" in params[0].source
-    params[0].source = f"RESULTS = {str(results_file)!r}"
-
+    assert len(params) == 1 and params[0].source.startswith("RUN_DIR = None")
+    # as right after `isotpp demo` in a repository: the notebook runs in analysis/, the run is ../runs/demo,
+    # an older study lies beside it; RUN_DIR = None must pick the newest and say so
+    _write_run(tmp_path, "older", tiny_results() | {"runs": {}}, 1_000_000)
+    _write_run(tmp_path, "demo", tiny_results(), 2_000_000)
+    (tmp_path / "analysis").mkdir()
     nbclient.NotebookClient(
-        nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+        nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path / "analysis")}}
     ).execute()  # raises CellExecutionError on any failing cell
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    shown = [o for o in outputs if o.output_type == "display_data"]
+    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
     markdown = [o.data["text/markdown"] for o in shown if "text/markdown" in o.data]
     assert len(markdown) == 1 and "| TPP " in markdown[0] and "2.000e-04 ± 1.000e-04" in markdown[0]
     assert sum("image/png" in o.data for o in shown) == 2  # the study's figure and the spectrum
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "orthogonal: mean JSV 1" in text
+    assert "using ../runs/demo/results.json: 2 methods: TPP, L1" in text

@@ -86,6 +86,7 @@ def run_spectrum(
     values: bool = False,
     json_path: str | None = None,
     plot_path: str | None = None,
+    plot_formats: tuple[str, ...] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Compute, summarise and (optionally) write a model's JSV. Returns the result dict.
@@ -98,9 +99,16 @@ def run_spectrum(
     not depend on its input (a linear MLP) contributes one spectrum, not one per
     sample. MLPs of depth >= 16 are computed in float64 whatever ``float64`` says.
     For a nonlinear MLP without ``data`` the inputs sit at the mean-field fixed
-    point: |x|^2 / N_0 = E[phi(h)^2], h ~ N(0, q*).
+    point: |x|^2 / N_0 = E[phi(h)^2], h ~ N(0, q*). ``plot_formats`` (e.g.
+    ``("png", "pdf")``) writes the figure once per format, ``plot_path`` with
+    each extension; by default its own extension decides.
     """
     import jax
+
+    from isotpp.plots import figure_format
+
+    if plot_path and not plot_formats:
+        figure_format(plot_path)  # a bad extension fails before the work
 
     from isotpp import spectrum as sp
     from isotpp import theory
@@ -178,9 +186,9 @@ def run_spectrum(
     bar = None
     total = nets * (1 if input_linear else samples)
     if progress and resolved != "linear" and total > 1:
-        from tqdm import tqdm
+        from isotpp.progress import progress as progress_bar
 
-        bar = tqdm(total=total, desc="spectrum", unit="sample", leave=False, mininterval=0.5, disable=None)
+        bar = progress_bar(total, "spectrum", unit="sample")
 
     rows, source, elapsed = [], None, 0.0
     # x64 only for this computation (a context, so a library caller's session keeps its own setting)
@@ -269,6 +277,7 @@ def run_spectrum(
 
         result["json"] = str(write_json(json_path, out))
     if plot_path:
+        from isotpp.plots import save_figures
         from isotpp.theory_plots import spectrum_theory_figure
 
         try:  # like --json: a missing directory is created
@@ -277,9 +286,11 @@ def run_spectrum(
             raise UserError(f"cannot create directory {Path(plot_path).parent}: {e.strerror}; choose a writable path"
                             ) from None
 
-        title = f"JSV of {model_name} ({init_used}), {summary.n_samples} spectra from {nets} net(s)"
+        n = summary.n_samples
+        where = "input-free (linear)" if resolved == "linear" else f"{n} sample{'s' if n != 1 else ''}, {source}"
+        title = f"JSV of {model_name} (init {init_used}), {where}" + (f", {nets} nets" if nets > 1 else "")
         # float32 gram squares the condition number: below ~3e-4 s_max the values are rounding
         floor = None if float64 else (3e-4 if resolved == "gram" else 1e-6) * float(sv.max())
-        result["plot"] = str(spectrum_theory_figure(sv, plot_path, th.law if th is not None else None, title=title,
-                                                    float32_floor=floor))
+        fig = spectrum_theory_figure(sv, None, th.law if th is not None else None, title=title, float32_floor=floor)
+        result["plot"] = ", ".join(str(p) for p in save_figures(fig, plot_path, plot_formats))
     return result

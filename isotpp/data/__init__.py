@@ -271,6 +271,10 @@ def load_dataset(
     Raises:
       UserError: unknown name, split or bad argument.
       DataError: files not found, not downloadable, or corrupt.
+
+    >>> test = load_dataset("synthetic", "test", limit=8)
+    >>> test.images.shape, test.labels.dtype.name, test.num_classes
+    ((8, 32, 32, 1), 'int32', 10)
     """
     name = _canonical_name(name)
     if split not in ("train", "test"):

@@ -191,6 +191,11 @@ def create_model(
     ``dtype`` (computation) and ``param_dtype`` go to every layer; ``conv_fn``
     replaces ``lax.conv_general_dilated`` in every conv. Works under
     ``nnx.eval_shape`` to get shapes without allocating parameters.
+
+    >>> from isotpp.models import layer_names
+    >>> net = create_model("mlp", depth=3, width=32, act="relu", input_dim=64, num_classes=10, init="kaiming")
+    >>> layer_names(net), net.input_shape
+    (['net.0', 'net.2', 'net.4'], (64,))
     """
     entry = _entry(name)
     spec = entry.spec

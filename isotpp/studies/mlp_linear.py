@@ -37,6 +37,7 @@ import numpy as np
 from isotpp import preemption
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+from isotpp.progress import progress as progress_bar
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -195,10 +196,7 @@ class Recorder:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ep", leave=False, disable=None if enabled else True,
-                dynamic_ncols=True, mininterval=0.5)
+    return progress_bar(total, desc, unit="ep", enabled=enabled)
 
 
 def _kernel_names(model) -> list[str]:

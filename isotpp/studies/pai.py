@@ -47,6 +47,7 @@ from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
 from isotpp.pai.masks import SCOPES, check_density, layer_densities, mask_density
 from isotpp.pai.methods import ONE_SHOT, all_methods, canonical, parse_method
+from isotpp.progress import progress as progress_bar
 from isotpp.rundir import Commit
 from isotpp.train import LRSchedule
 
@@ -182,10 +183,7 @@ def make_net(arch: str, config: PaIConfig, seed: int):
 
 
 def _progress(total: int, desc: str, enabled: bool, unit: str = "ep"):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None if enabled else True,
-                dynamic_ncols=True, mininterval=0.5)
+    return progress_bar(total, desc, unit=unit, enabled=enabled)
 
 
 def _g0_spec(config: PaIConfig, data) -> dict[str, Any]:

@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 
 from isotpp.io import write_text
 from isotpp.pai.methods import display_name
-from isotpp.plots import save_figure
-from isotpp.report import markdown_table, mean_std, mean_std_fixed
+from isotpp.errors import UserError
+from isotpp.plots import save_figures
+from isotpp.report import csv_text, markdown_table, mean_std, mean_std_fixed
 
-__all__ = ["draw_accuracy_figure", "draw_jsv_figure", "pai_tables", "write_report"]
+__all__ = ["draw_accuracy_figure", "draw_jsv_figure", "pai_rows", "pai_setting", "pai_tables", "write_report"]
 
 
 def _vals(xs) -> list[float]:
@@ -166,37 +167,101 @@ def _parts(results):
     return [p for p in (results.get("lenet"), results.get("transfer")) if p]
 
 
-def draw_accuracy_figure(results: Mapping[str, Any]) -> Figure:
-    parts = _parts(results)
+_ARCH_NAMES = {"lenet_300_100": "LeNet-300-100", "small_convnet": "small ConvNet", "lenet5": "LeNet-5"}
+
+
+def _arch(part: Mapping[str, Any]) -> str:
+    return _ARCH_NAMES.get(part["arch"], part["arch"])
+
+
+def pai_setting(results: Mapping[str, Any]) -> str:
+    """One line naming the study's setting: data, seeds, epochs, threshold, schedule."""
+    config = results.get("config") or {}
+    seeds = len(config.get("seeds") or [])
+    parts = ["Pruning at initialisation on Fashion-MNIST"]
+    if seeds:
+        parts.append(f"{seeds}\u00a0seed{'s' if seeds != 1 else ''}")
+    if config.get("scope"):
+        parts.append(f"{config['scope']} threshold")
+    if config.get("quick"):
+        parts.append("quick schedule")
+    return ", ".join(parts)
+
+
+def _figure_axes(parts, ax):
+    if ax is not None:
+        axes = list(np.ravel(np.asarray(ax, dtype=object)))
+        if len(axes) != len(parts):
+            raise UserError(f"ax holds {len(axes)} axes but the results have {len(parts)} part(s) to draw: "
+                            "pass one axes per part")
+        return axes[0].figure, axes
     fig = Figure(figsize=(6.5 * len(parts), 4.8), layout="constrained")
-    for i, part in enumerate(parts):
-        ax = fig.add_subplot(1, len(parts), i + 1)
+    return fig, [fig.add_subplot(1, len(parts), i + 1) for i in range(len(parts))]
+
+
+def draw_accuracy_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
+    """Final test accuracy against density, one panel per network (``ax``: one axes per panel)."""
+    parts = _parts(results)
+    fig, axes = _figure_axes(parts, ax)
+    for ax, part in zip(axes, parts, strict=True):
         _plot_part(ax, part, "final_acc")
         ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"{part['arch']} on Fashion-MNIST")
+        epochs = (results.get("config") or {}).get("transfer_epochs" if part is results.get("transfer") else "epochs")
+        ax.set_title(f"{_arch(part)}: final test accuracy" + (f" after {epochs} epochs" if epochs else ""))
         ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(pai_setting(results))
     return fig
 
 
-def draw_jsv_figure(results: Mapping[str, Any]) -> Figure:
+def draw_jsv_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
+    """Mean JSV at initialisation against density, one panel per network (``ax``: one axes per panel)."""
     parts = _parts(results)
-    fig = Figure(figsize=(6.5 * len(parts), 4.8), layout="constrained")
-    for i, part in enumerate(parts):
-        ax = fig.add_subplot(1, len(parts), i + 1)
+    fig, axes = _figure_axes(parts, ax)
+    for ax, part in zip(axes, parts, strict=True):
         _plot_part(ax, part, "jsv_mean", log_y=True)
         dense = _vals(part["runs"].get("dense", {}).get("1", {}).get("jsv_mean"))
         if dense:
             ax.axhline(float(np.nanmean(dense)), color="black", linewidth=0.8, linestyle=":", label="Dense")
         ax.set_ylabel("mean JSV at initialisation (symlog)")
-        ax.set_title(f"{part['arch']}: spectrum before training")
+        ax.set_title(f"{_arch(part)}: spectrum before training")
         ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(pai_setting(results))
     return fig
 
 
-def write_report(results: Mapping[str, Any], out: str | Path) -> dict[str, Path]:
-    """table.md, accuracy.png and jsv.png in ``out``."""
+_ROW_KEYS = ("final_acc", "val_selected_acc", "jsv_mean", "jsv_zero_fraction", "density", "diverged")
+
+
+def pai_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (part, method, target density, seed), for CSV or a DataFrame."""
+    rows = []
+    for name in ("lenet", "transfer"):
+        part = results.get(name)
+        if not part:
+            continue
+        for method, by_d in part["runs"].items():
+            for d, cell in by_d.items():
+                n = len(cell.get("final_acc") or [])
+                seeds = cell.get("seeds") or list(range(n))
+                for i in range(n):
+                    row = {"part": name, "arch": part["arch"], "method": method, "target_density": float(d),
+                           "seed": seeds[i]}
+                    for k in _ROW_KEYS:
+                        values = cell.get(k) or []
+                        row[k] = values[i] if i < len(values) else None
+                    rows.append(row)
+    return rows
+
+
+def write_report(results: Mapping[str, Any], out: str | Path, *, formats=("png",)) -> dict[str, Path]:
+    """table.md, results.csv, accuracy.<format> and jsv.<format> (each of ``formats``) in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {"table": write_text(out / "table.md", pai_tables(results)),
-            "accuracy_figure": save_figure(draw_accuracy_figure(results), out / "accuracy.png"),
-            "jsv_figure": save_figure(draw_jsv_figure(results), out / "jsv.png")}
+    paths = {"table": write_text(out / "table.md", pai_tables(results)),
+             "csv": write_text(out / "results.csv", csv_text(pai_rows(results)))}
+    for key, draw, stem in (("accuracy_figure", draw_accuracy_figure, "accuracy"),
+                            ("jsv_figure", draw_jsv_figure, "jsv")):
+        figures = save_figures(draw(results), out / f"{stem}.png", formats)
+        paths[key] = figures[0]
+        paths.update({f"{key}_{p.suffix[1:]}": p for p in figures[1:]})
+    return paths

@@ -366,6 +366,13 @@ def theory_for(init: str, depth: int, sigma_w: float = 1.0, act: str = "linear")
     sigma_w = sqrt(2); the ``sigma_w`` argument is ignored) or ``"orthogonal"``
     (sigma_w times a Haar orthogonal matrix). Only ``act="linear"`` (alias
     ``"identity"``) has a theory here; other activations or inits give None.
+
+    >>> theory_for("orthogonal", 3, 1.1).point_mass  # every singular value is sigma_w ** L
+    1.331...
+    >>> theory_for("gaussian", 3).support_s()[1] ** 2  # the Fuss-Catalan edge (L+1)^(L+1) / L^L
+    9.481...
+    >>> theory_for("gaussian", 3, act="relu") is None
+    True
     """
     depth, sigma_w = _check_depth(depth), _check_sigma(sigma_w)
     init_key, act_key = str(init).lower(), str(act).lower()

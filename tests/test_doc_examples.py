@@ -1,0 +1,20 @@
+"""The examples in the public API's docstrings run and print what they say (doctest)."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "isotpp.spectrum", "isotpp.theory", "isotpp.plots", "isotpp.plan", "isotpp.cost", "isotpp.models.registry",
+    "isotpp.data", "isotpp.data.bundled", "isotpp.study_report", "isotpp.report", "isotpp.progress",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.attempted > 0, f"{name} has no docstring example"
+    assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (see the output above)"
