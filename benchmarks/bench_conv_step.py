@@ -16,7 +16,9 @@ rounds interleaved so the machine's drift hits all of them alike:
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
-``--repeats`` steps after one warm-up step per round.
+``--repeats`` steps after one warm-up step per round. Each row also gives its
+process's peak memory (peak RSS on CPU; the JAX rows' includes the XLA
+runtime, the torch row's the PyTorch one).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from _bench import machine, mib, peak_memory, peak_rss_bytes
 
 VARIANTS = {
     "isotpp": {"defaults": True, "conv": "isotpp", "tpp": False},
@@ -75,7 +79,9 @@ def worker(name: str, repeats: int) -> dict:
         state, m = step(state, x, y, {})
         jax.block_until_ready(m)
         ts.append(time.perf_counter() - t)
-    return {"compile_s": compile_s, "step_s": statistics.median(ts), "loss": float(m["loss"])}
+    peak, source = peak_memory()
+    return {"compile_s": compile_s, "step_s": statistics.median(ts), "loss": float(m["loss"]),
+            "peak_bytes": peak, "peak_source": source}
 
 
 def torch_worker(repeats: int) -> dict:
@@ -100,7 +106,8 @@ def torch_worker(repeats: int) -> dict:
         t = time.perf_counter()
         step()
         ts.append(time.perf_counter() - t)
-    return {"compile_s": 0.0, "step_s": statistics.median(ts), "loss": 0.0}
+    return {"compile_s": 0.0, "step_s": statistics.median(ts), "loss": 0.0, "peak_bytes": peak_rss_bytes(),
+            "peak_source": "peak RSS"}
 
 
 def main():
@@ -127,13 +134,15 @@ def main():
             results[n].append(json.loads(p.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}: {n:<12} {results[n][-1]['step_s']:.3f} s/step", flush=True)
     ref = statistics.median(x["step_s"] for x in results["torch"]) if "torch" in results else None
-    print(f"\nResNet56, batch 128, {os.cpu_count()} CPUs; median over {args.rounds} rounds x {args.repeats} steps")
-    print(f"{'formulation':<14}{'s/step':>9}{'img/s':>8}{'compile s':>11}{'vs torch':>10}")
+    print(f"\nmachine: {machine()}")
+    print(f"ResNet56, batch 128, {os.cpu_count()} CPUs; median over {args.rounds} rounds x {args.repeats} steps")
+    print(f"{'formulation':<14}{'s/step':>9}{'img/s':>8}{'compile s':>11}{'vs torch':>10}{'peak':>12}")
     for n in names:
         s = statistics.median(x["step_s"] for x in results[n])
         c = statistics.median(x["compile_s"] for x in results[n])
         rel = f"{s / ref:.2f}x" if ref else "-"
-        print(f"{n:<14}{s:>9.3f}{128 / s:>8.1f}{c:>11.1f}{rel:>10}")
+        peak = statistics.median(x["peak_bytes"] for x in results[n])
+        print(f"{n:<14}{s:>9.3f}{128 / s:>8.1f}{c:>11.1f}{rel:>10}{mib(peak):>12}")
     if "isotpp" in results and "isotpp TPP" in results:
         a = statistics.median(x["step_s"] for x in results["isotpp"])
         b = statistics.median(x["step_s"] for x in results["isotpp TPP"])

@@ -9,7 +9,9 @@ network (width 20) with 6 and 10 runs vmapped together; then the wall time of
 the published schedule for one seed and the three main methods (base 90
 epochs, TPP 110,001 iterations, 6 retraining runs of 90 epochs). With
 ``--torch`` it times a plain and a TPP-style step of the same MLP in PyTorch
-(2 threads) in the same run, for comparison.
+(2 threads) in the same run, for comparison. The process's peak memory is
+printed after the JAX rows and after the PyTorch ones (one process: the second
+includes the first).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 
 import jax
 
+from _bench import mib, peak_memory, peak_rss_bytes
 from isotpp.groups import channel_groups
 from isotpp.models import create_model, layer_names
 from isotpp.plan import hard_prune, l1_plan
@@ -128,6 +131,9 @@ def main():
     for k, (first, per) in rows.items():
         print(f"{k:<40}{first:>20.2f}{per * 1e3:>10.3f}")
 
+    peak, source = peak_memory()
+    print(f"{source} of the process after the JAX rows: {mib(peak)}")
+
     base = 90 * STEPS * rows["plain step, width 100"][1]
     tpp_s = cfg.total_iters * rows["TPP step, width 100"][1]
     retrain = 90 * STEPS * rows["retrain step, width 20, 6 runs vmapped"][1]
@@ -137,7 +143,8 @@ def main():
         t = torch_steps(args.repeats)
         print(f"PyTorch (same MLP, batch 100): plain step {t['plain'] * 1e3:.2f} ms, TPP-style step "
               f"{t['TPP'] * 1e3:.2f} ms -> the same schedule "
-              f"{(90 * STEPS * t['plain'] * 7 + cfg.total_iters * t['TPP']) / 60:.1f} min")
+              f"{(90 * STEPS * t['plain'] * 7 + cfg.total_iters * t['TPP']) / 60:.1f} min; "
+              f"peak RSS after them {mib(peak_rss_bytes())}")
 
 
 if __name__ == "__main__":

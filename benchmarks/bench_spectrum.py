@@ -1,24 +1,31 @@
-"""Per-sample Jacobian-spectrum throughput (a benchmark, not a test).
+"""Per-sample Jacobian-spectrum throughput and peak memory (a benchmark, not a test).
 
-    python benchmarks/bench_spectrum.py [--repeats 5] [--torch]
+    python benchmarks/bench_spectrum.py [--repeats 5] [--rounds 2] [--torch]
 
 Times, after compilation (reported separately):
 * MLP-7-Linear, batch 100: the exact kernel product ("linear"), the Gram of
   batched VJPs ("gram") and the explicit Jacobian ("jacobian");
-* ResNet56 (CIFAR shape), batch 128 in chunks: "gram" and "jacobian".
+* ResNet56 (CIFAR shape), batch 128 in chunks: "gram" and "jacobian" with
+  BatchNorm's running statistics, and "gram" with the statistics of the batch
+  of 128 (what the reference measures).
 For ResNet56 it also prints the floor of the computation (one forward pass plus
 ten input-only VJPs, from XLA's own FLOP count of the forward) and the fraction
 of the machine's attainable FLOP rate (a large float32 matmul) reached.
-With ``--torch`` (PyTorch installed) it times the reference's method beside it,
-interleaved: one backward pass per class through weights and input, then SVD.
+With ``--torch`` (PyTorch installed) it times the reference's method beside it:
+one backward pass per class through weights and input, then SVD.
+
+Every row runs in its own process (its own peak memory: device statistics
+where the backend has them, the process's peak RSS on CPU), the rows
+interleaved over ``--rounds`` rounds in alternating order so that the
+machine's drift hits isotpp and the reference alike; each figure is the median
+over rounds of the per-round medians.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -27,6 +34,8 @@ from flax import nnx
 
 from isotpp import spectrum as sp
 from isotpp.models import create_model
+
+from _bench import emit, machine, mib, run_worker
 
 
 def _median_time(fn, repeats):
@@ -85,7 +94,7 @@ def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
 # ---------------------------------------------------------------- reference (PyTorch)
 
 
-def torch_reference(repeats):
+def torch_reference(repeats, only=None):
     """The reference's JSV method in PyTorch: per class, backward of the summed
     logits through weights and input (requires_grad everywhere), then SVD."""
     import torch
@@ -106,6 +115,8 @@ def torch_reference(repeats):
 
     out = []
     for name, model, shape in (("MLP-7-Linear", mlp_7_linear(flatten=True), (100, 1, 32, 32)), ("ResNet56", ResNet56(), (128, 3, 32, 32))):
+        if only is not None and name != only:
+            continue
         model.train()  # the reference measures in train mode (batch statistics)
         x = torch.randn(shape)
         jsv(model, x)
@@ -118,45 +129,89 @@ def torch_reference(repeats):
     return out
 
 
+ROWS = {
+    # worker name: (model, method, BN mode, chunk)
+    "mlp-linear": ("MLP-7-Linear", "linear", "eval", 100),
+    "mlp-gram": ("MLP-7-Linear", "gram", "eval", 100),
+    "mlp-jacobian": ("MLP-7-Linear", "jacobian", "eval", 100),
+    "r56-gram": ("ResNet56", "gram", "eval", 64),
+    "r56-jacobian": ("ResNet56", "jacobian", "eval", 64),
+    "r56-gram-batch": ("ResNet56", "gram", "batch", 128),
+}
+TORCH_ROWS = {"torch-mlp": "MLP-7-Linear", "torch-r56": "ResNet56"}
+
+
+def _inputs(name):
+    if name == "MLP-7-Linear":
+        m = create_model("mlp_7_linear", init="torch", seed=0)
+        x = jax.random.normal(jax.random.key(1), (100, 32, 32, 1))
+    else:
+        m = create_model("resnet56", init="kaiming", seed=0)
+        x = jax.random.normal(jax.random.key(1), (128, 32, 32, 3))
+    m.eval()
+    return m, x
+
+
+def worker(name, repeats):
+    if name in TORCH_ROWS:
+        model = TORCH_ROWS[name]
+        (_, _, _, ms), = [r for r in torch_reference(repeats, only=model)]
+        emit({"ms": ms, "compile_s": float("nan")})
+        return
+    model_name, method, bn, chunk = ROWS[name]
+    model, x = _inputs(model_name)
+    (_, _, comp, ms), = bench_model(model_name, model, x, (method,), chunk, repeats, bn=bn)
+    emit({"ms": ms, "compile_s": comp})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--torch", action="store_true", help="also time the PyTorch reference method")
-    ap.add_argument("--chunk", type=int, default=64, help="ResNet56 samples per jitted chunk")
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.repeats)
+        return
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print(f"machine: {machine()}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
     peak = matmul_gflops()
     print(f"attainable float32 rate (2048^3 matmul): {peak:.0f} GFLOP/s")
+    names = [r for r in args.rows.split(",") if r] + (list(TORCH_ROWS) if args.torch else [])
+    results = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            results[n].append(run_worker(__file__, "--worker", n, "--repeats", str(args.repeats)))
+            print(f"round {r + 1}: {n:<16} {results[n][-1]['ms']:.3f} ms/sample", flush=True)
 
-    rows = []
-    mlp = create_model("mlp_7_linear", init="torch", seed=0)
-    mlp.eval()
-    x_mlp = jax.random.normal(jax.random.key(1), (100, 32, 32, 1))
-    rows += bench_model("MLP-7-Linear", mlp, x_mlp, ("linear", "gram", "jacobian"), 100, args.repeats)
+    def med(n, key):
+        return statistics.median(x[key] for x in results[n])
 
-    r56 = create_model("resnet56", init="kaiming", seed=0)
-    r56.eval()
-    x_r56 = jax.random.normal(jax.random.key(1), (128, 32, 32, 3))
-    rows += bench_model("ResNet56", r56, x_r56, ("gram", "jacobian"), args.chunk, max(2, args.repeats // 2))
-    # the reference measures with batch statistics: the like-for-like comparison
-    rows += bench_model("ResNet56", r56, x_r56, ("gram",), 128, max(2, args.repeats // 2), bn="batch")
-    if args.torch:
-        rows += torch_reference(args.repeats)
+    ref = {TORCH_ROWS[n]: med(n, "ms") for n in names if n in TORCH_ROWS}
+    print(f"\n{'model':<14}{'method':<22}{'compile s':>10}{'ms/sample':>11}{'samples/s':>11}{'vs torch':>10}"
+          f"{'peak':>12}  (median of {args.rounds} rounds)")
+    for n in names:
+        model_name, method = (TORCH_ROWS[n], "reference (torch)") if n in TORCH_ROWS else ROWS[n][:2]
+        if n in ROWS and ROWS[n][2] == "batch":
+            method += " (bn=batch)"
+        ms = med(n, "ms")
+        rel = f"{ref[model_name] / ms:.2f}x" if model_name in ref and n not in TORCH_ROWS else "-"
+        print(f"{model_name:<14}{method:<22}{med(n, 'compile_s'):>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}{rel:>10}"
+              f"{mib(med(n, 'peak_bytes')):>12}")
 
-    print(f"\n{'model':<14}{'method':<20}{'compile s':>10}{'ms/sample':>11}{'samples/s':>11}")
-    for name, method, comp, ms in rows:
-        print(f"{name:<14}{method:<20}{comp:>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}")
-
+    if not any(n in ROWS and ROWS[n][0] == "ResNet56" for n in names):
+        return
+    r56, x_r56 = _inputs("ResNet56")
     fwd = forward_flops(r56, x_r56[:1])
     floor = 11 * fwd  # one forward + ten input-only VJPs (each ≈ one forward's FLOPs)
-    best = min(ms for name, m, _, ms in rows if name == "ResNet56" and "torch" not in m)
-    print(f"\nResNet56 floor: {floor / 1e9:.2f} GFLOP/sample (XLA forward {fwd / 1e9:.3f} GFLOP x 11); "
-          f"best {best:.1f} ms/sample = {floor / best / 1e6:.0f} GFLOP/s = "
-          f"{100 * floor / best / 1e6 / peak:.0f}% of the attainable rate "
-          f"(floor time {floor / peak / 1e6:.1f} ms)")
+    for n in names:
+        if n in ROWS and ROWS[n][0] == "ResNet56":
+            ms = med(n, "ms")
+            print(f"ResNet56 {n}: {floor / ms / 1e6:.0f} GFLOP/s = {100 * floor / ms / 1e6 / peak:.0f}% of the "
+                  f"attainable rate (floor {floor / 1e9:.2f} GFLOP/sample = {floor / peak / 1e6:.1f} ms)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,7 +14,10 @@ paper's plan: ``*layer*.conv1:0.5`` for ResNet56, the stage ratios
 Batches are random and already on the devices (this measures the step, not
 the input pipeline). Compilation is reported separately (first call minus a
 steady step); images/s is the global batch over the median step time. The
-device kind and count are printed with the results.
+device kind and count are printed with the results, and after each row the
+process's peak memory so far (device statistics where the backend has them,
+peak RSS on CPU): the cases run in order in one process, so a row's peak
+includes the rows before it.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from isotpp.tpp import TPPConfig, targets_for, tpp
 from isotpp.train import reference_sgd
 from isotpp.trainer import TrainConfig, Trainer
 
+from _bench import mib, peak_memory
+
 CASES = {
     # name: (architecture, input shape, classes, TPP ratios, TPP config)
     "resnet56": ("resnet56", (32, 32, 3), 10, "*layer*.conv1:0.5", TPPConfig()),
+    "resnet20": ("resnet20", (32, 32, 3), 10, "*layer*.conv1:0.5", TPPConfig()),  # quick dry runs
     "resnet50": ("resnet50", (224, 224, 3), 1000, "*layer[1-3]*conv[1-2]:0.3,*layer4*conv[1-2]:0.14",
                  TPPConfig(update_reg_interval=5, stabilize_iters=40_000)),
 }
@@ -80,7 +86,7 @@ def time_case(name: str, method: str, batch: int, steps: int, mesh, bf16: bool) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50")
+    p.add_argument("--cases", default="resnet56,resnet50", help="comma-separated: resnet56, resnet50, resnet20")
     p.add_argument("--methods", default="plain,tpp", help="comma-separated: plain, tpp")
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (after the compiling one)")
     p.add_argument("--cifar-batch", type=int, default=128)
@@ -107,13 +113,15 @@ def main() -> None:
     print(header)
     results = []
     for name in args.cases.split(","):
-        batch = args.cifar_batch if name == "resnet56" else (args.imagenet_batch or (8 if on_cpu else 256))
+        batch = args.cifar_batch if name != "resnet50" else (args.imagenet_batch or (8 if on_cpu else 256))
         batch = -(-batch // mesh.devices.size) * mesh.devices.size
         for method in args.methods.split(","):
             r = time_case(name, method, batch, args.steps, mesh, args.bf16)
             results.append(r)
+            r["peak_bytes"], r["peak_source"] = peak_memory()
             print(f"{name:9s} {method:5s} batch {batch:4d}: {r['images_per_s']:9.1f} images/s "
-                  f"(step {r['step_s'] * 1e3:8.1f} ms, median of {args.steps}; compile {r['compile_s']:.1f} s)",
+                  f"(step {r['step_s'] * 1e3:8.1f} ms, median of {args.steps}; compile {r['compile_s']:.1f} s; "
+                  f"{r['peak_source']} so far {mib(r['peak_bytes'])})",
                   flush=True)  # fmt: skip
     if args.json:
         from isotpp.io import write_json

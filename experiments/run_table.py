@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from isotpp.errors import UserError
+from isotpp.preemption import Preempted
 from isotpp.tables import commands, load_spec, run_table
 
 
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"run_table: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"run_table: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"{len(status['done'])} finished before, {len(status['ran'])} ran, {len(status['failed'])} failed")
     return 1 if status["failed"] else 0
 

@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_cifar
 
+from isotpp.commands import args as A
+
 PROG = "train_imagenet"
 
 
@@ -27,10 +29,10 @@ def build_parser():
     p = train_cifar._Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     train_cifar.add_common_arguments(p, model="resnet50", batch=256, schedule="0:0.1,30:0.01,60:0.001", epochs=90,
                                      wd=1e-4)
-    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
-                   help="Grain decoding processes per host (default: min(16, CPUs))")
-    p.add_argument("--image-size", type=train_cifar._positive_int, default=224, help="crop size (default 224)")
-    p.add_argument("--resize", type=train_cifar._positive_int, default=256, help="eval resize (default 256)")
+    p.add_argument("--workers", type=A.Int(0, 256, what="a number of processes"), default=min(16, os.cpu_count() or 1),
+                   help="Grain decoding processes per host (min(16, CPUs) here)")
+    p.add_argument("--image-size", type=A.Int(1, 4096), default=224, help="training crop and eval centre crop")
+    p.add_argument("--resize", type=A.Int(1, 4096), default=256, help="eval resize of the shorter side")
     return p
 
 
@@ -39,6 +41,7 @@ def run(args, hooks=()) -> int:
 
     parallel.initialize(True if args.distributed else None)
 
+    from isotpp.commands.train import settings, training_run
     from isotpp.data.imagefolder import imagefolder_data
     from isotpp.errors import UserError
     from isotpp.train import LRSchedule, reference_sgd
@@ -46,17 +49,18 @@ def run(args, hooks=()) -> int:
 
     if not args.data_dir:
         raise UserError("--data-dir is required: the directory holding train/ and val/")
-    schedule = LRSchedule.parse(args.lr_schedule)
-    mesh = parallel.make_mesh()
-    data, evaluation, num_classes = imagefolder_data(
-        args.data_dir, global_batch_size=args.batch_size, mesh=mesh, seed=args.seed, workers=args.workers,
-        eval_batch_size=args.eval_batch_size, size=args.image_size, resize=args.resize)
-    model = train_cifar.make_model(args, num_classes, (args.image_size, args.image_size, 3))
-    tx = reference_sgd(schedule.initial, args.wd, args.momentum)
-    trainer = Trainer(model, tx, data, train_cifar.train_config(args), args.workdir, eval_data=evaluation,
-                      hooks=hooks, extra_config={"args": vars(args)})
-    history, _ = trainer.fit(resume=args.resume)
-    train_cifar.finish(args, trainer, history)
+    with training_run(args):
+        schedule = LRSchedule.parse(args.lr_schedule)
+        mesh = parallel.make_mesh()
+        data, evaluation, num_classes = imagefolder_data(
+            args.data_dir, global_batch_size=args.batch_size, mesh=mesh, seed=args.seed, workers=args.workers,
+            eval_batch_size=args.eval_batch_size, size=args.image_size, resize=args.resize)
+        model = train_cifar.make_model(args, num_classes, (args.image_size, args.image_size, 3))
+        tx = reference_sgd(schedule.initial, args.wd, args.momentum)
+        trainer = Trainer(model, tx, data, train_cifar.train_config(args), args.workdir, eval_data=evaluation,
+                          hooks=hooks, extra_config={"args": settings(args)})
+        history, _ = trainer.fit(resume=args.resume)
+        train_cifar.finish(args, trainer, history)
     return 0
 
 

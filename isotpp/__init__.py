@@ -31,3 +31,31 @@ def xla_defaults() -> None:
 
 
 xla_defaults()
+
+# The one-call API, imported on first use (keeps `import isotpp` and `isotpp --help` fast).
+_LAZY = {
+    "prune_optax": "isotpp.optax_pruning",
+    "pruned_model": "isotpp.optax_pruning",
+    "fit_schedule": "isotpp.optax_pruning",
+    "tpp_state": "isotpp.tpp",
+    "describe": "isotpp.tpp",
+    "channel_groups": "isotpp.groups",
+    "l1_plan": "isotpp.plan",
+    "soft_prune": "isotpp.plan",
+    "hard_prune": "isotpp.plan",
+    "save_model": "isotpp.checkpoint",
+    "load_model": "isotpp.checkpoint",
+    "model_singular_values": "isotpp.spectrum",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'isotpp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -4,15 +4,22 @@ A model file is a ``.npz`` archive holding every variable of the NNX state
 under its dotted path (``layer1.0.conv1.kernel``, ``bn1.mean``) and a JSON
 header (``__isotpp__``) with the build config (architecture, classes, input
 shape, arch kwargs), the widths record of a pruned network and free-form
-metadata. It is written atomically, so an interrupted save never replaces a
+metadata. Any other NNX module is saved with what rebuilds it: the import
+path of its constructor (when it has one), the per-sample input shape and the
+width of every channel group (:func:`isotpp.groups.channel_groups`); loading
+builds the module at its original widths and prunes each group to the stored
+width before filling in the arrays. It is written atomically, so an interrupted save never replaces a
 good file with a broken one. (Training checkpoints with optimiser and method
 state are a separate, orbax-based format.)
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
-import zipfile
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from isotpp.errors import UserError
+from isotpp.errors import DataError, UserError
+from isotpp.files import Npz, json_header, open_npz
 from isotpp.io import atomic_write
 
 _HEADER = "__isotpp__"
@@ -34,19 +42,56 @@ def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (weights, BN statistics, architecture) to ``path`` (.npz)."""
-    from isotpp.models import widths_of
+def _import_path(constructor: Callable[[], nnx.Module]) -> dict[str, Any] | None:
+    """``{"call": "module:qualname", "kwargs": {...}}`` for an importable zero-argument constructor, else None."""
+    kwargs: dict[str, Any] = {}
+    fn = constructor
+    if isinstance(fn, functools.partial):
+        if fn.args:
+            return None
+        kwargs, fn = dict(fn.keywords), fn.func
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        json.dumps(kwargs)
+    except TypeError:
+        return None
+    return {"call": f"{module}:{qualname}", "kwargs": kwargs}
 
-    config = getattr(model, "build_config", None)
-    if config is None:
-        raise UserError("this model was not built by isotpp.models.create_model: it cannot be saved as a model file")
-    header = {
-        "format": FORMAT_VERSION,
-        "build": config.to_dict(),
-        "widths": widths_of(model),
-        "meta": meta or {},
+
+def _custom_header(model: nnx.Module, constructor, x) -> dict[str, Any]:
+    from isotpp.group_trace import example_input
+    from isotpp.groups import channel_groups
+
+    spec = example_input(model, x)
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "constructor": _import_path(constructor) if constructor is not None else None,
+        "input_shape": list(spec.shape[1:]),
+        "input_dtype": str(spec.dtype),
+        "group_widths": {g.name: g.size for g in channel_groups(model, spec)},
     }
+
+
+def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None = None, *,
+               constructor: Callable[[], nnx.Module] | None = None, x=None) -> Path:
+    """Write ``model`` (weights, BN statistics, architecture) to ``path`` (.npz).
+
+    For a module not built by :func:`isotpp.models.create_model`, pass the
+    zero-argument ``constructor`` that builds it unpruned (a function or
+    ``functools.partial`` in an importable module is recorded, so
+    :func:`load_model` and ``isotpp spectrum --checkpoint`` rebuild it alone)
+    and, unless it has ``input_shape``, an example input ``x``.
+    """
+    config = getattr(model, "build_config", None)
+    header: dict[str, Any] = {"format": FORMAT_VERSION, "meta": meta or {}}
+    if config is not None:
+        from isotpp.models import widths_of
+
+        header |= {"build": config.to_dict(), "widths": widths_of(model)}
+    else:
+        header["custom"] = _custom_header(model, constructor, x)
     arrays = _flat_state(model)
     arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     path = Path(path)
@@ -55,52 +100,120 @@ def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None 
     return path
 
 
+_FIX = "save it again with isotpp.checkpoint.save_model"
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of model file ``path`` (checked; no weights are read)."""
     with _open(path) as data:
         return _header(path, data)
 
 
-def _open(path: str | Path):
+def _open(path: str | Path) -> Npz:
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file {path} does not exist: check the path")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"model file {path} is not a readable .npz ({e}): it may be truncated; re-save it") from None
+    return open_npz(path, what="model file", fix=_FIX)
 
 
-def _header(path, data) -> dict[str, Any]:
-    if _HEADER not in data.files:
-        raise UserError(f"{path} is not an isotpp model file (no {_HEADER} header): save it with isotpp.checkpoint.save_model")
-    try:
-        return json.loads(bytes(data[_HEADER]).decode())
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
-        raise UserError(f"model file {path} has a corrupt header ({e}): re-save it") from None
+def _header(path, data: Npz) -> dict[str, Any]:
+    header = json_header(data, _HEADER, fix=_FIX)
+    build, widths, meta = header.get("build"), header.get("widths"), header.get("meta", {})
+    if not isinstance(build, dict) and not isinstance(header.get("custom"), dict):
+        raise DataError(f"model file {path} has no build description (got {type(build).__name__}): {_FIX}")
+    if widths is not None and not (isinstance(widths, dict) and all(
+            isinstance(k, str) and type(v) is int and v >= 1 for k, v in widths.items())):
+        raise DataError(f"model file {path} has a corrupt widths record: {_FIX}")
+    if not isinstance(meta, dict):
+        raise DataError(f"model file {path} has corrupt metadata (a {type(meta).__name__}): {_FIX}")
+    # Every size the header declares (classes, depth, width, input size, a layer's width) counts numbers the
+    # file must hold; checked before the architecture is built, so a crafted header cannot make that slow.
+    held = sum(math.prod(data.shape(k)) for k in data.files if k != _HEADER)
+    build = build if isinstance(build, dict) else {}  # a module from outside the zoo: its sizes are in "custom"
+    arch_kwargs = build.get("arch_kwargs") if isinstance(build.get("arch_kwargs"), dict) else {}
+    sizes = {"num_classes": build.get("num_classes"), **arch_kwargs, **(widths or {})}
+    for name, value in sizes.items():
+        if type(value) is int and value > held:
+            raise DataError(f"model file {path} declares {name} = {value:,}, more than the {held:,} numbers it "
+                            f"holds: it is corrupt or crafted; {_FIX}")
+    return header
 
 
-def load_model(path: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
-    """Rebuild the network stored in ``path``; returns (model, header)."""
-    from isotpp.models import BuildConfig
+def load_model(path: str | Path, constructor: Callable[[], nnx.Module] | None = None) -> tuple[nnx.Module, dict[str, Any]]:
+    """Rebuild the network stored in ``path``; returns (model, header).
 
+    A module saved from outside the zoo is rebuilt with ``constructor`` (or
+    the one recorded in the file) and pruned to the stored group widths.
+    """
     with _open(path) as data:
         header = _header(path, data)
-        config = BuildConfig.from_dict(header.get("build", {}))
-        model = config.create(widths=header.get("widths") or None, abstract=True)
-        state = nnx.state(model)
-        flat = []
-        for key_path, var in nnx.to_flat_state(state):
-            key = ".".join(str(p) for p in key_path)
-            if key not in data.files:
-                raise UserError(f"model file {path} lacks {key} for {config.name}: it was saved from another architecture")
-            try:
-                value = data[key]
-            except (OSError, ValueError, zipfile.BadZipFile) as e:
-                raise UserError(f"model file {path} is corrupt at {key} ({e}): re-save it") from None
-            if tuple(value.shape) != tuple(var.shape):
-                raise UserError(
-                    f"model file {path}: {key} has shape {tuple(value.shape)}, {config.name} expects {tuple(var.shape)}"
-                )
-            flat.append((key_path, var.replace(jax.numpy.asarray(value, dtype=var.dtype))))
-        nnx.update(model, nnx.from_flat_state(flat))
-    return model, {**header["build"], "widths": header.get("widths"), "meta": header.get("meta", {})}
+        if "custom" in header:
+            model, name = _rebuild_custom(path, header["custom"], constructor)
+            info = {"arch": name, "input_shape": header["custom"].get("input_shape"),
+                    "widths": header["custom"].get("group_widths"), "meta": header.get("meta", {})}
+        else:
+            from isotpp.models import BuildConfig
+
+            config = BuildConfig.from_dict(header.get("build", {}))
+            model = config.create(widths=header.get("widths") or None, abstract=True)
+            name = config.name
+            info = {**header["build"], "widths": header.get("widths"), "meta": header.get("meta", {})}
+        _fill(path, data, model, name)
+    return model, info
+
+
+def _fill(path, data, model: nnx.Module, name: str) -> None:
+    flat = []
+    for key_path, var in nnx.to_flat_state(nnx.state(model)):
+        key = ".".join(str(p) for p in key_path)
+        if key not in data.files:
+            raise UserError(f"model file {path} lacks {key} for {name}: it was saved from another architecture")
+        if tuple(data.shape(key)) != tuple(var.shape):  # checked before the array is read
+            raise UserError(f"model file {path}: {key} has shape {tuple(data.shape(key))}, {name} expects "
+                            f"{tuple(var.shape)}")
+        flat.append((key_path, var.replace(jax.numpy.asarray(data[key], dtype=var.dtype))))
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+def _rebuild_custom(path, custom: dict[str, Any], constructor) -> tuple[nnx.Module, str]:
+    from isotpp.groups import channel_groups
+    from isotpp.plan import Plan, hard_prune
+
+    name = str(custom.get("class", "model")).rpartition(".")[2]
+    if constructor is None:
+        recorded = custom.get("constructor")
+        if not recorded:
+            raise UserError(f"{path} holds a {name} defined in __main__ or a notebook: load it in Python with "
+                            "load_model(path, constructor=...), or save it with a constructor from an importable module")
+        module, _, qualname = recorded["call"].partition(":")
+        try:
+            fn: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                fn = getattr(fn, part)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"{path} was saved with constructor {recorded['call']}, which cannot be imported ({e}): "
+                            "install its package or pass constructor=") from None
+        constructor = functools.partial(fn, **recorded.get("kwargs", {}))
+    model = constructor()
+    if not isinstance(model, nnx.Module):
+        raise UserError(f"the constructor returned {type(model).__name__}, not an NNX module")
+    shape = custom.get("input_shape")
+    x = jax.ShapeDtypeStruct((2, *shape), custom.get("input_dtype", "float32")) if shape is not None else None
+    widths = custom.get("group_widths") or {}
+    groups = {g.name: g for g in channel_groups(model, x)}
+    unknown = [k for k in widths if k not in groups]
+    if unknown:
+        raise UserError(f"{path} has channel group {unknown[0]!r}, which the constructor's {name} lacks: "
+                        "it was saved from another architecture")
+    sizes, pruned = {}, {}
+    for k, w in widths.items():
+        g = groups[k]
+        if w > g.size:
+            raise UserError(f"{path} gives group {k} {w} channels, the constructor's {name} has only {g.size}")
+        if w < g.size:
+            sizes[k], pruned[k] = g.size, tuple(range(w, g.size))
+    if pruned:
+        model = hard_prune(model, Plan(sizes, pruned), list(groups.values()), x=x)
+    if shape is not None and getattr(model, "input_shape", None) is None:
+        model.input_shape = tuple(shape)
+    return model, name

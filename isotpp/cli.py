@@ -1,7 +1,9 @@
 """The ``isotpp`` command line: thin sub-commands over the library.
 
 Every sub-command reports bad input as one line on stderr and exits 2 (no
-traceback); results are written atomically.
+traceback); every option's domain is declared in :mod:`isotpp.commands.args`
+and checked while parsing, before anything is computed or written. Building
+the parsers imports no JAX, so ``isotpp --help`` is fast.
 """
 
 from __future__ import annotations
@@ -10,56 +12,85 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
-from isotpp.commands.args import positive_float as _positive_float
-from isotpp.commands.args import positive_int as _positive_int
-from isotpp.errors import UserError
 
 # --------------------------------------------------------------------------
 # isotpp spectrum
 # --------------------------------------------------------------------------
 
+_SPECTRUM_EXAMPLES = """examples:
+  isotpp spectrum --model mlp --depth 7 --width 100 --init orthogonal --jsv-samples 10 --json jsv.json
+  isotpp spectrum --model lenet5 --dataset synthetic --jsv-samples 8 --plot jsv.png
+  isotpp spectrum --checkpoint runs/prune/final.npz --dataset cifar10 --json final-jsv.json
+  isotpp spectrum --model resnet20 --list-layers
+"""
+
 
 def _add_spectrum(sub) -> None:
-    from isotpp.models.init import INIT_SCHEMES
-
     p = sub.add_parser(
         "spectrum",
         help="per-sample Jacobian singular values of a model and their summary",
         description=(
             "Jacobian singular values (JSV) of d logits / d input, per sample, with the TPP "
             "reference's summary (mean, std, max, min, mean condition number, mean (s-1)^2). "
-            "Inputs come from --data or are standard Gaussian."
+            "Inputs come from --dataset or are standard Gaussian."
         ),
+        epilog=_SPECTRUM_EXAMPLES,
     )
-    p.add_argument("--model", default="mlp", help="architecture name, e.g. mlp, mlp_7_linear, lenet5, resnet56, vgg19, resnet50")
-    p.add_argument("--depth", type=_positive_int, default=7, help="mlp: number of dense layers (default 7)")
-    p.add_argument("--width", type=_positive_int, default=100, help="mlp: hidden width (default 100)")
-    p.add_argument("--act", choices=("linear", "relu", "tanh"), default="linear", help="mlp: activation")
-    p.add_argument("--input-dim", type=_positive_int, default=None, help="mlp: input dimension (default 1024)")
-    p.add_argument("--num-classes", type=_positive_int, default=None, help="number of outputs (default: the model's)")
-    p.add_argument("--init", choices=INIT_SCHEMES, default="default", help="weight initialisation (default: Flax's)")
-    p.add_argument("--sigma-w", type=_positive_float, default=1.0, help="weight scale for gaussian/orthogonal inits")
-    p.add_argument("--samples", type=_positive_int, default=100, help="number of input samples (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights (inputs use seed+1)")
+    p.add_argument("--model", type=A.model_name, default="mlp",
+                   help="architecture name, e.g. mlp, mlp_7_linear, lenet5, resnet56, vgg19, resnet50")
+    p.add_argument("--depth", type=A.Int(1, 10_000), default=7, help="mlp: number of dense layers")
+    p.add_argument("--width", type=A.positive_int, default=100, help="mlp: hidden width")
+    p.add_argument("--act", choices=("linear", "relu", "tanh", "hard_tanh"), default="linear",
+                   help="mlp: activation after every hidden layer (none after the last)")
+    p.add_argument("--input-dim", type=A.positive_int, default=None, help="mlp: input dimension (unset: 1024)")
+    p.add_argument("--num-classes", type=A.positive_int, default=None,
+                   help="number of outputs (unset: the model's)")
+    p.add_argument("--init", type=A.init_scheme, default="default", metavar=A.init_scheme.describe,
+                   help="weight initialisation (default: Flax's)")
+    p.add_argument("--sigma-w", type=A.positive_float, default=1.0,
+                   help="weight scale of the gaussian, orthogonal and delta-orthogonal inits")
+    p.add_argument("--jsv-samples", "--samples", dest="samples", type=A.positive_int, default=100,
+                   help="number of input samples")
+    p.add_argument("--sigma-b", type=A.nonnegative_float, default=0.0, help="mlp: biases drawn N(0, sigma_b^2)")
+    p.add_argument("--nets", type=A.Int(1, 10_000), default=1,
+                   help="independent weight draws (seeds seed, seed+1, ...), spectra pooled")
+    p.add_argument("--seed", type=A.seed, default=0, help="seed for the weights (inputs use seed+1)")
     p.add_argument("--method", choices=("auto", "gram", "jacobian", "linear"), default="auto",
                    help="auto: exact kernel product for linear MLPs, else gram (J·Jᵀ from VJPs)")
-    p.add_argument("--bn", choices=("eval", "batch"), default="eval",
+    p.add_argument("--jsv-bn", "--bn", dest="bn", choices=("eval", "batch"), default="eval",
                    help="BatchNorm statistics: running (eval) or of each batch (batch, as the reference)")
     p.add_argument("--float64", action="store_true", help="compute in float64 (badly conditioned spectra)")
-    p.add_argument("--checkpoint", default=None, help="model file (.npz) written by isotpp to load weights from")
-    p.add_argument("--data", default=None, help="take inputs from a dataset: fashion_mnist, mnist, cifar10, cifar100")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are (else $ISOTPP_DATA, cache, system)")
-    p.add_argument("--chunk-size", type=_positive_int, default=None, help="samples per jitted chunk")
+    p.add_argument("--checkpoint", type=A.input_file, default=None, metavar="MODEL.npz",
+                   help="model file (.npz) written by isotpp to load the model and weights from")
+    p.add_argument("--dataset", "--data", dest="data", type=_SPECTRUM_INPUTS, default=None,
+                   metavar="DATASET",
+                   help=f"take inputs from the first test examples of one of {', '.join(_SPECTRUM_INPUTS.names)} "
+                        "(unset: standard Gaussian noise)")
+    p.add_argument("--data-dir", type=A.data_dir, default=None,
+                   help="where the dataset files are (unset: $ISOTPP_DATA, the cache, system locations)")
+    p.add_argument("--chunk-size", type=A.positive_int, default=None,
+                   help="samples per jitted chunk (unset: chosen from the model size)")
     p.add_argument("--values", action="store_true", help="include every sample's singular values in the JSON")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
-    p.add_argument("--plot", default=None, metavar="PATH", help="write a histogram (PNG) with the theory overlay")
+    p.add_argument("--json", type=A.output_file, default=None, metavar="PATH", help="write the summary as JSON")
+    p.add_argument("--plot", type=A.output_file, default=None, metavar="PATH",
+                   help="write a histogram with the theory overlay (PNG)")
+    p.add_argument("--list-layers", action="store_true",
+                   help="print the model's layer names in forward order (which can be pruned) and stop")
     p.set_defaults(func=_run_spectrum)
+
+
+_SPECTRUM_INPUTS = A.Choice((*A.DATASETS, "gaussian"), {**A.DATASET_ALIASES, "random": "gaussian"}, what="input source")
 
 
 def _run_spectrum(args) -> int:
     from isotpp.commands.spectrum import run_spectrum
 
+    if args.list_layers:
+        return _list_layers(args.model, args.num_classes, args.checkpoint,
+                            {"depth": args.depth, "width": args.width, "act": args.act,
+                             "input_dim": args.input_dim or 1024} if args.model == "mlp" else {})
     result = run_spectrum(
         model=args.model,
         depth=args.depth,
@@ -69,7 +100,9 @@ def _run_spectrum(args) -> int:
         num_classes=args.num_classes,
         init=args.init,
         sigma_w=args.sigma_w,
+        sigma_b=args.sigma_b,
         samples=args.samples,
+        nets=args.nets,
         seed=args.seed,
         method=args.method,
         bn=args.bn,
@@ -90,24 +123,34 @@ def _run_spectrum(args) -> int:
 
 
 # --------------------------------------------------------------------------
-# isotpp reproduce mlp-linear / isotpp demo
+# isotpp reproduce mlp-linear / convnet / pai, isotpp demo
 # --------------------------------------------------------------------------
 
-
-def _seeds(text: str) -> int:
-    return _positive_int(text)
+_seeds = A.Int(1, 1000, what="a positive number of seeds")
+_epochs = A.Int(1, 100_000, what="a number of epochs")
+_methods = A.CommaList(what="method")
+_out_help = "run directory (a rerun of the same command continues there; other settings are refused)"
+_data_dir_help = "where the dataset files are (unset: $ISOTPP_DATA, the cache, system locations)"
 
 
 def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="run a paper's study end to end",
-                       description="Reproduce a study of the papers; results, table and figure land in --out.")
+                       description="Reproduce a study of the papers; results, table and figure land in --out.",
+                       epilog="examples:\n  isotpp reproduce mlp-linear --quick --seeds 1 --out runs/mlp-quick\n"
+                              "  isotpp reproduce convnet --quick --out runs/convnet-quick\n"
+                              "  isotpp reproduce pai --quick --out runs/pai-quick\n")
     studies = p.add_subparsers(dest="study", metavar="STUDY", parser_class=_Parser)
     studies.required = True
     m = studies.add_parser(
         "mlp-linear", help="MLP-7-Linear: L1 vs L1+OrthP vs TPP (+ KernOrth, AI), two retraining LRs",
-        description="The TPP paper's linear-network study: train MLP-7-Linear, prune 80%% of every hidden "
+        description="The TPP paper's linear-network study: train MLP-7-Linear, prune 80% of every hidden "
                     "layer with each method, retrain at LR 1e-2 and 1e-3, record accuracy and mean JSV "
                     "per epoch. The published schedule is the default; --quick runs a reduced one.",
+        epilog="examples:\n"
+               "  isotpp reproduce mlp-linear --quick --seeds 1 --out runs/mlp-quick\n"
+               "  isotpp reproduce mlp-linear --quick --methods L1,TPP --epochs 2 --out runs/mlp-l1-tpp\n"
+               "  isotpp reproduce mlp-linear --quick --lr-schedule 0.01=0:0.01,5:0.001 --out runs/mlp-one-lr\n"
+               "  isotpp reproduce mlp-linear --out runs/mlp     # the published schedule, 3 seeds\n",
     )
     _study_args(m, default_seeds=3)
     m.set_defaults(func=_run_reproduce_mlp)
@@ -116,14 +159,18 @@ def _add_reproduce(sub) -> None:
         description="A CIFAR-style ResNet-20 (narrowed) on a slice of Fashion-MNIST (CIFAR-10 with --dataset "
                     "cifar10): prune *layer*.conv1 at a high ratio with L1, L1+OrthP and TPP, retrain at two "
                     "learning rates, record accuracy and mean JSV per epoch. Sized for a 2-core CPU.",
+        epilog="examples:\n  isotpp reproduce convnet --quick --out runs/convnet-quick     # about 7 minutes\n"
+               "  isotpp reproduce convnet --methods L1,TPP --ratio 0.7 --out runs/convnet-0.7\n",
     )
     c.add_argument("--quick", action="store_true", help="a reduced schedule (a few minutes)")
-    c.add_argument("--seeds", type=_seeds, default=1, help="number of seeds (default 1)")
-    c.add_argument("--methods", default=None, help="comma-separated (default L1,L1+OrthP,TPP)")
-    c.add_argument("--dataset", choices=("fashion_mnist", "mnist", "cifar10"), default="fashion_mnist")
-    c.add_argument("--data-dir", default=None)
-    c.add_argument("--ratio", type=float, default=None, help="pruning ratio of every block's conv1 (default 0.9)")
-    c.add_argument("--out", required=True)
+    c.add_argument("--seeds", type=_seeds, default=1, help="number of seeds")
+    c.add_argument("--methods", type=_methods, default=None, help="comma-separated methods (unset: L1,L1+OrthP,TPP)")
+    c.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist", "cifar10"), A.DATASET_ALIASES,
+                                              what="dataset"), default="fashion_mnist", help="the dataset the study trains on")
+    c.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
+    c.add_argument("--ratio", type=A.open_fraction, default=None,
+                   help="pruning ratio of every block's conv1 (unset: 0.9)")
+    c.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
     c.set_defaults(func=_run_reproduce_convnet)
     _add_reproduce_pai(studies)
 
@@ -134,21 +181,25 @@ def _add_reproduce_pai(studies) -> None:
         description="Random, magnitude, SNIP, GraSP, SynFlow, IRP and AutoSparse masks (each also with "
                     "approximate isometry) at several densities: mean JSV at initialisation and final test "
                     "accuracy, 3 seeds; the AutoSparse scorer is also transferred to a small ConvNet.",
+        epilog="examples:\n  isotpp reproduce pai --quick --out runs/pai-quick     # about 90 seconds\n"
+               "  isotpp reproduce pai --quick --methods snip,synflow+ai --densities 5%,1% --no-transfer "
+               "--out runs/pai-snip\n",
     )
     p.add_argument("--quick", action="store_true", help="a reduced run (minutes on a CPU)")
-    p.add_argument("--seeds", type=_seeds, default=None, help="number of seeds (default 3, quick 1)")
-    p.add_argument("--densities", default=None, help="kept fractions, e.g. '0.1,0.05,0.01' or '10%%,1%%' "
-                                                     "(default 10,5,2,1,0.5 %%; quick 5,1 %%)")
-    p.add_argument("--methods", default=None, help="comma-separated, e.g. 'snip,grasp+ai,autosparse' "
-                                                   "(default: all seven and each +ai)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 10, quick 3)")
+    p.add_argument("--seeds", type=_seeds, default=None, help="number of seeds (unset: 3, quick 1)")
+    p.add_argument("--densities", type=A.densities, default=None,
+                   help="kept fractions, e.g. '0.1,0.05,0.01' or '10%%,1%%' (unset: 10,5,2,1,0.5 %%; quick 5,1 %%)")
+    p.add_argument("--methods", type=_methods, default=None,
+                   help="comma-separated, e.g. 'snip,grasp+ai,autosparse' (unset: all seven and each +ai)")
+    p.add_argument("--epochs", type=_epochs, default=None, help="training epochs (unset: 10, quick 3)")
     p.add_argument("--scope", choices=("global", "layerwise"), default="global", help="one threshold or per layer")
     p.add_argument("--no-transfer", action="store_true", help="skip the transfer to the small ConvNet")
-    p.add_argument("--scorer", default=None, metavar="PATH", help="use this trained AutoSparse scorer (.npz)")
-    p.add_argument("--irp-record", default=None, metavar="PATH",
+    p.add_argument("--scorer", type=A.input_file, default=None, metavar="PATH",
+                   help="use this trained AutoSparse scorer (.npz)")
+    p.add_argument("--irp-record", type=A.input_file, default=None, metavar="PATH",
                    help="train the AutoSparse scorer from this LeNet-300-100 IRP record (.npz)")
-    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (else $ISOTPP_DATA, cache, system)")
-    p.add_argument("--out", required=True, help="run directory (reruns reuse what is already there)")
+    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
+    p.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
     p.set_defaults(func=_run_reproduce_pai)
 
 
@@ -164,9 +215,7 @@ def _run_reproduce_pai(args) -> int:
     if args.densities is not None:
         kw["densities"] = parse_densities(args.densities)
     if args.methods is not None:
-        kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        if not kw["methods"]:
-            raise UserError("--methods is empty: name at least one method")
+        kw["methods"] = args.methods
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.no_transfer:
@@ -180,25 +229,26 @@ def _run_reproduce_pai(args) -> int:
 
 def _study_args(p, default_seeds: int) -> None:
     p.add_argument("--quick", action="store_true", help="a reduced schedule (minutes on a CPU)")
-    p.add_argument("--seeds", type=_seeds, default=default_seeds, help=f"number of seeds (default {default_seeds})")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated methods (default: L1,L1+OrthP,TPP,L1+KernOrth,L1+AI)")
-    p.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist")
-    p.add_argument("--ratio", type=float, default=None, help="pruning ratio of every hidden layer (default 0.8)")
-    p.add_argument("--lr-schedule", action="append", default=None, metavar="LR=SCHEDULE",
-                   help="retraining schedule per LR label, e.g. '0.001=0:0.001,45:0.0001' (repeatable; "
-                        "default: the paper's two)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="retraining epochs (default 90, quick 10)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are (else $ISOTPP_DATA, cache, system)")
-    p.add_argument("--out", required=True, help="run directory (reruns reuse what is already there)")
+    p.add_argument("--seeds", type=_seeds, default=default_seeds, help="number of seeds")
+    p.add_argument("--methods", type=_methods, default=None,
+                   help="comma-separated methods (unset: L1,L1+OrthP,TPP,L1+KernOrth,L1+AI)")
+    p.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist"), A.DATASET_ALIASES, what="dataset"),
+                   default="fashion_mnist", help="the dataset the study trains on")
+    p.add_argument("--ratio", type=A.open_fraction, default=None,
+                   help="pruning ratio of every hidden layer (unset: 0.8)")
+    p.add_argument("--lr-schedule", type=A.LabelledSchedule(), action=A.AppendUnique, default=None,
+                   metavar="LABEL=SCHEDULE",
+                   help="retraining schedule per LR label, e.g. '0.001=0:0.001,45:0.0001' (repeatable, one per "
+                        "label; the label names files; unset: the paper's two)")
+    p.add_argument("--epochs", type=_epochs, default=None, help="retraining epochs (unset: 90, quick 10)")
+    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
+    p.add_argument("--out", type=A.output_dir, required=True, help=_out_help)
 
 
 def _study_config(args, seeds: int):
     from isotpp.studies import mlp_linear as study
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else study.METHODS
-    if not methods:
-        raise UserError("--methods is empty: name at least one method")
+    methods = args.methods or study.METHODS
     for m in methods:
         study.canonical_method(m)
     kw = {"dataset": args.dataset, "data_dir": args.data_dir, "seeds": tuple(range(seeds)), "methods": methods}
@@ -207,13 +257,7 @@ def _study_config(args, seeds: int):
     if args.epochs is not None:
         kw["retrain_epochs"] = args.epochs
     if args.lr_schedule:
-        schedules = []
-        for item in args.lr_schedule:
-            label, sep, text = item.partition("=")
-            if not sep or not label.strip():
-                raise UserError(f"bad --lr-schedule {item!r}: write LABEL=SCHEDULE, e.g. '0.001=0:0.001,45:0.0001'")
-            schedules.append((label.strip(), text.strip()))
-        kw["lr_schedules"] = tuple(schedules)
+        kw["lr_schedules"] = tuple(args.lr_schedule)
     return study.quick_config(**kw) if args.quick else study.StudyConfig(**kw)
 
 
@@ -238,7 +282,7 @@ def _run_reproduce_convnet(args) -> int:
 
     kw = {"dataset": args.dataset, "data_dir": args.data_dir, "seeds": tuple(range(args.seeds))}
     if args.methods:
-        kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        kw["methods"] = args.methods
     if args.ratio is not None:
         kw["ratio"] = args.ratio
     config = convnet.quick_config(**kw) if args.quick else convnet.ConvStudyConfig(**kw)
@@ -250,9 +294,10 @@ def _run_reproduce_convnet(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the quick linear-network study on Fashion-MNIST, one seed (a few minutes)",
                        description="The quick MLP-7-Linear study on Fashion-MNIST with one seed: prints the "
-                                   "table and the paths of the figure and results.")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (else $ISOTPP_DATA, cache, system)")
+                                   "table and the paths of the figure and results.",
+                       epilog="examples:\n  isotpp demo\n  isotpp demo --out runs/demo --data-dir ~/data/fashion-mnist\n")
+    p.add_argument("--out", type=A.output_dir, default="runs/demo", help=_out_help)
+    p.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
     p.set_defaults(func=_run_demo)
 
 
@@ -262,6 +307,26 @@ def _run_demo(args) -> int:
     config = study.quick_config(seeds=(0,), data_dir=args.data_dir)
     results = study.run_study(config, args.out)
     _print_study(results)
+    return 0
+
+
+def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, arch_kwargs: dict) -> int:
+    """``--list-layers`` of ``spectrum`` and ``prune``: the layer table, nothing computed or written."""
+    from isotpp.commands.layers import layers_table
+
+    if checkpoint is not None:
+        from isotpp.checkpoint import read_header
+        from isotpp.models import BuildConfig
+
+        header = read_header(checkpoint)
+        net = BuildConfig.from_dict(header["build"]).create(widths=header.get("widths") or None, abstract=True)
+        title = f"{checkpoint} ({net.build_config.name})"
+    else:
+        from isotpp.models import BuildConfig
+
+        net = BuildConfig(model, num_classes, None, tuple(sorted(arch_kwargs.items()))).create(abstract=True)
+        title = model
+    print(layers_table(net, title))
     return 0
 
 
@@ -283,7 +348,12 @@ _COMMANDS: list[Callable] = [_add_spectrum, _add_train, _add_prune, _add_reprodu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="isotpp", description="Dynamical-isometry analysis of neural-network pruning.")
+    parser = _Parser(prog="isotpp", description="Dynamical-isometry analysis of neural-network pruning.",
+                     epilog="examples:\n  isotpp demo\n  isotpp spectrum --model mlp --init orthogonal --jsv-samples 10\n"
+                            "  isotpp prune --dry-run --model resnet56 --ratios '*layer*.conv1:0.5'\n"
+                            "  isotpp prune --model resnet56 --list-layers\n"
+                            "Run 'isotpp COMMAND --help' for a command's options; docs/cli.md has them all.")
+    A.version_action(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in _COMMANDS:
@@ -292,22 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command; returns the exit status.
+
+    0: done; 2: bad input (one line on stderr); 75: stopped by SIGTERM after a
+    checkpoint (rerun to continue); 130: interrupted; 70: an internal error
+    (one line; the traceback goes to a file it names, or to stderr with
+    ISOTPP_TRACEBACK=1).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"isotpp {args.command}: error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except Exception as e:  # preemption (SIGTERM) saved a checkpoint: exit with the "retry" code
-        from isotpp.trainer import Preempted
-
-        if isinstance(e, Preempted):
-            return e.exit_code
-        raise
-    except KeyboardInterrupt:
-        print(f"isotpp {args.command}: interrupted; finished results were kept", file=sys.stderr)
-        return 130
+    prog = " ".join(["isotpp", args.command] + ([args.study] if getattr(args, "study", None) else []))
+    A.check_after_parsing(prog, args)
+    if A.checked_only(prog, args):
+        return 0
+    return A.guarded(prog, lambda: args.func(args))
 
 
 if __name__ == "__main__":

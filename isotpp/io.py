@@ -9,20 +9,37 @@ run never leaves a half-written file where a good one was expected.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from isotpp import faults
 from isotpp.errors import UserError
+
+
+def storage_error(path: str | os.PathLike, error: OSError) -> UserError:
+    """One line for a write that the file system refused (a full disk, no permission, read-only)."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"cannot write {path}: {reason}; free some space (or choose another directory), then run "
+                         "the same command again: finished work is kept")
+    return UserError(f"cannot write {path}: {reason}; choose a writable path")
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, *, mkdir: bool = True) -> Iterator[BinaryIO]:
-    """Open a temporary binary file that replaces ``path`` on successful exit."""
+    """Open a temporary binary file that replaces ``path`` on successful exit.
+
+    The file gets the permissions a plain ``open`` would (0666 less the
+    umask, so 0644 usually). A file system that refuses the write (a full
+    disk, no permission) is a :class:`UserError` naming ``path``; the target
+    is then left as it was.
+    """
     path = Path(path)
     if mkdir:
         try:
@@ -31,20 +48,27 @@ def atomic_write(path: str | os.PathLike, *, mkdir: bool = True) -> Iterator[Bin
             raise UserError(f"cannot create directory {path.parent}: {e.strerror}; choose a writable path") from e
     elif not path.parent.is_dir():
         raise UserError(f"directory {path.parent} does not exist: create it or choose another path")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}; choose a writable path") from e
+        raise storage_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        faults.at("before", path)
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise storage_error(path, e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    faults.at("after", path)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -126,7 +126,8 @@ def l1_scores(params: Mapping[str, jax.Array], group: Group) -> np.ndarray:
     for slot in group.slots_with("out"):
         w = np.abs(np.asarray(params[slot.param], dtype=np.float64))
         w = np.moveaxis(w, slot.axis, -1).reshape(-1, w.shape[slot.axis])
-        scores.append(w.mean(axis=0))
+        grid = slot.position_grid(group.size)  # (n, entries per channel)
+        scores.append(w[:, grid].mean(axis=(0, 2)))
     return np.mean(scores, axis=0)
 
 
@@ -137,9 +138,10 @@ def select_lowest(scores: np.ndarray, ratio: float) -> tuple[int, ...]:
 
 
 def l1_plan(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Sequence[str] = (),
-            groups: Sequence[Group] | None = None) -> Plan:
-    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w|."""
-    groups = list(groups) if groups is not None else channel_groups(model)
+            groups: Sequence[Group] | None = None, x=None) -> Plan:
+    """The L1 plan: in each group the ceil(ratio·n) filters of smallest mean |w| (``x``: an example input
+    for models without ``input_shape``)."""
+    groups = list(groups) if groups is not None else channel_groups(model, x)
     per_group = resolve_ratios(groups, ratios, skip)
     params = flat_arrays(nnx.state(model, nnx.Param))
     sizes, pruned = {}, {}
@@ -170,10 +172,13 @@ def _groups_by_name(groups: Sequence[Group], plan: Plan) -> list[tuple[Group, tu
 
 def _axis_mask(slot: Slot, shape: Sequence[int], channel_mask: np.ndarray) -> np.ndarray:
     """Broadcastable mask for ``slot`` of a variable of ``shape`` (1 at the group's marked channels)."""
-    m = np.tile(channel_mask, slot.interleave)
     axis = slot.axis % len(shape)
-    if m.shape[0] != shape[axis]:
-        raise AssertionError(f"{slot.param}: axis {axis} has {shape[axis]} entries, the group {m.shape[0]}")
+    n = len(channel_mask)
+    span = slot.positions(np.arange(n), n)
+    if span[-1] >= shape[axis]:
+        raise AssertionError(f"{slot.param}: axis {axis} has {shape[axis]} entries, the group {n}")
+    m = np.zeros(shape[axis], channel_mask.dtype)
+    m[slot.positions(np.flatnonzero(channel_mask), n)] = 1
     return m.reshape([-1 if a == axis else 1 for a in range(len(shape))])
 
 
@@ -194,9 +199,9 @@ def param_masks(state, plan: Plan, groups: Sequence[Group], roles: Sequence[str]
     return masks
 
 
-def soft_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None) -> nnx.Module:
+def soft_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None, x=None) -> nnx.Module:
     """Zero the pruned filters, their biases, the following BN's scale/bias and fixed maps' outputs, in place."""
-    groups = list(groups) if groups is not None else channel_groups(model)
+    groups = list(groups) if groups is not None else channel_groups(model, x)
     state = nnx.state(model)
     masks = param_masks(state, plan, groups, ("out", "bias", "bn", "out_fixed"))
     new = map_named(lambda name, x: x * (1 - masks[name]).astype(x.dtype) if name in masks else x, state)
@@ -204,36 +209,48 @@ def soft_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = N
     return model
 
 
-def _take(x: np.ndarray, slot: Slot, kept: Sequence[int], size: int) -> np.ndarray:
-    axis = slot.axis % x.ndim
-    idx = np.asarray(kept)
-    if slot.interleave > 1:
-        idx = (np.arange(slot.interleave)[:, None] * size + idx[None, :]).reshape(-1)
-    return np.take(x, idx, axis=axis)
+def _removed(groups: Sequence[Group], plan: Plan, arrays: Mapping[str, np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
+    """{(variable, axis): indices to delete}: every slot of every pruned group, in the original coordinates."""
+    out: dict[tuple[str, int], set] = {}
+    for g, idx in _groups_by_name(groups, plan):
+        if not idx:
+            continue
+        for slot in g.slots:
+            key = (slot.param, slot.axis % arrays[slot.param].ndim)
+            out.setdefault(key, set()).update(slot.positions(idx, g.size).tolist())
+    return {k: np.asarray(sorted(v), np.int64) for k, v in out.items()}
 
 
-def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None) -> nnx.Module:
+def _sliced(arrays: Mapping[str, np.ndarray], removed: Mapping[tuple[str, int], np.ndarray]) -> dict[str, np.ndarray]:
+    out = dict(arrays)
+    for (name, axis), idx in removed.items():
+        out[name] = np.delete(out[name], idx, axis=axis)
+    return out
+
+
+def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = None, x=None) -> nnx.Module:
     """A new, smaller model without the pruned channels (every slot sliced, BN statistics included).
 
-    The architecture is rebuilt at the new widths from ``model.build_config``,
-    so the result can be saved and reloaded like any model.
+    Zoo models are rebuilt at the new widths from ``model.build_config``; any
+    other NNX module is copied and its variables sliced in place (NNX surgery),
+    with the size attributes of Flax's layers (``in_features``,
+    ``out_features``, ``num_features``, a depthwise conv's
+    ``feature_group_count``) updated. ``x``: an example input, for modules
+    without ``input_shape`` (see :func:`isotpp.groups.channel_groups`).
     """
-    groups = list(groups) if groups is not None else channel_groups(model)
+    groups = list(groups) if groups is not None else channel_groups(model, x)
+    arrays = {k: np.asarray(v) for k, v in flat_arrays(nnx.state(model)).items()}
+    arrays = _sliced(arrays, _removed(groups, plan, arrays))
     config = getattr(model, "build_config", None)
     if config is None:
-        raise UserError("hard pruning needs a model built by isotpp.models.create_model")
-    arrays = {k: np.asarray(v) for k, v in flat_arrays(nnx.state(model)).items()}
+        return _surgery(model, arrays)
     from isotpp.models import widths_of
 
     widths = widths_of(model)
     for g, idx in _groups_by_name(groups, plan):
-        if not idx:
-            continue
-        kept = plan.kept(g.name)
-        for slot in g.slots:
-            arrays[slot.param] = _take(arrays[slot.param], slot, kept, g.size)
         for layer in g.layers:
-            widths[layer] = len(kept)
+            if idx and layer in widths:
+                widths[layer] = g.size - len(idx)
     small = config.create(widths=widths, abstract=True)
     state = nnx.state(small)
     target = flat_arrays(state)
@@ -243,3 +260,33 @@ def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = N
     new = map_named(lambda name, spec: jnp.asarray(arrays[name], dtype=spec.dtype), state)
     nnx.update(small, new)
     return small
+
+
+def _surgery(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> nnx.Module:
+    """A copy of ``model`` holding ``arrays`` (new shapes allowed), its layers' size attributes updated."""
+    graphdef, state = nnx.split(model)
+    small = nnx.merge(graphdef, map_named(lambda name, v: jnp.asarray(arrays[name], dtype=v.dtype), state))
+    for _, m in nnx.iter_graph(small):
+        resize_attributes(m)
+    return small
+
+
+def resize_attributes(m) -> None:
+    """Make a Flax layer's static size attributes agree with its (resized) variables."""
+    kernel = getattr(m, "kernel", None)
+    if isinstance(m, nnx.Conv) and kernel is not None:
+        shape = tuple(kernel.shape)
+        groups = m.feature_group_count
+        if groups > 1:  # depthwise: one input channel per group, the multiplier kept
+            groups = m.in_features = shape[-1] // (m.out_features // m.feature_group_count)
+            m.feature_group_count = groups
+        else:
+            m.in_features = shape[-2]
+        m.out_features = shape[-1]
+        m.kernel_shape = shape
+    elif isinstance(m, nnx.Linear) and kernel is not None:
+        m.in_features, m.out_features = int(kernel.shape[0]), int(kernel.shape[1])
+    elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
+        ref = getattr(m, "scale", None) or getattr(m, "mean", None) or getattr(m, "bias", None)
+        if ref is not None and hasattr(m, "num_features"):
+            m.num_features = int(ref.shape[-1])

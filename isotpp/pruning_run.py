@@ -29,6 +29,7 @@ run. The methods are :mod:`isotpp.methods`' recipes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from isotpp.errors import UserError
+from isotpp.io import read_json, write_json
 
 BASE_LR = "0:0.1,100:0.01,150:0.001"  # the paper's CIFAR base recipe (200 epochs)
 RETRAIN_LR = "0:0.01,60:0.001,90:0.0001"
@@ -522,27 +524,75 @@ def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
                   seed=config.seed + 2, penalties=penalties, weights=weights, hooks=[hook], method=method.name)
 
 
+# Settings that may change between the calls that finish one run (they do not change its results).
+REUSABLE = ("data_dir", "out", "shared", "progress", "workers", "checkpoint_every")
+RETRAINING = ("epochs", "lr_schedule")  # what runs sharing their earlier stages (``shared``) may differ in
+RESUME_HINT = "run the same command again to continue"
+
+
+def check_inputs(config: PruneConfig, data: RunData) -> None:
+    """Refuse ratio or skip patterns that match no layer of the model, and an isotpp base model file of
+    another architecture, before anything is trained or written."""
+    from isotpp.checkpoint import read_header
+    from isotpp.cost import widths_after
+    from isotpp.models import BuildConfig
+
+    abstract = BuildConfig(config.model, data.num_classes, tuple(data.input_shape)).create(abstract=True)
+    widths_after(abstract, config.ratios, config.skip)
+    if config.base is not None and not str(config.base).endswith((".pth", ".pt")):
+        arch = (read_header(config.base).get("build") or {}).get("arch")
+        if arch != config.model:
+            raise UserError(f"--base holds a {arch}, not a {config.model}: pass --model {arch} or another --base")
+
+
 def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
-    """Run (or finish) one pruning run in ``config.out``; returns the summary (also summary.json)."""
+    """Run (or finish) one pruning run in ``config.out``; returns the summary (also summary.json).
+
+    Everything is checked (settings, the run directory, the data, the
+    patterns against the model) before anything is written; ``config.out``
+    (and ``config.shared``) are locked for the run, and a directory that
+    holds a run with other settings is refused. SIGTERM stops the run at the
+    next step or stage boundary with :class:`~isotpp.preemption.Preempted`;
+    calling again with the same config finishes it.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.rundir import check_path, open_run
+
+    config = config.validate()
+    out = check_path(config.out)
+    shared = check_path(config.shared, "shared directory") if config.shared else out
+    settings = config.to_dict()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_stops(RESUME_HINT))
+        runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE))]
+        if shared.absolute() != out.absolute():
+            runs.append(stack.enter_context(open_run(
+                shared, {k: v for k, v in settings.items() if k not in RETRAINING},
+                kind="set of shared pruning stages", reusable=REUSABLE)))
+        if (out / "summary.json").exists():
+            return read_json(out / "summary.json")
+        data = load_data(config)
+        check_inputs(config, data)
+        for run in runs:
+            run.record()
+        return _run_stages(config, data, out, shared, log)
+
+
+def _run_stages(config: PruneConfig, data: RunData, out: Path, shared: Path, log) -> dict[str, Any]:
     from isotpp import parallel
     from isotpp.checkpoint import save_model
     from isotpp.cost import widths_cost
-    from isotpp.io import read_json, write_json
     from isotpp.models import widths_of
+    from isotpp.preemption import check
 
-    config = config.validate()
-    out = Path(config.out)
-    shared = Path(config.shared) if config.shared else out
-    if (out / "summary.json").exists():
-        return read_json(out / "summary.json")
     t0 = time.time()
-    data = load_data(config)
     main = parallel.is_main_process()
-    if main:
-        write_json(out / "config.json", config.to_dict())
+    kept = f"finished stages are kept in {shared}"
     base = base_model(config, data, shared, log)
+    check(kept)
     base_acc = evaluate(base, data)
     small, meta = pruned_model(config, data, base, shared, log)
+    check(kept)
     trainer, history = retrain(config, data, small, out, log)
     final = trainer.host_model()
     cost = widths_cost(base, widths_of(small))
@@ -557,7 +607,7 @@ def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
         "flops": cost.flops, "flops_pruned": cost.flops_pruned, "speedup": cost.speedup,
         "wall_s": time.time() - t0,
     }
-    if main:
+    if main:  # summary.json last: it marks the run finished
         save_model(out / "final.npz", final, {"stage": "final", **{k: summary[k] for k in ("method", "best_acc")}})
         write_json(out / "summary.json", summary)
     return summary

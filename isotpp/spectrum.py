@@ -15,10 +15,25 @@ implementations, which the tests require to agree:
 ``"jacobian"``
     The explicit per-sample Jacobian (``jax.jacrev`` vmapped over samples) and
     its SVD: accurate to float precision relative to s_max, slower.
+``"stochastic"``
+    For many classes: Hutchinson's trace and stochastic Lanczos quadrature on
+    J·Jᵀ from a fixed budget of JVP/VJP products per sample
+    (:mod:`isotpp.spectrum_stochastic`, which defines what is estimated and its
+    error); returns a representative spectrum (quantiles of the estimated
+    density). ``"auto"`` picks it when C ≥ 4 × the budget (eval-mode BN).
 ``"linear"``
-    For networks that are linear in their input (e.g. an MLP with identity
-    activations) J is the same for every x: the singular values of the kernel
-    product W_L⋯W_1, exact and input-free (:func:`kernel_product_singular_values`).
+    For networks whose logits are affine in their input (an MLP with identity
+    activations, any model of dense / conv layers, biases and eval-mode
+    BatchNorm without activations; decided from the forward program,
+    :mod:`isotpp.linearity`) J is the same for every x: the SVD of that one
+    matrix, computed in float64, exact and input-free
+    (:func:`linear_singular_values`; :func:`kernel_product_singular_values` is
+    the pure, vmappable form for a chain of dense kernels).
+
+``"gram"`` checks itself: where a sample's smallest singular value falls below
+its float32 resolution (≈ 3·10⁻⁴·s_max) the chunk is recomputed with the
+explicit Jacobian, and a warning says so (and asks for float64 where even that
+cannot resolve it).
 
 BatchNorm: ``bn="eval"`` (running statistics; each sample's Jacobian is its
 own) or ``bn="batch"`` (batch statistics of each chunk, as the PyTorch reference
@@ -30,7 +45,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -39,11 +56,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isotpp import memory
+from isotpp import spectrum_stochastic as stochastic
 from isotpp.errors import UserError
 
-Method = Literal["gram", "jacobian", "linear", "auto"]
+logger = logging.getLogger(__name__)
+
+Method = Literal["gram", "jacobian", "linear", "stochastic", "auto"]
 BNMode = Literal["eval", "batch"]
-METHODS = ("gram", "jacobian", "linear", "auto")
+METHODS = ("gram", "jacobian", "linear", "stochastic", "auto")
 
 # Classes beyond this many are processed in chunks inside a lax.map, so that
 # ImageNet's 1000 classes do not unroll into 1000 VJPs in one program.
@@ -201,9 +222,52 @@ def _chunk_sv(graphdef, state, x, *, method: str, bn: BNMode):
     return explicit_singular_values(f, x)
 
 
-def is_input_linear(model: nnx.Module) -> bool:
-    """True when the model is an MLP with identity activations (J constant in x)."""
-    return getattr(model, "act", None) == "linear" and hasattr(model, "dense_kernels")
+# Gram's relative resolution in float32 (√ε), and the explicit Jacobian's (a few ε).
+GRAM_RESOLUTION = 3e-4
+JACOBIAN_RESOLUTION = 1e-6
+
+
+def is_input_linear(model: nnx.Module, x=None) -> bool:
+    """True when the model's logits are affine in its input (J constant in x), decided from its
+    forward program; ``x``: an example batch for models without ``input_shape``."""
+    from isotpp.linearity import is_affine
+
+    try:
+        return is_affine(model, x)
+    except UserError:
+        return False
+
+
+def linear_singular_values(model: nnx.Module, x=None) -> np.ndarray:
+    """The singular values of the constant Jacobian of an input-affine model, in float64 (one row)."""
+    from isotpp.group_trace import example_input
+
+    spec = example_input(model, x)
+    graphdef, state = nnx.split(model)
+    with jax.enable_x64(True):
+        state64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
+                               else a, state)
+        f = _apply_fn(graphdef, "eval")
+        jac = jax.jacrev(lambda v: f(state64, v[None])[0])(jnp.zeros(spec.shape[1:], jnp.float64))
+        jac = np.asarray(jac, np.float64).reshape(jac.shape[0], -1)
+    return np.linalg.svd(jac, compute_uv=False)[None]
+
+
+def _check_gram(sv: np.ndarray, dtype, redo: Callable[[], np.ndarray]) -> np.ndarray:
+    """Recompute with the explicit Jacobian where gram's smallest values are below its resolution."""
+    if jnp.dtype(dtype) != jnp.float32 or sv.size == 0:
+        return sv
+    smax = sv.max(axis=1, keepdims=True)
+    if not np.any(sv < GRAM_RESOLUTION * smax):
+        return sv
+    warnings.warn(f"gram: singular values below its float32 resolution ({GRAM_RESOLUTION:g}·s_max); recomputed "
+                  "with the explicit Jacobian", RuntimeWarning, stacklevel=3)
+    sv = redo()
+    if np.any(sv < JACOBIAN_RESOLUTION * sv.max(axis=1, keepdims=True)):
+        warnings.warn(f"singular values below float32 resolution ({JACOBIAN_RESOLUTION:g}·s_max) remain: convert "
+                      "the model with isotpp.spectrum.to_float64 (jax_enable_x64) for them", RuntimeWarning,
+                      stacklevel=3)
+    return sv
 
 
 def model_singular_values(
@@ -214,31 +278,40 @@ def model_singular_values(
     bn: BNMode = "eval",
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    matvecs: int | None = None,
+    memory_budget: int | None = None,
 ) -> np.ndarray:
     """Per-sample JSV of a Flax NNX model, shape (n_samples, min(C, D)).
 
     ``x``: inputs (N, ...) in the model's input layout; it may be None only for
     ``method="linear"``, which returns one row (the input-free spectrum).
-    ``method="auto"`` picks ``"linear"`` for input-linear models, else ``"gram"``.
+    ``method="auto"`` picks ``"linear"`` for input-linear models, ``"stochastic"``
+    for many classes (see ``matvecs``), else ``"gram"``.
     The computation runs in the dtype of the model's parameters: convert the
     model to float64 (with ``jax_enable_x64``) for badly conditioned spectra.
     Samples are processed in chunks of ``chunk_size`` (default: as many as keep
-    the Jacobian rows under ~256 MiB); ``progress(done, total)`` is called after
-    each chunk.
+    the Jacobian rows under ~256 MiB, or, given ``memory_budget`` in bytes, as many
+    as XLA's memory analysis of the compiled chunk fits in it);
+    ``progress(done, total)`` is called after each chunk. ``matvecs``: the
+    stochastic method's J·Jᵀ products per sample (default 64); ``"auto"`` uses
+    that method when the classes number at least 4 × ``matvecs``.
     """
     if method not in METHODS:
         raise UserError(f"unknown spectrum method {method!r}: choose one of {', '.join(METHODS)}")
     if bn not in ("eval", "batch"):
         raise UserError(f"unknown BatchNorm mode {bn!r}: choose 'eval' or 'batch'")
+    example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
     if method == "auto":
-        method = "linear" if is_input_linear(model) else "gram"
+        method = "linear" if is_input_linear(model, example) else "gram"
+        if method == "gram" and bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
+            method = "stochastic"
     if method == "linear":
-        if not is_input_linear(model):
+        if not is_input_linear(model, example):
             raise UserError(
-                "method 'linear' needs a network that is linear in its input (an MLP with act='linear'): "
+                "method 'linear' needs a network whose logits are affine in its input (no activations): "
                 "use method 'gram' or 'jacobian'"
             )
-        sv = np.asarray(kernel_product_singular_values(model.dense_kernels()))[None]
+        sv = linear_singular_values(model, example)
         if x is not None:
             sv = np.repeat(sv, len(x), axis=0)
         return sv
@@ -246,23 +319,48 @@ def model_singular_values(
         raise UserError(f"method {method!r} needs input samples: pass x (or use a dataset / random inputs)")
     if bn == "batch" and method != "gram":
         raise UserError("per-sample Jacobians with batch statistics are coupled: use method 'gram' with bn='batch'")
+    if method == "stochastic":
+        est = stochastic.stochastic_spectrum(
+            model, x, matvecs=matvecs or stochastic.DEFAULT_MATVECS, chunk_size=chunk_size,
+            memory_budget=memory_budget, progress=progress,
+        )
+        logger.info("stochastic spectrum: %s", est.summary())
+        return est.singular_values()
 
     graphdef, state = nnx.split(model)
     x = jnp.asarray(x)
     n = x.shape[0]
-    if chunk_size is None:
+    if chunk_size is None and memory_budget is None:
         c = _num_outputs(graphdef, state, x[:1])
         d = math.prod(x.shape[1:])
         chunk_size = max(1, min(n, _MAX_CHUNK, _ROW_BYTES // max(1, c * d * x.dtype.itemsize)))
         if method == "jacobian":
             chunk_size = max(1, chunk_size // 2)  # jacrev keeps an extra copy of the rows
+    programs = {}
+    if memory_budget is not None:
+        cap = min(n, chunk_size or _MAX_CHUNK)
+        chunk_size, prog = memory.chunk_for_budget(
+            lambda k: _chunk_sv.lower(graphdef, state, x[:k], method=method, bn=bn).compile(), n, memory_budget, cap
+        )
+        programs[chunk_size] = prog
     out = []
     for start in range(0, n, chunk_size):
         xb = x[start : start + chunk_size]
-        out.append(np.asarray(_chunk_sv(graphdef, state, xb, method=method, bn=bn)))
+        run = programs.get(len(xb)) or functools.partial(_chunk_sv, graphdef, method=method, bn=bn)
+        sv = np.asarray(run(state, xb))
+        if method == "gram" and bn == "eval":
+            sv = _check_gram(sv, sv.dtype,
+                             lambda xb=xb: np.asarray(_chunk_sv(graphdef, state, xb, method="jacobian", bn=bn)))
+        out.append(sv)
         if progress is not None:
             progress(min(start + chunk_size, n), n)
     return np.concatenate(out, axis=0)
+
+
+def _many_outputs(model: nnx.Module, x, matvecs: int | None) -> bool:
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(x)
+    return stochastic.prefer_stochastic(_num_outputs(graphdef, state, x[:1]), math.prod(x.shape[1:]), matvecs)
 
 
 def _num_outputs(graphdef, state, x1) -> int:

@@ -116,9 +116,34 @@ def cell_command(spec: TableSpec, cell: Cell, out: Path, data_dir: str | None = 
 
 def run_table(spec: TableSpec, out: str | Path, *, only: str | None = None, data_dir: str | None = None,
               run: Callable[[list[str]], int] | None = None, log=print) -> dict[str, list[str]]:
-    """Run the unfinished cells (and their base models) one after the other; returns the status lists."""
-    out = Path(out)
-    run = run or (lambda cmd: subprocess.run(cmd, check=False).returncode)
+    """Run the unfinished cells (and their base models) one after the other; returns the status lists.
+
+    SIGTERM (to this process, or to a cell, which then exits 75 with its work
+    saved) stops the table after the cell in flight with
+    :class:`~isotpp.preemption.Preempted`; running it again continues.
+    """
+    from isotpp.preemption import sigterm_stops
+
+    with sigterm_stops("run the same command again to continue"):
+        return _run_table(spec, Path(out), only, data_dir, run or _subprocess, log)
+
+
+def _subprocess(cmd: list[str]) -> int:
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _ran(code: int, out: Path) -> bool:
+    """Whether a command succeeded; a stopped one (exit 75) or a SIGTERM here stops the table."""
+    from isotpp.preemption import PREEMPTED_EXIT_CODE, Preempted, check
+
+    kept = f"finished cells are kept in {out}"
+    if code == PREEMPTED_EXIT_CODE:
+        raise Preempted(f"stopped by SIGTERM: {kept}; run the same command again to continue")
+    check(kept)
+    return code == 0
+
+
+def _run_table(spec: TableSpec, out: Path, only, data_dir, run, log) -> dict[str, list[str]]:
     todo = cells(spec, only)
     status: dict[str, list[str]] = {"done": [], "ran": [], "failed": []}
     for seed in sorted({c.seed for c in todo}):
@@ -129,7 +154,7 @@ def run_table(spec: TableSpec, out: str | Path, *, only: str | None = None, data
         if cmd is None:
             raise UserError(f"the base model {path} for seed {seed} is missing: {spec.notes or 'provide it'}")
         log(f"base model, seed {seed}: {shlex.join(cmd)}")
-        if run(cmd + (["--data-dir", data_dir] if data_dir else [])) != 0 or not path.exists():
+        if not _ran(run(cmd + (["--data-dir", data_dir] if data_dir else [])), out) or not path.exists():
             raise UserError(f"training the base model of seed {seed} failed: see the log above, then rerun")
     for i, cell in enumerate(todo):
         if (out / "cells" / cell.name / "summary.json").exists():
@@ -137,7 +162,7 @@ def run_table(spec: TableSpec, out: str | Path, *, only: str | None = None, data
             continue
         cmd = cell_command(spec, cell, out, data_dir)
         log(f"[{i + 1}/{len(todo)}] {cell.name}: {shlex.join(cmd)}")
-        (status["ran"] if run(cmd) == 0 else status["failed"]).append(cell.name)
+        (status["ran"] if _ran(run(cmd), out) else status["failed"]).append(cell.name)
     return status
 
 

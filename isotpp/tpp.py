@@ -19,6 +19,12 @@ One update does, in the reference's order (REFERENCE §3):
    forward order (layer k after (k + 1) · interval iterations);
 6. after ``stabilize_iters`` iterations of stabilising, the phase is *done* and
    the caller removes the filters physically (:func:`isotpp.plan.hard_prune`).
+   A schedule whose zero-out has not reached every pruned layer by then
+   zeroes all remaining ones on that last iteration (issue 10: ``done`` never
+   comes with unzeroed filters; :func:`isotpp.prune_optax` refuses such a
+   schedule instead, naming the minimum). Once done, both penalties stop and
+   the pruned entries are held at exactly 0, so training on with the same
+   optimiser keeps them pruned.
 
 ``weight_reg=False`` (the reference's ``--no_weight_reg``) drops the L2 on the
 pruned filters' kernels and biases, ``bn_reg=False`` (``--no_bn_reg``) the one
@@ -41,9 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from isotpp import penalties
-from isotpp.groups import Group, flat_arrays, map_named
+from isotpp.errors import UserError
+from isotpp.groups import Group, Slot, flat_arrays, map_named
 from isotpp.plan import Plan
 
 UPDATE, STABILIZE, DONE = 0, 1, 2
@@ -91,36 +99,62 @@ class Target:
     group: str
     kernels: tuple[str, ...]  # producer kernels (Gram penalty)
     order: int  # forward index among all conv/dense layers (zero-out schedule)
-    slots: tuple[tuple[str, int, int], ...]  # (variable, axis, interleave) zeroed out: kernel, bias, BN
-    reg_slots: tuple[tuple[str, int, int], ...] = ()  # those under the L2 (weight_reg, bn_reg)
+    slots: tuple[Slot, ...]  # regularised and zeroed variable axes
+    size: int = 0  # the group's channel count (0: the length of its mask)
+    zero_slots: tuple[Slot, ...] = ()  # further slots zeroed (not regularised): fixed maps, the rest of the L2 set
 
 
 def targets_for(plan: Plan, groups: Sequence[Group], layer_order: Sequence[str], config: TPPConfig) -> tuple[Target, ...]:
     """The TPP targets of a plan: each pruned group's kernels, zeroed-out and regularised slots."""
     index = {name: i for i, name in enumerate(layer_order)}
-    reg_roles = (["out", "bias"] if config.weight_reg else []) + (["bn"] if config.bn_reg else [])
+    # weight_reg=False drops the kernel and bias L2 (the reference's --no_weight_reg); the zero-out covers all
+    roles = (["out", "bias"] if config.weight_reg else []) + (["bn"] if config.bn_reg else [])
     out = []
     for g in groups:
         if plan.pruned.get(g.name):
+            missing = [layer for layer in g.layers if layer not in index]
+            if missing:
+                raise UserError(f"layer_order lacks {missing[0]!r} of group {g.name}: pass every conv/dense layer "
+                                "of the model in forward order (isotpp.groups.program_layers)")
             out.append(Target(
                 g.name,
                 tuple(s.param for s in g.slots_with("out")),
                 min(index[layer] for layer in g.layers),
-                tuple((s.param, s.axis, s.interleave) for s in g.slots_with("out", "bias", "bn")),
-                tuple((s.param, s.axis, s.interleave) for s in g.slots_with(*reg_roles)),
+                g.slots_with(*roles),
+                g.size,
+                tuple(s for s in g.slots_with("out", "bias", "bn", "out_fixed") if s.role not in roles),
             ))
     return tuple(out)
 
 
-def _broadcast(mask, shape, axis, interleave):
-    m = jnp.tile(mask, interleave)
-    axis %= len(shape)
-    return m.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+def check_schedule(targets: Sequence[Target], config: TPPConfig) -> None:
+    """Refuse a schedule whose zero-out would not reach every pruned layer before ``done``."""
+    if not targets:
+        return
+    last = max(t.order for t in targets)
+    need = (last + 1) * config.zero_out_interval
+    if need > config.stabilize_iters:
+        raise UserError(
+            f"TPP would report done after {config.stabilize_iters} stabilising iterations, but its last pruned layer "
+            f"(forward index {last}) is zeroed only after {need}: use stabilize_iters >= {need} or "
+            f"zero_out_interval <= {config.stabilize_iters // (last + 1)}")
+
+
+def _broadcast(mask, shape, slot: Slot, size: int):
+    axis = slot.axis % len(shape)
+    grid = slot.position_grid(size or mask.shape[0])
+    full = jnp.zeros((shape[axis],), mask.dtype).at[grid.reshape(-1)].set(jnp.repeat(mask, grid.shape[1]))
+    return full.reshape([-1 if a == axis else 1 for a in range(len(shape))])
 
 
 def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Target],
-        config: TPPConfig = TPPConfig()) -> optax.GradientTransformation:
-    """Wrap ``inner`` (the SGD of the penalty phase) with TPP's penalties and schedule."""
+        config: TPPConfig = TPPConfig(), *, start_phase: int = UPDATE) -> optax.GradientTransformation:
+    """Wrap ``inner`` (the SGD of the penalty phase) with TPP's penalties and schedule.
+
+    ``start_phase=DONE`` skips the penalties: the plan's entries are zeroed at
+    the first update and held at 0 (masked retraining). For the whole thing
+    in one call, see :func:`isotpp.prune_optax`.
+    """
     targets = tuple(targets)
 
     def gram_total(params_flat, pruned):
@@ -134,7 +168,7 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         return TPPState(
             iteration=jnp.zeros((), jnp.int32),
             reg=jnp.zeros((), jnp.float32),
-            phase=jnp.full((), UPDATE, jnp.int32),
+            phase=jnp.full((), start_phase, jnp.int32),
             stabilize_start=jnp.full((), -1, jnp.int32),
             gram_penalty=jnp.zeros((), jnp.float32),
             pruned={t.group: jnp.asarray(plan.mask(t.group)) for t in targets},
@@ -142,17 +176,22 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         )
 
     def slot_masks(params, pruned, due=None):
-        """{variable: mask of the pruned entries}: of the L2, or (with ``due``) of the layers due for zero-out."""
+        """{variable: mask of the pruned entries} (optionally only for layers due for zero-out, then
+        including the slots that are zeroed but not regularised)."""
         shapes = {}
         map_named(lambda n, x: shapes.__setitem__(n, x.shape), params)
         masks = {}
         for t in targets:
             m = pruned[t.group]
+            slots = t.slots
             if due is not None:
                 m = m * due[t.group]
-            for name, axis, interleave in (t.reg_slots if due is None else t.slots):
-                b = _broadcast(m, shapes[name], axis, interleave)
-                masks[name] = jnp.maximum(masks[name], b) if name in masks else b
+                slots = slots + t.zero_slots
+            for slot in slots:
+                if slot.param not in shapes:  # a fixed map or statistic outside the optimised tree
+                    continue
+                b = _broadcast(m, shapes[slot.param], slot, t.size)
+                masks[slot.param] = jnp.maximum(masks[slot.param], b) if slot.param in masks else b
         return masks
 
     def update(grads, state, params=None):
@@ -167,10 +206,11 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         phase = jnp.where(finished, STABILIZE, state.phase)
         stabilize_start = jnp.where(finished, i, state.stabilize_start)
 
-        # 2. the Gram penalty's gradient
+        # 2. the Gram penalty's gradient (both penalties stop once done)
+        active = (state.phase != DONE).astype(jnp.float32)
         flat = flat_arrays(params)
         value, g_flat = jax.value_and_grad(gram_total)({k: flat[k] for t in targets for k in t.kernels}, state.pruned)
-        scale = config.lw_opp * reg
+        scale = config.lw_opp * reg * active
 
         # 3. L2 on the pruned entries, via the gradient
         masks = slot_masks(params, state.pruned)
@@ -179,7 +219,7 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
             if name in g_flat:
                 g = g + scale * g_flat[name].astype(g.dtype)
             if name in masks:
-                g = g + (reg * masks[name]).astype(g.dtype) * p
+                g = g + (reg * active * masks[name]).astype(g.dtype) * p
             return g
 
         grads = map_named(lambda name, g: add_penalties(name, g, flat[name]), grads)
@@ -187,17 +227,19 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
         # 4. the inner optimiser
         updates, inner_state = inner.update(grads, state.inner, params)
 
-        # 5. zero-out, one more layer every zero_out_interval iterations of stabilising
+        # 6 (decided first). done after stabilize_iters iterations of stabilising
         since = i - stabilize_start
-        due = {t.group: ((phase == STABILIZE) & (since >= (t.order + 1) * config.zero_out_interval)).astype(jnp.float32)
+        phase = jnp.where((phase == STABILIZE) & (since >= config.stabilize_iters), DONE, phase)
+
+        # 5. zero-out, one more layer every zero_out_interval iterations of stabilising; every one once done
+        due = {t.group: (((phase == STABILIZE) & (since >= (t.order + 1) * config.zero_out_interval))
+                         | (phase == DONE)).astype(jnp.float32)
                for t in targets}
         zmasks = slot_masks(params, state.pruned, due)
         updates = map_named(
             lambda name, u: jnp.where(zmasks[name] > 0, -flat[name], u) if name in zmasks else u, updates
         )
 
-        # 6. done after stabilize_iters iterations of stabilising
-        phase = jnp.where((phase == STABILIZE) & (since >= config.stabilize_iters), DONE, phase)
         new_state = TPPState(i + 1, reg, phase, stabilize_start, value.astype(jnp.float32), state.pruned, inner_state)
         return updates, new_state
 
@@ -205,14 +247,22 @@ def tpp(inner: optax.GradientTransformation, plan: Plan, targets: Sequence[Targe
 
 
 def tpp_state(opt_state) -> TPPState:
-    """The TPP state inside an optimiser state (for logs and checkpoints)."""
-    if isinstance(opt_state, TPPState):
-        return opt_state
-    raise TypeError("not a TPP optimiser state")
+    """The TPP state anywhere inside an optimiser state: bare, in ``optax.chain``, ``inject_hyperparams``,
+    ``MultiSteps``, or an ``nnx.Optimizer``'s ``opt_state`` (values unwrapped from NNX variables)."""
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, TPPState))
+             if isinstance(x, TPPState)]
+    if not found:
+        raise UserError("no TPP state in this optimiser state: build the optimiser with isotpp.prune_optax "
+                        "or isotpp.tpp.tpp")
+    if len(found) > 1:
+        raise UserError(f"{len(found)} TPP states in this optimiser state: wrap the optimiser once")
+    return jax.tree.map(lambda v: v[...] if isinstance(v, nnx.Variable) else v, found[0],
+                        is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
-def describe(state: TPPState) -> dict[str, Any]:
-    """JSON-able summary of a (single-run) TPP state."""
+def describe(state) -> dict[str, Any]:
+    """JSON-able summary of a (single-run) TPP state, or of the one inside an optimiser state."""
+    state = tpp_state(state)
     return {
         "iteration": int(state.iteration),
         "reg": float(state.reg),

@@ -21,10 +21,13 @@ previous one is used, with a warning.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -36,6 +39,48 @@ from isotpp import parallel
 from isotpp.errors import UserError
 
 FORMAT_VERSION = 1
+
+# Third-party loggers that narrate failures isotpp handles itself (a full disk, a damaged checkpoint that
+# is set aside): kept off stderr unless the user configured them.
+_QUIET_LOGGERS = ("absl", "orbax", "asyncio")
+
+
+def _quiet_third_party() -> None:
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.CRITICAL)
+    if not getattr(sys.unraisablehook, "isotpp_filter", False):
+        sys.unraisablehook = _unraisable_filter(sys.unraisablehook)
+
+
+def _unraisable_filter(previous):
+    """A sys.unraisablehook that drops the "Event loop is closed" callbacks a failed orbax read leaves behind
+    (tensorstore completing into asyncio loops orbax has closed: harmless), passing everything else on."""
+
+    def hook(info):
+        if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+            return
+        previous(info)
+
+    hook.isotpp_filter = True
+    return hook
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen = set()
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "RESOURCE_EXHAUSTED" in str(e) or "No space left on device" in str(e):
+            return True
+        stack += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return False
 
 
 def abstract_like(tree: Any) -> Any:
@@ -67,6 +112,7 @@ class TrainCheckpointer:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create the checkpoint directory {self.directory}: {e.strerror}") from None
+        _quiet_third_party()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
@@ -91,7 +137,21 @@ class TrainCheckpointer:
             return
         meta = {"format": FORMAT_VERSION, "step": int(step), **meta}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._manager.save(int(step), args=args, force=True)
+        with self._storage():
+            self._manager.save(int(step), args=args, force=True)
+
+    @contextlib.contextmanager
+    def _storage(self) -> Iterator[None]:
+        """A full disk while writing (now or in the background) as one line; the older checkpoints stay."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_disk_full(e):
+                raise
+            kept = self.steps()
+            where = f"; the checkpoint of step {kept[-1]} is kept" if kept else ""
+            raise UserError(f"cannot write a checkpoint in {self.directory}: no space left on device{where}; free "
+                            "some space, then run the same command again (with --resume) to continue") from None
 
     def restore(self, target: Any, step: int | None = None,
                 check: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, Any, dict[str, Any]] | None:
@@ -133,8 +193,9 @@ class TrainCheckpointer:
 
     def _unreadable(self, step: int, error: Exception) -> str:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        warnings.warn(f"checkpoint {self.directory / str(step)} is unreadable ({reason}); "
-                      "falling back to the previous one", stacklevel=3)  # fmt: skip
+        # one line on stderr (no source line): the fallback worked, this is news, not a failure
+        warnings.warn_explicit(f"checkpoint {self.directory / str(step)} is unreadable ({reason}); falling back "
+                               "to the previous one", UserWarning, filename="isotpp", lineno=0)
         self._set_aside(step)
         return f"step {step}: {reason}"
 
@@ -161,11 +222,13 @@ class TrainCheckpointer:
 
     def wait(self) -> None:
         """Block until background saves are finalised."""
-        self._manager.wait_until_finished()
+        with self._storage():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Finish background writes and release orbax's threads."""
-        self._manager.close()
+        with self._storage():
+            self._manager.close()
 
     def __enter__(self) -> Self:
         return self

@@ -28,9 +28,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,9 +40,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from isotpp import parallel
+from isotpp import parallel, preemption
 from isotpp.errors import UserError
 from isotpp.io import write_json
+from isotpp.preemption import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401 (re-exported)
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -55,21 +54,12 @@ from isotpp.train import (
     set_learning_rate,
 )
 
-# sysexits.h EX_TEMPFAIL: "temporary failure, retry"; the run is not finished, resume it.
-PREEMPTED_EXIT_CODE = 75
-
 Hook = Callable[["Trainer", int], Mapping[str, Any] | None]
 
 
-class Preempted(Exception):
-    """Training stopped on SIGTERM after saving a checkpoint; run again with resume to continue."""
-
-    exit_code = PREEMPTED_EXIT_CODE
-
-    def __init__(self, step: int, directory: Path | None):
-        self.step, self.directory = step, directory
-        where = f"checkpoint saved at step {step} in {directory}" if directory else "no workdir: nothing saved"
-        super().__init__(f"stopped by SIGTERM: {where}; run again with --resume to continue")
+def _preempted_error(step: int, directory: Path | None) -> Preempted:
+    where = f"checkpoint saved at step {step} in {directory}" if directory else "no workdir: nothing saved"
+    return Preempted(f"stopped by SIGTERM: {where}; {preemption.hint()}", step=step, directory=directory)
 
 
 @dataclasses.dataclass
@@ -152,27 +142,6 @@ def _to_host(tree):
         return np.asarray(x)
 
     return jax.tree.map(one, tree)
-
-
-class _Stop:
-    """SIGTERM as a flag checked between steps (single process; several use JAX's preemption sync)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def install(self):
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
 
 
 class Trainer:
@@ -458,10 +427,20 @@ class Trainer:
         return {"loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]),
                 "param_norm": float(last["param_norm"])}
 
-    def _preempted(self, stop: _Stop) -> bool:
+    def _preempted(self) -> bool:
         if jax.process_count() > 1 and self.checkpointer is not None:
             return self.checkpointer.reached_preemption(self.step)
-        return stop.requested
+        return preemption.requested()
+
+    def _stop(self) -> None:
+        """Everything is saved: report and raise :class:`Preempted`."""
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+        err = _preempted_error(self.step, self.checkpointer.directory if self.checkpointer else None)
+        if parallel.is_main_process():
+            print(f"isotpp: {err}", file=sys.stderr, flush=True)
+        err.reported = True
+        raise err
 
     def fit(self, resume: bool = False) -> tuple[list[dict[str, Any]], nnx.Module]:
         """Train to ``config.epochs``; returns (per-epoch records, the final model on the devices).
@@ -471,6 +450,20 @@ class Trainer:
         holds checkpoints is refused rather than overwritten.
         """
         cfg = self.config
+        with preemption.sigterm_stops():
+            try:  # whatever happens, orbax's background threads are finished before we return
+                self._start(resume)
+                steps = self.train_data.steps_per_epoch
+                while self._epoch < cfg.epochs and not self._budget_spent():
+                    self._run_epoch(self._epoch, steps)
+                if self._preempted():  # arrived during the last epoch's evaluation, hooks or save: all is saved
+                    self._stop()
+            finally:
+                self.close()
+        return self.history, self.model()
+
+    def _start(self, resume: bool) -> None:
+        """Restore (``resume``) or refuse a workdir that holds checkpoints; write config.json."""
         restored = False
         if resume:
             restored = self._restore()
@@ -486,20 +479,10 @@ class Trainer:
         if self.workdir is not None and parallel.is_main_process():
             write_json(self.workdir / "config.json", self._resolved_config())
 
-        steps = self.train_data.steps_per_epoch
-        stop = _Stop().install()
-        try:
-            while self._epoch < cfg.epochs and not self._budget_spent():
-                self._run_epoch(self._epoch, steps, stop)
-        finally:
-            stop.restore()
-            self.close()
-        return self.history, self.model()
-
     def _budget_spent(self) -> bool:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
 
-    def _run_epoch(self, epoch: int, steps: int, stop: _Stop) -> None:
+    def _run_epoch(self, epoch: int, steps: int) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -527,14 +510,10 @@ class Trainer:
                 if not last_of_epoch and cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                     self._flush(pending)
                     self._save()
-                if self._preempted(stop):
+                if self._preempted():
                     self._flush(pending)
                     self._save()
-                    if self.checkpointer is not None:
-                        self.checkpointer.wait()
-                    err = Preempted(self.step, self.checkpointer.directory if self.checkpointer else None)
-                    print(f"isotpp: {err}", file=sys.stderr, flush=True)
-                    raise err
+                    self._stop()
                 if self._budget_spent():
                     break
             self._flush(pending)

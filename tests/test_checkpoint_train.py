@@ -211,3 +211,36 @@ def test_kill_minus_9_then_resume_reaches_the_same_parameters(tmp_path):
     assert _epoch_records(whole) == _epoch_records(killed)
     results = json.loads((killed / "results.json").read_text())
     assert results["steps"] == 12 and len(results["history"]) == 3
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    """orbax reports a full disk as RESOURCE_EXHAUSTED, in save() or from its background write (wait):
+    one UserError line that says what is kept; other errors pass through unchanged."""
+    state, _ = _tpp_state(1)
+    ckpt = TrainCheckpointer(tmp_path / "ck")
+    ckpt.save(1, state, {})
+    ckpt.wait()
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing "rng/0" in OCDBT database: Failed writing: [OS error 28: '
+                      "No space left on device]")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Save Finalize thread failed") from full
+
+    expected = (f"cannot write a checkpoint in {tmp_path / 'ck'}: no space left on device; the checkpoint of step 1 "
+                "is kept; free some space, then run the same command again (with --resume) to continue")
+    monkeypatch.setattr(ckpt._manager, "save", fail)
+    with pytest.raises(UserError) as info:
+        ckpt.save(2, state, {})
+    assert str(info.value) == expected
+    monkeypatch.setattr(ckpt._manager, "wait_until_finished", fail)
+    with pytest.raises(UserError, match="no space left on device; the checkpoint of step 1 is kept"):
+        ckpt.wait()
+
+    def other(*args, **kwargs):
+        raise ValueError("some other orbax failure")
+
+    monkeypatch.setattr(ckpt._manager, "wait_until_finished", other)
+    with pytest.raises(ValueError, match="some other orbax failure"):
+        ckpt.wait()
+    monkeypatch.undo()
+    ckpt.close()

@@ -79,14 +79,14 @@ def test_channel_groups_of_resnet20_inner_convs_and_streams():
     assert Slot("layer2.0.downsample.proj", -1, "out_fixed") in s2.slots
     assert {s.param for s in s2.slots_with("in")} == {
         "layer2.1.conv1.kernel", "layer2.2.conv1.kernel", "layer3.0.conv1.kernel", "layer3.0.downsample.proj"}
-    assert Slot("layer2.0.downsample.proj", 0, "in") in s1.slots
+    assert Slot("layer2.0.downsample.proj", -2, "in") in s1.slots  # axis 0 of the (in, out) map
     assert {s.param for s in groups["stream:layer3"].slots_with("in")} >= {"linear.kernel"}
     assert not groups["linear"].prunable
 
 
 def test_channel_groups_of_option_b_and_torchvision_streams():
     b = {g.name: g for g in channel_groups(_abstract("resnet20_B"))}
-    assert b["stream:layer2"].layers == ("layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2")
+    assert b["stream:layer2"].layers == ("layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2", "layer2.2.conv2")
     assert Slot("layer2.0.downsample.0.kernel", -2, "in") in b["stream:stem+layer1"].slots
     r50 = {g.name: g for g in channel_groups(_abstract("resnet50"))}
     assert r50["stream:stem"].layers == ("conv1",)

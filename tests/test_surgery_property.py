@@ -109,3 +109,55 @@ def test_vgg11(data):
 @given(data=st.data())
 def test_imagenet_resnets(data, name):
     _check(name, data, (32, 32, 3), narrow=16, num_classes=10)
+
+
+# --------------------------------------------------------------------------
+# User models (not from the zoo): groups traced, surgery on the module's own variables.
+# --------------------------------------------------------------------------
+
+
+def _user_model(data):
+    from user_models import INPUTS, MLP, Concat, ConvBN, Residual, Separable
+
+    w = st.integers(2, 7)
+    kind = data.draw(st.sampled_from(["mlp", "convbn", "id", "A", "B", "concat", "separable"]), label="kind")
+    seed = data.draw(st.integers(0, 99), label="seed")
+    if kind == "mlp":
+        depth = data.draw(st.integers(1, 3), label="depth")
+        model = MLP(tuple(data.draw(w, label=f"w{i}") for i in range(depth)), seed=seed)
+    elif kind == "convbn":
+        model = ConvBN(data.draw(w, label="c1"), data.draw(w, label="c2"), seed=seed)
+    elif kind in ("id", "A", "B"):
+        model = Residual(kind, data.draw(w, label="stem"), data.draw(w, label="mid"), data.draw(w, label="out"),
+                         seed=seed)
+    elif kind == "concat":
+        model = Concat(data.draw(w, label="p"), data.draw(w, label="q"), data.draw(w, label="r"), seed=seed)
+    else:
+        model = Separable(data.draw(w, label="c"), data.draw(st.integers(1, 2), label="mult"),
+                          data.draw(w, label="out"), seed=seed)
+    return model, jax.random.normal(jax.random.key(seed), (2, *INPUTS[type(model)]))
+
+
+@settings(max_examples=10, **_SETTINGS)
+@given(data=st.data())
+def test_user_models_soft_equals_hard(data):
+    """Random user architectures, a random plan on every traced group: zeroing == removing (eval mode),
+    and the smaller module's own groups are the first one's minus the removed channels."""
+    model, x = _user_model(data)
+    _randomise_bn(model, data.draw(st.integers(0, 99), label="bn seed"))
+    groups = channel_groups(model, x)
+    sizes, pruned = {}, {}
+    for g in groups:
+        if g.prunable:
+            sizes[g.name] = g.size
+            k = min(round(data.draw(st.sampled_from(RATIOS), label=f"ratio {g.name}") * g.size), g.size - 1)
+            pruned[g.name] = tuple(sorted(np.random.default_rng(len(pruned)).choice(g.size, k, replace=False).tolist()))
+    plan = Plan(sizes, pruned)
+    small = hard_prune(model, plan, groups)
+    soft = soft_prune(model, plan, groups)
+    soft.eval()
+    small.eval()
+    a, b = np.asarray(soft(x)), np.asarray(small(x))
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(a).max())))
+    after = {g.name: g.size for g in channel_groups(small, x)}
+    assert after == {g.name: g.size - len(plan.pruned.get(g.name, ())) for g in groups}

@@ -19,6 +19,7 @@ from isotpp.tables import (
     Cell,
     TableSpec,
     base_command,
+    base_path,
     build_table,
     cell_command,
     cells,
@@ -214,3 +215,22 @@ def test_scripts_list_commands_and_exit_2_on_a_bad_config(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         (f"build_table: error: no table config 'table9' ({root / 'experiments' / 'configs' / 'table9.py'} does not "
          "exist): see experiments/configs/")]
+
+
+def test_a_cell_stopped_by_sigterm_stops_the_table(tmp_path):
+    """A cell that exits 75 kept its work; the runner stops there (exit 75 too) instead of going on."""
+    from isotpp.preemption import Preempted
+
+    spec = _spec()
+    for seed in spec.seeds:
+        base_path(spec, tmp_path, seed).parent.mkdir(parents=True, exist_ok=True)
+        base_path(spec, tmp_path, seed).write_bytes(b"")
+    ran = []
+
+    def run(cmd):
+        ran.append(cmd)
+        return 75
+
+    with pytest.raises(Preempted, match=f"finished cells are kept in {tmp_path}; run the same command again"):
+        run_table(spec, tmp_path, run=run, log=lambda s: None)
+    assert len(ran) == 1

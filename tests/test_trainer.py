@@ -144,6 +144,28 @@ def test_sigterm_saves_exits_and_resume_is_exact(tmp_path, capsys):
     assert strip(resumed.history) == strip(whole.history)
 
 
+def test_sigterm_in_the_last_epochs_evaluation_stops_after_its_checkpoint(tmp_path, capsys):
+    """The end of a stage: no step follows to notice the flag, yet the run must not go on and exit 0."""
+    data, evaluation = _sources()
+    config = TrainConfig(epochs=2, lr_schedule="0.05", progress=False)
+
+    def sigterm_in_last_epoch(trainer, epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = Trainer(_mlp(), reference_sgd(0.05), data, config, tmp_path / "a", eval_data=evaluation,
+                      hooks=[sigterm_in_last_epoch])  # fmt: skip
+    with pytest.raises(Preempted) as info:
+        stopped.fit()
+    assert info.value.step == 8 and info.value.reported  # every step done and saved
+    assert "stopped by SIGTERM: checkpoint saved at step 8" in capsys.readouterr().err
+    resumed = Trainer(_mlp(), reference_sgd(0.05), data, config, tmp_path / "a", eval_data=evaluation)
+    resumed.fit(resume=True)
+    assert resumed.step == 8 and len(resumed.history) == 2
+    for a, b in zip(_params(resumed), _params(stopped)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_command_line_exits_75_on_sigterm(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "experiments"))
     try:
@@ -164,7 +186,8 @@ def test_the_command_line_exits_75_on_sigterm(tmp_path, capsys):
     assert (tmp_path / "model.npz").is_file()
     assert train_cifar.main([*args, "--batch-size", "16", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("train_cifar: error: the checkpoint was made with global_batch_size=32")
+    assert err.startswith(f"train_cifar: error: {tmp_path} holds a training run with a different "
+                          "batch_size (32 there, 16 here)")
     assert err.count("\n") == 1
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from isotpp.commands.args import positive_int as _positive_int
+from isotpp.commands import args as A
 from isotpp.errors import UserError
 
 _RATIOS_HELP = ("layer-wise pruning ratios as comma-separated 'GLOB:RATIO' items on layer names, "
@@ -25,27 +25,30 @@ _RATIOS_HELP = ("layer-wise pruning ratios as comma-separated 'GLOB:RATIO' items
                 "'*layer[1-3]*conv[1-2]:0.3,*layer4*conv[1-2]:0.14' (ResNet50); ratios in [0, 1)")
 
 
-def _parse_skip(text: str | None) -> tuple[str, ...]:
+def _parse_skip(text) -> tuple[str, ...]:
     if not text:
         return ()
+    if isinstance(text, tuple):
+        return text
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def _workers(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more), got {value}")
-    return value
+_EXAMPLES = """examples:
+  isotpp prune --model resnet56 --list-layers
+  isotpp prune --dry-run --model resnet56 --ratios '*layer*.conv1:0.5' --json cost.json
+  isotpp prune --dry-run --model vgg19 --num-classes 100 --ratios '*features*:0.5' --skip '*features.0'
+  isotpp prune --model lenet5 --dataset synthetic --ratios '*conv*:0.5' --method L1 \\
+      --base-epochs 1 --epochs 1 --train-limit 256 --out runs/lenet5-l1
+  isotpp prune --model resnet56 --dataset cifar10 --data-dir DATA --ratios '*layer*.conv1:0.9' \\
+      --method TPP --checkpoint base.npz --epochs 120 --lr-schedule 0:0.01,60:0.001,90:0.0001 --out runs/tpp
+"""
 
 
 def add_parser(sub) -> None:
     """Register ``isotpp prune`` on ``sub`` (an argparse sub-parsers object made
-    with ``parser_class=isotpp.cli._Parser``, so bad arguments exit 2 with one line)."""
+    with ``parser_class=isotpp.commands.args.Parser``, so bad arguments exit 2 with one line)."""
+    from isotpp.pruning_run import PruneConfig  # numpy only: --help stays free of JAX
+
     p = sub.add_parser(
         "prune",
         help="structured (filter) pruning by glob ratios; --dry-run reports sparsity and speedup",
@@ -55,73 +58,102 @@ def add_parser(sub) -> None:
             "(multiply-adds of conv and dense layers per sample), sparsity and speedup before "
             "and after, and the layers whose width changes; nothing is trained or allocated. "
             "Without --dry-run: train (or load) the base model, run the method, remove the filters, "
-            "retrain, and write metrics, checkpoints and summary.json to --out (rerun to resume)."
+            "retrain, and write metrics, checkpoints and summary.json to --out (rerun to resume). "
+            "--list-layers prints the layer names the patterns match."
         ),
+        epilog=_EXAMPLES,
     )
-    p.add_argument("--model", required=True,
-                   help="architecture name, e.g. resnet56, vgg19, resnet50, mlp_7_linear, lenet5")
-    p.add_argument("--ratios", required=True, metavar="'PATTERN:R,...'", help=_RATIOS_HELP)
-    p.add_argument("--skip", default=None, metavar="PATTERN,...",
+    p.add_argument("--model", type=A.model_name, required=True, metavar="MODEL",
+                   help=f"architecture name, one of {', '.join(A.MODEL_NAMES)}")
+    p.add_argument("--ratios", type=A.ratios, default=None, metavar="'PATTERN:R,...'", help=_RATIOS_HELP)
+    p.add_argument("--skip", type=A.CommaList(what="pattern"), default=None, metavar="PATTERN,...",
                    help="comma-separated glob patterns of layers never pruned, e.g. '*features.0' (VGG19)")
-    p.add_argument("--num-classes", type=_positive_int, default=None,
-                   help="number of outputs (default: the model's)")
+    p.add_argument("--num-classes", type=A.positive_int, default=None,
+                   help="number of outputs (unset: the model's, or the dataset's in a full run)")
+    p.add_argument("--list-layers", action="store_true",
+                   help="print the layer names in forward order (which can be pruned, which tie a residual "
+                        "stream) and stop")
     p.add_argument("--dry-run", action="store_true", help="only report the cost before and after pruning")
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="write {params, params_pruned, sparsity, flops, flops_pruned, speedup, layers} as JSON")
+    p.add_argument("--json", type=A.output_file, default=None, metavar="PATH",
+                   help="--dry-run: write {params, params_pruned, sparsity, flops, flops_pruned, speedup, layers} "
+                        "as JSON")
     run = p.add_argument_group("a full run (without --dry-run)")
-    from isotpp.methods import METHODS
-    from isotpp.pruning_run import PruneConfig
-
     d = PruneConfig()
-    run.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
-    run.add_argument("--dataset", default=d.dataset,
-                     help="cifar10, cifar100, fashion_mnist, mnist, synthetic, or imagenet (an ImageFolder tree)")
-    run.add_argument("--data-dir", default=None,
+    run.add_argument("--method", type=A.Choice(A.PRUNE_METHODS, A.METHOD_ALIASES, what="method"), default=d.method,
+                     metavar="METHOD", help=f"one of {', '.join(A.PRUNE_METHODS)}")
+    run.add_argument("--dataset", "--data", dest="dataset", type=_DATASETS, default=d.dataset,
+                     metavar="DATASET",
+                     help=f"one of {', '.join(_DATASETS.names)}; imagenet is an ImageFolder tree under --data-dir")
+    run.add_argument("--data-dir", type=A.data_dir, default=None,
                      help="where the dataset files are; for imagenet (required) the directory holding "
                           "train/<class>/*.JPEG and val/<class>/*.JPEG")
-    run.add_argument("--workers", type=_workers, default=None,
-                     help="imagenet: Grain decoding processes (default: min(16, CPUs); 0 decodes in this process)")
-    run.add_argument("--image-size", type=_positive_int, default=d.image_size,
-                     help=f"imagenet: training crop and eval centre crop (default {d.image_size})")
-    run.add_argument("--resize", type=_positive_int, default=d.resize,
-                     help=f"imagenet: eval resize of the shorter side before the centre crop (default {d.resize})")
-    run.add_argument("--base", default=None, help="trained model to prune: isotpp .npz or PyTorch .pth "
-                                                  "(default: train one with --base-epochs/--base-lr-schedule)")
-    run.add_argument("--base-epochs", type=_positive_int, default=d.base_epochs)
-    run.add_argument("--base-lr-schedule", default=d.base_lr_schedule)
-    run.add_argument("--epochs", type=_positive_int, default=d.epochs, help="retraining epochs")
-    run.add_argument("--lr-schedule", default=d.lr_schedule, help="retraining LR, epoch:lr pieces")
-    run.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    run.add_argument("--wd", type=float, default=d.wd, help="weight decay (added to the gradient)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--init", default=d.init, help="init of trained-from-scratch models")
-    run.add_argument("--tpp-lr", type=float, default=d.tpp_lr, help="LR of TPP's penalty phases")
-    run.add_argument("--lw-opp", type=float, default=d.lw_opp,
+    run.add_argument("--workers", type=A.Int(0, 256, what="a number of processes"), default=None,
+                     help="imagenet: Grain decoding processes (unset: min(16, CPUs); 0 decodes in this process)")
+    run.add_argument("--image-size", type=A.Int(1, 4096), default=d.image_size,
+                     help="imagenet: training crop and eval centre crop")
+    run.add_argument("--resize", type=A.Int(1, 4096), default=d.resize,
+                     help="imagenet: eval resize of the shorter side before the centre crop")
+    run.add_argument("--checkpoint", "--base", dest="base", type=A.later_input_file, default=None, metavar="MODEL",
+                     help="trained model to prune: isotpp .npz or PyTorch .pth "
+                          "(unset: train one with --base-epochs/--base-lr-schedule)")
+    run.add_argument("--base-epochs", type=A.Int(1, 100_000), default=d.base_epochs,
+                     help="epochs of the base model trained here")
+    run.add_argument("--base-lr-schedule", type=A.lr_schedule, default=d.base_lr_schedule,
+                     help="LR of the base model trained here, epoch:lr pieces")
+    run.add_argument("--epochs", type=A.Int(1, 100_000), default=d.epochs, help="retraining epochs")
+    run.add_argument("--lr-schedule", type=A.lr_schedule, default=d.lr_schedule,
+                     help="retraining LR, epoch:lr pieces")
+    run.add_argument("--batch-size", type=A.Int(1, 1_000_000), default=d.batch_size,
+                     help="global training batch (at most the number of training examples)")
+    run.add_argument("--wd", type=A.nonnegative_float, default=d.wd, help="weight decay (added to the gradient)")
+    run.add_argument("--seed", type=A.seed, default=0, help="seed of the base model, data order and methods")
+    run.add_argument("--init", type=A.init_scheme, default=d.init, metavar=A.init_scheme.describe,
+                     help="init of trained-from-scratch models")
+    run.add_argument("--tpp-lr", type=A.positive_float, default=d.tpp_lr, help="LR of TPP's penalty phases")
+    run.add_argument("--lw-opp", type=A.nonnegative_float, default=d.lw_opp,
                      help="weight of TPP's Gram penalty and of X in 'X+L1' (the reference's --lw_opp)")
-    run.add_argument("--lw-orth-reg", dest="penalty_weight", type=float, default=d.penalty_weight,
+    run.add_argument("--lw-orth-reg", dest="penalty_weight", type=A.nonnegative_float, default=d.penalty_weight,
                      help="weight of X in 'L1+X' while retraining (the reference's --lw_orth_reg)")
     run.add_argument("--kernorth-rule", choices=("c_in", "fan_in"), default=d.kernorth_rule,
                      help="KernOrth+L1's transpose rule: c_in (the reference's code) or fan_in (its intent)")
-    run.add_argument("--reg-granularity", type=float, default=d.reg_granularity)
-    run.add_argument("--update-reg-interval", type=_positive_int, default=d.update_reg_interval)
-    run.add_argument("--stabilize-reg-interval", type=_positive_int, default=d.stabilize_reg_interval)
-    run.add_argument("--zero-out-interval", type=_positive_int, default=d.zero_out_interval)
-    run.add_argument("--pre-iters", type=_positive_int, default=d.pre_iters, help="iterations of X in 'X+L1'")
+    run.add_argument("--reg-granularity", type=A.positive_float, default=d.reg_granularity,
+                     help="TPP: increase of the penalty factor every --update-reg-interval iterations")
+    run.add_argument("--update-reg-interval", type=A.positive_int, default=d.update_reg_interval,
+                     help="TPP: iterations between increases of the penalty factor")
+    run.add_argument("--stabilize-reg-interval", type=A.positive_int, default=d.stabilize_reg_interval,
+                     help="TPP: iterations at the final penalty before the filters are removed")
+    run.add_argument("--zero-out-interval", type=A.positive_int, default=d.zero_out_interval,
+                     help="TPP: iterations between zeroings of the penalised weights")
+    run.add_argument("--pre-iters", type=A.positive_int, default=d.pre_iters, help="iterations of X in 'X+L1'")
     run.add_argument("--pre-scheme", choices=("penalty", "opp"), default=d.pre_scheme,
                      help="'X+L1': X alone for --pre-iters (default), or inside the reference's opp loop "
                           "(L2 ramp and zero-out on the L1-chosen filters, TPP's schedule)")
-    run.add_argument("--jsv-samples", type=_positive_int, default=d.jsv_samples)
-    run.add_argument("--jsv-bn", choices=("eval", "batch"), default=d.jsv_bn)
-    run.add_argument("--train-limit", type=_positive_int, default=None,
-                     help="first N training examples only (imagenet: N images drawn at random, seed 0)")
-    run.add_argument("--width-scale", type=float, default=1.0, help="scale a base trained here (small machines)")
+    run.add_argument("--jsv-samples", "--samples", dest="jsv_samples", type=A.Int(1, 100_000), default=d.jsv_samples,
+                     help="training images the mean JSV is measured on")
+    run.add_argument("--jsv-bn", "--bn", dest="jsv_bn", choices=("eval", "batch"), default=d.jsv_bn,
+                     help="BatchNorm statistics of the JSV measurement: running (eval) or of the batch")
+    run.add_argument("--train-limit", "--limit", dest="train_limit", type=A.positive_int, default=None,
+                     help="first N training examples only (imagenet: N images drawn at random, seed 0); "
+                          "at least --batch-size")
+    run.add_argument("--width-scale", type=_WIDTH_SCALE, default=1.0,
+                     help="multiply the widths of a base trained here (small machines)")
     run.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
-    run.add_argument("--out", default=None, help="run directory (required without --dry-run)")
+    run.add_argument("--out", type=A.output_dir, default=None, help="run directory (required without --dry-run)")
     p.set_defaults(func=run_prune_args)
+
+
+_DATASETS = A.Choice((*A.DATASETS, "imagenet"), A.DATASET_ALIASES, what="dataset")
+_WIDTH_SCALE = A.Float(1 / 64, 64.0, what="a width factor")
 
 
 def run_prune_args(args) -> int:
     """The ``func`` of the parsed ``prune`` arguments: run, print, return 0."""
+    if args.list_layers:
+        from isotpp.cli import _list_layers
+
+        return _list_layers(args.model, args.num_classes, args.base, {})
+    if args.ratios is None:
+        raise UserError("--ratios is required (e.g. --ratios '*layer*.conv1:0.5'); --list-layers shows the names")
     if not args.dry_run:
         return _full_run(args)
     result = run_prune(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
@@ -147,11 +179,42 @@ def config_from_args(args):
                        **{k: getattr(args, k) for k in keys})
 
 
+def preflight(args) -> None:
+    """What a full run can check before it writes or trains anything: the patterns against the
+    architecture, the width scale, the batch against the training examples."""
+    from isotpp.commands.train import check_width_scale
+    from isotpp.cost import widths_after
+    from isotpp.data import DATASET_INFO
+    from isotpp.models import model_spec, widths_of
+
+    from isotpp.memory import require_for_training
+
+    model = _abstract_model(args.model, args.num_classes or model_spec(args.model).num_classes)
+    widths_after(model, args.ratios, _parse_skip(args.skip))  # a pattern matching nothing -> UserError
+    require_for_training(model, args.model, "lower --num-classes")
+    widths = widths_of(model)
+    if args.base is None and args.width_scale != 1.0:
+        check_width_scale(widths, args.width_scale, keep=list(widths)[-1])
+    check_batch(args.batch_size, args.train_limit, DATASET_INFO.get(str(args.dataset)))
+
+
+def check_batch(batch_size: int, limit: int | None, info) -> None:
+    """Refuse a batch larger than the training examples (``limit``, or the dataset's size when known)."""
+    available = min(x for x in (limit, info.train_size if info is not None else None) if x is not None) \
+        if (limit is not None or info is not None) else None
+    if available is not None and batch_size > available:
+        what = f"--train-limit {limit}" if limit == available else f"the {available} training examples"
+        raise UserError(f"--batch-size {batch_size} is larger than {what}: lower the batch size to at most "
+                        f"{available} or use more training examples")
+
+
 def _full_run(args) -> int:
     from isotpp.pruning_run import run_pruning
     from isotpp.report import fmt_number, markdown_table
 
-    s = run_pruning(config_from_args(args))
+    config = config_from_args(args)
+    preflight(args)
+    s = run_pruning(config)
     rows = [["base accuracy (%)", fmt_number(s["base_acc"], 2)],
             ["mean JSV right after pruning", fmt_number(s["jsv_after_prune"])],
             ["best / final accuracy (%)", f"{fmt_number(s['best_acc'], 2)} / {fmt_number(s['final_acc'], 2)}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,37 @@ def build_inputs(spec_shape: tuple[int, ...], samples: int, seed: int, data: str
     return x.reshape((len(x), *spec_shape)), data
 
 
+def _check_memory(model: str, num_classes: int | None, arch_kwargs: dict[str, Any], samples: int,
+                  chunk_size: int | None, itemsize: int) -> None:
+    """Refuse, before allocating, a model or an input set that cannot fit in memory (one line)."""
+    import math
+
+    from flax import nnx
+
+    from isotpp.memory import parameter_count, require
+    from isotpp.models import create_model
+
+    abstract = nnx.eval_shape(lambda: create_model(model, num_classes=num_classes, **arch_kwargs))
+    params = parameter_count(abstract)
+    inputs, outputs = math.prod(abstract.input_shape), int(abstract.num_classes)
+    chunk = min(samples, chunk_size or 64)
+    need = itemsize * (3 * params + samples * (inputs + min(inputs, outputs)) + chunk * inputs * outputs)
+    size = f"{params:,} parameters; {samples:,} samples of {inputs:,} inputs; {outputs:,} outputs"
+    require(need, f"the spectrum of {model} ({size})", "lower --width, --num-classes, --input-dim or --jsv-samples")
+
+
+# from this depth on an MLP's spectrum spans more decades than float32 resolves
+FLOAT64_DEPTH = 16
+
+
+def fixed_point_inputs(n: int, dim: int, norm_sq_per_dim: float, seed: int) -> np.ndarray:
+    """``n`` Gaussian directions scaled to |x|^2 = dim * norm_sq_per_dim exactly."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim))
+    x *= np.sqrt(dim * norm_sq_per_dim) / np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
 def run_spectrum(
     *,
     model: str = "mlp",
@@ -40,7 +72,9 @@ def run_spectrum(
     num_classes: int | None = None,
     init: str = "default",
     sigma_w: float = 1.0,
+    sigma_b: float = 0.0,
     samples: int = 100,
+    nets: int = 1,
     seed: int = 0,
     method: str = "auto",
     bn: str = "eval",
@@ -58,96 +92,174 @@ def run_spectrum(
 
     The dict holds the summary keys (mean, std, max, min, cond_mean, diff_mean,
     n_samples), the model/init used, the method, timing, the theory's
-    prediction where one applies, and ``table`` (a printable summary).
+    prediction where one applies (``theory``; else ``theory_note`` says why not),
+    and ``table`` (a printable summary). ``nets`` independent weight draws
+    (seeds ``seed``, ``seed + 1``, ...) are pooled; a network whose Jacobian does
+    not depend on its input (a linear MLP) contributes one spectrum, not one per
+    sample. MLPs of depth >= 16 are computed in float64 whatever ``float64`` says.
+    For a nonlinear MLP without ``data`` the inputs sit at the mean-field fixed
+    point: |x|^2 / N_0 = E[phi(h)^2], h ~ N(0, q*).
     """
     import jax
 
-    if float64:
-        jax.config.update("jax_enable_x64", True)
     from isotpp import spectrum as sp
     from isotpp import theory
     from isotpp.models import create_model
     from isotpp.report import fmt_number, markdown_table
 
+    if isinstance(nets, bool) or not isinstance(nets, int) or nets < 1:
+        raise UserError(f"nets must be an integer >= 1, got {nets!r}")
+    if checkpoint is not None and nets > 1:
+        raise UserError("nets > 1 draws new weights, a checkpoint has one set: use nets=1 with a checkpoint")
+    if sigma_b and (checkpoint is not None or model != "mlp"):
+        raise UserError("sigma_b draws the biases of a freshly initialised mlp: use it with model='mlp' only")
+    is_mlp = checkpoint is None and model == "mlp"
+
     arch_kwargs: dict[str, Any] = {}
-    if checkpoint is not None:
-        from isotpp.checkpoint import load_model
+    if is_mlp:
+        arch_kwargs = {"depth": depth, "width": width, "act": act, "input_dim": input_dim or 1024}
 
-        net, meta = load_model(checkpoint)
-        model_name = meta["arch"]
-        init_used = f"checkpoint:{Path(checkpoint).name}"
-    else:
-        model_name = model
-        if model == "mlp":
-            arch_kwargs = {"depth": depth, "width": width, "act": act, "input_dim": input_dim or 1024}
-        net = create_model(model_name, num_classes=num_classes, init=init, sigma_w=sigma_w, seed=seed, **arch_kwargs)
-        init_used = init
+    def build(k: int):
+        if checkpoint is not None:
+            from isotpp.checkpoint import load_model
+
+            net, meta = load_model(checkpoint)
+            return net, meta["arch"], f"checkpoint:{Path(checkpoint).name}"
+        net = create_model(model, num_classes=num_classes, init=init, sigma_w=sigma_w, seed=seed + k, **arch_kwargs)
+        if sigma_b:
+            from isotpp.models.mlp import draw_biases
+
+            draw_biases(net, sigma_b, seed + k)
+        return net, model, init
+
+    if checkpoint is None:
+        _check_memory(model, num_classes, arch_kwargs, samples * nets, chunk_size, 8 if float64 else 4)
+    net, model_name, init_used = build(0)
     input_shape = tuple(net.input_shape)
-    if float64:
-        net = sp.to_float64(net)
+    if checkpoint is not None:  # the model is bounded by its file; the inputs by --jsv-samples
+        from isotpp.memory import require
 
+        require(samples * int(np.prod(input_shape)) * (8 if float64 else 4), f"{samples:,} input samples",
+                "lower --jsv-samples")
+    input_linear = sp.is_input_linear(net)
     resolved = method
     if method == "auto":
-        resolved = "linear" if sp.is_input_linear(net) else "gram"
-    x, source = build_inputs(input_shape, samples, seed + 1, data, data_dir)
-    if float64:
-        x = x.astype(np.float64)
+        resolved = "linear" if input_linear else "gram"
+    # float32 cannot resolve the small singular values of deep products; a linear
+    # MLP's exact kernel product costs nothing in float64
+    float64_auto = is_mlp and not float64 and (depth >= FLOAT64_DEPTH or resolved == "linear")
+    float64 = float64 or float64_auto
+    n_in = int(np.prod(input_shape))
+    n_out = int(getattr(net, "num_classes", 0) or (num_classes or 10))
+
+    # theory first: it fixes the inputs of a nonlinear MLP (the mean-field fixed point)
+    th, note, q_in = None, None, None
+    widths = None
+    if is_mlp:
+        widths = (n_in, *([width] * (depth - 1)), n_out)
+        if not input_linear and data is None:
+            wl = theory.weight_law(init, sigma_w)
+            if wl is not None:
+                q_in = theory.fixed_point_input_norm_sq(act, wl[1], sigma_b)
+        th, note = theory.network_theory(init, act, widths, sigma_w, sigma_b, q_in, dataset_inputs=data is not None)
+    elif checkpoint is not None:
+        note = "no theory for a checkpoint: its weights are not a random draw"
+    else:
+        note = f"no theory for {model_name}: the free-probability theory covers fully connected networks (mlp)"
+
+    def inputs(k: int):
+        if input_linear:
+            return None if resolved == "linear" else np.zeros((1, *input_shape), np.float32), "none (J does not depend on x)"
+        if q_in is not None:
+            x = fixed_point_inputs(samples, n_in, q_in, seed + 1 + k).reshape((samples, *input_shape))
+            return x.astype(np.float32), f"gaussian at the mean-field fixed point (|x|^2/N = {q_in:.6g})"
+        return build_inputs(input_shape, samples, seed + 1 + k, data, data_dir)
 
     bar = None
-    if progress and resolved != "linear" and samples > 1:
+    total = nets * (1 if input_linear else samples)
+    if progress and resolved != "linear" and total > 1:
         from tqdm import tqdm
 
-        bar = tqdm(total=samples, desc="spectrum", unit="sample", leave=False, mininterval=0.5, disable=None)
+        bar = tqdm(total=total, desc="spectrum", unit="sample", leave=False, mininterval=0.5, disable=None)
 
-    def on_chunk(done, total):
-        if bar is not None:
-            bar.n = done
-            bar.refresh()
+    rows, source, elapsed = [], None, 0.0
+    # x64 only for this computation (a context, so a library caller's session keeps its own setting)
+    with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+        for k in range(nets):
+            if k:
+                net = build(k)[0]
+            if float64:
+                net = sp.to_float64(net)
+            x, source = inputs(k)
+            if x is not None and float64:
+                x = x.astype(np.float64)
+            done_before = k * (total // nets)
 
-    t0 = time.perf_counter()
-    sv = sp.model_singular_values(net, x, method=resolved, bn=bn, chunk_size=chunk_size, progress=on_chunk)
-    elapsed = time.perf_counter() - t0
+            def on_chunk(done, _total, _base=done_before):
+                if bar is not None:
+                    bar.n = _base + done
+                    bar.refresh()
+
+            t0 = time.perf_counter()
+            sv = sp.model_singular_values(net, x, method=resolved, bn=bn, chunk_size=chunk_size, progress=on_chunk)
+            elapsed += time.perf_counter() - t0
+            rows.append(np.asarray(sv, dtype=np.float64))
     if bar is not None:
         bar.close()
+    sv = np.concatenate(rows, axis=0)
     if not np.all(np.isfinite(sv)):
         raise UserError("the spectrum contains NaN/inf (diverged or corrupt weights): check the checkpoint or lower sigma_w")
 
     summary = sp.summarize(sv)
     result: dict[str, Any] = summary.as_dict()
-    lam = np.asarray(sv, dtype=np.float64) ** 2
+    lam = sv**2
     result["lambda_mean"] = float(lam.mean())
     result["lambda_var_over_mean_sq"] = float(lam.var() / lam.mean() ** 2) if lam.mean() > 0 else float("nan")
     result.update(
         model=model_name,
         init=init_used,
         sigma_w=sigma_w,
+        sigma_b=sigma_b,
+        nets=nets,
+        samples_per_net=sv.shape[0] // nets,
         method=resolved,
         bn=bn,
         dtype="float64" if float64 else "float32",
+        float64_auto=float64_auto,
         inputs=source,
         seed=seed,
         seconds=elapsed,
         **{k: v for k, v in arch_kwargs.items()},
     )
-    if checkpoint is None and model_name == "mlp":
-        result["num_classes"] = num_classes or 10
-    th = None
-    if checkpoint is None and model_name == "mlp":
-        square = (input_dim or 1024) == width == (num_classes or 10)
-        if square:
-            th = theory.theory_for(init, depth, sigma_w, act)
+    if is_mlp:
+        result["num_classes"] = n_out
     if th is not None:
-        result["theory"] = th.summary()
+        result["theory"] = th.as_json()
+        result["ks_distance"] = theory.ks_distance(lam, th.law)
+    else:
+        result["theory_note"] = note
 
-    keys = ("mean", "std", "max", "min", "cond_mean", "diff_mean", "lambda_mean", "lambda_var_over_mean_sq")
-    rows = [[k, fmt_number(result[k])] for k in keys]
-    rows.append(["n_samples", str(summary.n_samples)])
+    keys = ("mean", "std", "max", "min", "cond_mean", "diff_mean")
+    rows_t = [[k, fmt_number(result[k]), ""] for k in keys]
+    pred = result.get("theory", {})
+    for k, tk in (("mean", "mean_s"), ("max", "max_s")):
+        if tk in pred:
+            rows_t[keys.index(k)][2] = fmt_number(pred[tk])
+    rows_t.append(["lambda_mean", fmt_number(result["lambda_mean"]), fmt_number(pred.get("lambda_mean"))])
+    rows_t.append(["lambda_var_over_mean_sq", fmt_number(result["lambda_var_over_mean_sq"]),
+                   fmt_number(pred.get("lambda_var_over_mean_sq"))])
+    rows_t.append(["zero fraction", fmt_number(float(np.mean(sv <= 1e-6 * sv.max()))), fmt_number(pred.get("zero_fraction"))])
     if th is not None:
-        for k, v in th.summary().items():
-            if isinstance(v, (int, float)):
-                rows.append([f"theory: {k}", fmt_number(float(v))])
-    header = f"{model_name} · init {init_used} · method {resolved} · {result['dtype']} · {elapsed:.2f} s"
-    result["table"] = header + "\n" + markdown_table(["statistic", "value"], rows)
+        for k in ("q_star", "chi", "xi_q", "xi_c"):
+            if pred.get(k) is not None:
+                rows_t.append([k, "", fmt_number(pred[k])])
+        rows_t.append(["KS distance (lambda)", fmt_number(result["ks_distance"]), ""])
+    rows_t.append(["n_samples", str(summary.n_samples), ""])
+    auto_why = "depth >= 16" if depth >= FLOAT64_DEPTH else "exact kernel product"
+    header = (f"{model_name} · init {init_used} · method {resolved} · {result['dtype']}"
+              f"{f' (automatic: {auto_why})' if float64_auto else ''} · {nets} net(s) · {elapsed:.2f} s")
+    table = markdown_table(["statistic", "measured", "theory" if th is not None else ""], rows_t)
+    result["table"] = header + "\n" + table + (f"\n{note}" if note else "")
 
     out = {k: v for k, v in result.items() if k != "table"}
     if values:
@@ -157,8 +269,17 @@ def run_spectrum(
 
         result["json"] = str(write_json(json_path, out))
     if plot_path:
-        from isotpp.plots import spectrum_histogram
+        from isotpp.theory_plots import spectrum_theory_figure
 
-        title = f"JSV of {model_name} ({init_used}), {summary.n_samples} samples"
-        result["plot"] = str(spectrum_histogram(sv.ravel(), plot_path, theory=th, title=title))
+        try:  # like --json: a missing directory is created
+            Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create directory {Path(plot_path).parent}: {e.strerror}; choose a writable path"
+                            ) from None
+
+        title = f"JSV of {model_name} ({init_used}), {summary.n_samples} spectra from {nets} net(s)"
+        # float32 gram squares the condition number: below ~3e-4 s_max the values are rounding
+        floor = None if float64 else (3e-4 if resolved == "gram" else 1e-6) * float(sv.max())
+        result["plot"] = str(spectrum_theory_figure(sv, plot_path, th.law if th is not None else None, title=title,
+                                                    float32_floor=floor))
     return result

@@ -1,7 +1,7 @@
 """``isotpp train``: train a named model from scratch with the data-parallel trainer (isotpp.trainer).
 
     isotpp train --model resnet56 --dataset cifar10 --epochs 200 \
-        --lr-schedule 0:0.1,100:0.01,150:0.001 --batch-size 128 --wd 5e-4 --workdir runs/resnet56_base
+        --lr-schedule 0:0.1,100:0.01,150:0.001 --batch-size 128 --wd 5e-4 --out runs/resnet56_base
 
 (``experiments/train_cifar.py`` is the same program as a script.)
 
@@ -18,63 +18,83 @@ isotpp model file) and ``results.json``. See docs/launching.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
+from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
-from isotpp.commands.args import positive_float as _positive_float
-from isotpp.commands.args import positive_int as _positive_int
+from isotpp.commands.args import positive_float as _positive_float  # noqa: F401 (experiments/train_imagenet.py)
+from isotpp.commands.args import positive_int as _positive_int  # noqa: F401
+from isotpp.errors import UserError
 
 PROG = "isotpp train"
 
 
 def add_common_arguments(p: argparse.ArgumentParser, *, model: str, batch: int, schedule: str, epochs: int,
                          wd: float) -> None:
-    """The options every training entry point shares."""
-    p.add_argument("--model", default=model, help=f"architecture name (default {model})")
-    p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epochs to train (default {epochs})")
-    p.add_argument("--lr-schedule", default=schedule, help=f"epoch:lr pieces (default {schedule})")
-    p.add_argument("--batch-size", type=_positive_int, default=batch,
-                   help=f"GLOBAL batch over all devices and hosts (default {batch})")
-    p.add_argument("--wd", type=float, default=wd, help=f"weight decay, PyTorch-style (default {wd:g})")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--init", default="kaiming", help="weight init scheme (default kaiming, as the reference)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights, the data order and augmentation")
-    p.add_argument("--workdir", required=True, help="config.json, metrics.jsonl, checkpoints/, model.npz go here")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
+    """The options every training entry point shares (defaults as given)."""
+    p.add_argument("--model", type=A.model_name, default=model, metavar="MODEL",
+                   help=f"architecture name, one of {', '.join(A.MODEL_NAMES)}")
+    p.add_argument("--epochs", type=A.Int(1, 100_000), default=epochs, help="epochs to train")
+    p.add_argument("--lr-schedule", type=A.lr_schedule, default=schedule, help="epoch:lr pieces")
+    p.add_argument("--batch-size", type=A.Int(1, 1_000_000), default=batch,
+                   help="GLOBAL batch over all devices and hosts (at most the number of training examples)")
+    p.add_argument("--wd", type=A.nonnegative_float, default=wd, help="weight decay, PyTorch-style")
+    p.add_argument("--momentum", type=A.fraction, default=0.9, help="SGD momentum, in [0, 1)")
+    p.add_argument("--init", type=A.init_scheme, default="kaiming", metavar=A.init_scheme.describe,
+                   help="weight init scheme (kaiming, as the reference)")
+    p.add_argument("--seed", type=A.seed, default=0, help="seed for the weights, the data order and augmentation")
+    p.add_argument("--out", "--workdir", dest="workdir", type=A.output_dir, required=True, metavar="DIR",
+                   help="run directory: config.json, metrics.jsonl, checkpoints/, model.npz go here")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--bf16", action="store_true", help="compute in bfloat16 (parameters and optimiser stay float32)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (multi-host; also when ISOTPP_DISTRIBUTED=1)")
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="STEPS",
-                   help="also checkpoint every STEPS steps (epoch ends always; default 1000)")
-    p.add_argument("--log-every", type=_positive_int, default=100, metavar="STEPS",
-                   help="a step record in metrics.jsonl every STEPS steps (default 100)")
-    p.add_argument("--eval-batch-size", type=_positive_int, default=None, help="global evaluation batch")
-    p.add_argument("--width-scale", type=_positive_float, default=1.0,
-                   help="multiply every hidden width (smoke tests on small machines; default 1)")
+    p.add_argument("--data-dir", type=A.data_dir, default=None,
+                   help="where the dataset files are (unset: $ISOTPP_DATA, the cache, system locations)")
+    p.add_argument("--checkpoint-every", type=A.positive_int, default=1000, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (epoch ends always)")
+    p.add_argument("--log-every", type=A.positive_int, default=100, metavar="STEPS",
+                   help="a step record in metrics.jsonl every STEPS steps")
+    p.add_argument("--eval-batch-size", type=A.Int(1, 1_000_000), default=None,
+                   help="global evaluation batch (unset: 1000, at most the test set)")
+    p.add_argument("--width-scale", type=WIDTH_SCALE, default=1.0,
+                   help="multiply every hidden width (smoke tests on small machines)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+WIDTH_SCALE = A.Float(1 / 64, 64.0, what="a width factor")
+_EXAMPLES = """examples:
+  isotpp train --model resnet20 --dataset synthetic --epochs 1 --width-scale 0.25 --out runs/smoke
+  isotpp train --model resnet56 --dataset cifar10 --data-dir DATA --epochs 200 \\
+      --lr-schedule 0:0.1,100:0.01,150:0.001 --batch-size 128 --wd 5e-4 --out runs/resnet56_base --resume
+"""
 
 
 def _arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_arguments(p, model="resnet56", batch=128, schedule="0:0.1,100:0.01,150:0.001", epochs=200, wd=5e-4)
-    p.add_argument("--dataset", default="cifar10",
-                   help="cifar10, cifar100, fashion_mnist, mnist or synthetic (default cifar10)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training examples")
+    p.add_argument("--dataset", "--data", dest="dataset", type=A.dataset, default="cifar10",
+                   metavar="DATASET",
+                   help=f"one of {', '.join(A.DATASETS)}")
+    p.add_argument("--train-limit", "--limit", dest="limit", type=A.positive_int, default=None,
+                   help="use only the first N training examples (at least --batch-size)")
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     return p
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    return _arguments(_Parser(prog=prog, description=__doc__.split("\n\n")[0]))
+    parser = _Parser(prog=prog, description=__doc__.split("\n\n")[0], epilog=_EXAMPLES)
+    A.version_action(parser)
+    return _arguments(parser)
 
 
 def add_parser(sub) -> None:
     """Register ``isotpp train`` on the ``isotpp`` sub-parsers."""
     p = sub.add_parser("train", help="train a model from scratch (base models), data-parallel, resumable",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__.split("\n\n")[0], epilog=_EXAMPLES)
     _arguments(p)
-    p.set_defaults(func=lambda args: run(args))
+    p.set_defaults(func=run)
 
 
 def scaled_widths(name: str, num_classes: int, input_shape, scale: float) -> dict[str, int] | None:
@@ -87,7 +107,16 @@ def scaled_widths(name: str, num_classes: int, input_shape, scale: float) -> dic
 
     widths = widths_of(nnx.eval_shape(lambda: create_model(name, num_classes=num_classes, input_shape=input_shape)))
     last = list(widths)[-1]
-    return {k: (v if k == last else max(1, round(v * scale))) for k, v in widths.items()}
+    check_width_scale(widths, scale, keep=last)
+    return {k: (v if k == last else round(v * scale)) for k, v in widths.items()}
+
+
+def check_width_scale(widths: dict[str, int], scale: float, keep: str) -> None:
+    """Refuse a ``scale`` that would leave a layer (other than ``keep``) without a channel."""
+    narrowest = min((v, k) for k, v in widths.items() if k != keep)
+    if round(narrowest[0] * scale) < 1:
+        raise UserError(f"width scale {scale:g} leaves layer {narrowest[1]} ({narrowest[0]} channels) with none: "
+                        f"use a scale of at least {1 / narrowest[0]:g}")
 
 
 def make_model(args, num_classes: int, input_shape):
@@ -95,7 +124,14 @@ def make_model(args, num_classes: int, input_shape):
 
     from isotpp.models import create_model
 
+    from flax import nnx
+
+    from isotpp.memory import require_for_training
+
     widths = scaled_widths(args.model, num_classes, input_shape, args.width_scale)
+    require_for_training(nnx.eval_shape(lambda: create_model(args.model, num_classes=num_classes,
+                                                             input_shape=input_shape, widths=widths)),
+                         args.model, "lower --width-scale")
     return create_model(args.model, num_classes=num_classes, input_shape=input_shape, widths=widths,
                         init=args.init, seed=args.seed, dtype=jnp.bfloat16 if args.bf16 else None)
 
@@ -130,6 +166,32 @@ def finish(args, trainer, history) -> None:
         print(f"final test accuracy {accs[-1]:.2f} % (best {max(accs):.2f} %); model: {workdir / 'model.npz'}")
 
 
+# Settings that may change between the calls that continue one workdir (they do not change the result).
+REUSABLE = ("workdir", "resume", "distributed", "data_dir", "checkpoint_every", "log_every", "no_progress",
+            "workers")
+
+
+def settings(args) -> dict:
+    """The run's settings as config.json records them (``args``): the parsed options, JSON-able."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}
+
+
+@contextlib.contextmanager
+def training_run(args):
+    """The workdir of a training command, opened: locked, its settings checked, SIGTERM -> checkpoint + 75.
+
+    Call after :func:`isotpp.parallel.initialize`. The trainer records the
+    settings (config.json's ``args``) when it starts; a workdir of a run with
+    other settings is refused, a run that fails before that leaves nothing.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.rundir import open_run
+
+    with sigterm_stops(), open_run(args.workdir, settings(args), kind="training run", reusable=REUSABLE,
+                                   section="args"):
+        yield
+
+
 def run(args, hooks=()) -> int:
     from isotpp import parallel
 
@@ -140,37 +202,35 @@ def run(args, hooks=()) -> int:
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer
 
-    schedule = LRSchedule.parse(args.lr_schedule)
-    mesh = parallel.make_mesh()
-    train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
-    test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
-    info = DATASET_INFO[train.name]
-    model = make_model(args, train.num_classes, train.input_shape)
-    tx = reference_sgd(schedule.initial, args.wd, args.momentum)
-    data = InMemoryData(train.images, train.labels, batch_size=args.batch_size, mesh=mesh, seed=args.seed,
-                        augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
-    evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
-    trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
-                      extra_config={"args": vars(args)})
-    history, _ = trainer.fit(resume=args.resume)
-    finish(args, trainer, history)
+    from isotpp.commands.prune import check_batch
+
+    check_batch(args.batch_size, args.limit, DATASET_INFO.get(args.dataset))
+    with training_run(args):
+        schedule = LRSchedule.parse(args.lr_schedule)
+        mesh = parallel.make_mesh()
+        train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
+        test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        info = DATASET_INFO[train.name]
+        model = make_model(args, train.num_classes, train.input_shape)
+        tx = reference_sgd(schedule.initial, args.wd, args.momentum)
+        data = InMemoryData(train.images, train.labels, batch_size=args.batch_size, mesh=mesh, seed=args.seed,
+                            augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
+        evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
+        trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
+                          extra_config={"args": settings(args)})
+        history, _ = trainer.fit(resume=args.resume)
+        finish(args, trainer, history)
     return 0
 
 
 def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run) -> int:
-    """Parse, run, and turn user errors and preemption into exit codes (2, 75)."""
-    from isotpp.errors import UserError
-    from isotpp.trainer import Preempted
-
+    """Parse, run, and turn user errors and preemption into exit codes (2, 75; see :func:`isotpp.cli.main`)."""
     parser = parser or build_parser()
     args = parser.parse_args(argv)
-    try:
-        return runner(args, hooks)
-    except Preempted as e:  # the message is on stderr already
-        return e.exit_code
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+    A.check_after_parsing(parser.prog, args)
+    if A.checked_only(parser.prog, args):
+        return 0
+    return A.guarded(parser.prog, lambda: runner(args, hooks))
 
 
 if __name__ == "__main__":

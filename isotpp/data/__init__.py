@@ -208,9 +208,10 @@ def _resized_idx_images(
     cached = cache_dir() / "preprocessed" / f"{stem}-{key}.npy"
     if cached.is_file():
         try:
-            images = np.load(cached, allow_pickle=False)
+            # mapped, not read: a header declaring more than the file holds fails here without allocating
+            images = np.load(cached, mmap_mode="r", allow_pickle=False)
             if images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == tuple(size):
-                return images[:limit], images.shape[0]
+                return np.array(images[:limit]), images.shape[0]
         except (OSError, ValueError, EOFError):
             pass  # unreadable cache entry: rebuild it below
     images = read_idx(source, ndim=3)

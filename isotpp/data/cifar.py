@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import pickle
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from isotpp.data.idx import check_labels
 from isotpp.errors import DataError
+from isotpp.files import read_bytes
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -56,6 +58,7 @@ CIFAR_FILES = {
 _LABEL_KEY = {"cifar10": "labels", "cifar100": "fine_labels"}
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _FIX = "re-download the CIFAR archive and extract it again"
+CIFAR_LIMIT = 256 << 20  # the largest batch file, CIFAR-100's train, is 155 MB
 
 
 class _ArrayMarker:
@@ -78,7 +81,10 @@ def _safe_reconstruct(subtype, shape, dtype_code):
     # ndarray.__setstate__ with the real shape, dtype and raw bytes.
     if subtype is not _ArrayMarker:
         raise pickle.UnpicklingError("refusing to reconstruct anything but a plain ndarray")
-    return np.ndarray(tuple(int(s) for s in shape), dtype=np.uint8)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape) or math.prod(shape) > CIFAR_LIMIT:  # numpy writes (0,); the data come later
+        raise pickle.UnpicklingError(f"refusing a placeholder array of shape {shape}")
+    return np.ndarray(shape, dtype=np.uint8)
 
 
 def _safe_frombuffer(buffer, dtype, shape, order):
@@ -115,12 +121,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: {_FIX}, or point data_dir/ISOTPP_DATA at a complete copy") from None
-    except OSError as exc:
-        raise DataError(f"could not read {path} ({exc.strerror or exc}): check the file's permissions") from None
+    raw = read_bytes(path, limit=CIFAR_LIMIT, what="CIFAR batch",
+                     fix=f"{_FIX}, or point data_dir/ISOTPP_DATA at a complete copy")
     try:
         # latin-1 turns Python 2 str (keys, raw pixel bytes) into str, as torchvision does.
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()

@@ -4,21 +4,21 @@ An IDX file is a 4-byte magic number ``0x0000TTDD`` (``TT`` the element type,
 ``DD`` the number of dimensions), ``DD`` big-endian uint32 sizes, then the
 elements in C order. MNIST-family files use type 0x08 (uint8):
 ``0x00000803`` for images (N, 28, 28) and ``0x00000801`` for labels (N,).
-Files may be raw or gzip-compressed (as distributed); both are read whole and
-decoded with one ``np.frombuffer``.
+Files may be raw or gzip-compressed (as distributed); the header is read
+first and bounds everything after it (:class:`isotpp.files.ByteStream`), then
+the payload is decoded with one ``np.frombuffer``.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from isotpp.errors import DataError
+from isotpp.files import ByteStream, fmt_bytes
 
 __all__ = ["IDX_STEMS", "check_labels", "idx_split_paths", "load_idx_split", "read_idx"]
 
@@ -32,8 +32,9 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _FIX = "re-download or reinstall it"
+# The largest MNIST-family file, train images, is 47 MB (60,000 x 28 x 28); nothing larger is legitimate.
+IDX_LIMIT = 128 << 20
 
 # File names (without .gz) of the MNIST-family splits: split -> (images, labels).
 IDX_STEMS = {
@@ -42,44 +43,33 @@ IDX_STEMS = {
 }
 
 
-def _read_bytes(path: Path) -> tuple[bytes, bool]:
-    """The file's content, decompressed if it is gzip; and whether it was."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: {_FIX}, or point data_dir/ISOTPP_DATA at a complete copy") from None
-    except OSError as exc:
-        raise DataError(f"could not read {path} ({exc.strerror or exc}): check the file's permissions") from None
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw, False
-    try:
-        return gzip.decompress(raw), True
-    except EOFError:
-        raise DataError(f"{path} is truncated (the gzip stream ends early): {_FIX}") from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise DataError(f"{path} is not a valid gzip file ({exc}): {_FIX}") from None
-
-
-def read_idx(path: str | Path, *, ndim: int | None = None) -> np.ndarray:
+def read_idx(path: str | Path, *, ndim: int | None = None, limit: int = IDX_LIMIT) -> np.ndarray:
     """Read an IDX file (raw or gzip) into an array of its native dtype.
 
     Checks the magic number, the dimension header and that the payload has
-    exactly the size the header announces. ``ndim`` (3 for images, 1 for labels)
-    additionally checks the number of dimensions. The result may be a read-only
-    view of the file's bytes (uint8 files); copy it before writing to it.
+    exactly the size the header announces. The header is read first: a file
+    declaring more than ``limit`` bytes is refused before anything is
+    allocated or decompressed, and a gzip file is decompressed only as far as
+    its header declares. ``ndim`` (3 for images, 1 for labels) additionally
+    checks the number of dimensions. The result may be a read-only view of the
+    file's bytes (uint8 files); copy it before writing to it.
 
     Raises:
-      DataError: the file is missing, not IDX, truncated, has trailing bytes or
-        is a corrupt gzip; the message names the file.
+      DataError: the file is missing, not IDX, truncated, has trailing bytes,
+        declares more than ``limit`` bytes or is a corrupt gzip; the message
+        names the file.
     """
     path = Path(path)
-    data, compressed = _read_bytes(path)
-    size_note = " after decompression" if compressed else ""
-    if len(data) < 4:
-        raise DataError(f"{path} is truncated (expected an IDX header, got {len(data)} bytes{size_note}): {_FIX}")
-    magic = int.from_bytes(data[:4], "big")
-    type_code, nd = data[2], data[3]
-    if data[:2] != b"\0\0" or type_code not in _IDX_DTYPES or nd == 0:
+    stream = ByteStream(path, what="IDX file", fix=f"{_FIX}, or point data_dir/ISOTPP_DATA at a complete copy",
+                        limit=limit)
+    size_note = " after decompression" if stream.compressed else ""
+    head = stream.take(4)
+    if len(head) < 4:
+        stream.check_complete()
+        raise DataError(f"{path} is truncated (expected an IDX header, got {len(head)} bytes{size_note}): {_FIX}")
+    magic = int.from_bytes(head, "big")
+    type_code, nd = head[2], head[3]
+    if head[:2] != b"\0\0" or type_code not in _IDX_DTYPES or nd == 0:
         raise DataError(
             f"{path} is not an IDX file (magic 0x{magic:08x}, expected 0x00000801 for labels "
             f"or 0x00000803 for images): {_FIX}"
@@ -90,22 +80,32 @@ def read_idx(path: str | Path, *, ndim: int | None = None) -> np.ndarray:
             "check that the image and label files are not swapped or renamed"
         )
     header = 4 + 4 * nd
-    if len(data) < header:
+    dims_raw = stream.take(4 * nd)
+    if len(dims_raw) < 4 * nd:
+        stream.check_complete()
         raise DataError(
-            f"{path} is truncated (expected a {header}-byte header, got {len(data)} bytes{size_note}): {_FIX}"
+            f"{path} is truncated (expected a {header}-byte header, got {4 + len(dims_raw)} bytes{size_note}): {_FIX}"
         )
-    dims = struct.unpack(f">{nd}I", data[4:header])
+    dims = struct.unpack(f">{nd}I", dims_raw)
     dtype = _IDX_DTYPES[type_code]
     count = math.prod(dims)
     expected = header + count * dtype.itemsize
-    if len(data) < expected:
-        raise DataError(f"{path} is truncated (expected {expected} bytes{size_note}, got {len(data)}): {_FIX}")
-    if len(data) > expected:
+    if expected > limit:
+        raise DataError(f"{path} declares a {'x'.join(map(str, dims))} array ({fmt_bytes(expected)}), more than the "
+                        f"{fmt_bytes(limit)} an IDX file of isotpp's datasets can hold: {_FIX}")
+    if not stream.compressed and len(stream._raw) < expected:  # noqa: SLF001 - known before reading on
+        raise DataError(f"{path} is truncated (expected {expected} bytes, got {len(stream._raw)}): {_FIX}")
+    payload = stream.take(count * dtype.itemsize)
+    if len(payload) < count * dtype.itemsize:
+        stream.check_complete()
+        raise DataError(f"{path} is truncated (expected {expected} bytes{size_note}, got {header + len(payload)}): "
+                        f"{_FIX}")
+    extra = stream.trailing()
+    if extra:
         raise DataError(
-            f"{path} has {len(data) - expected} unexpected bytes after its data "
-            f"(expected {expected} bytes{size_note}): {_FIX}"
+            f"{path} has {extra} unexpected bytes after its data (expected {expected} bytes{size_note}): {_FIX}"
         )
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
+    array = np.frombuffer(payload, dtype=dtype, count=count).reshape(dims)
     if dtype.byteorder == ">":
         array = array.astype(dtype.newbyteorder("="))
     return array

@@ -140,6 +140,9 @@ class InMemoryData:
         if np.shape(self.images)[0] != n:
             raise UserError(f"{np.shape(self.images)[0]} images but {n} labels: they must match")
         parallel.check_batch_size(self.batch_size, self.mesh)
+        if self.batch_size > n:
+            raise UserError(f"batch size {self.batch_size} exceeds the {n} training examples: lower the batch size "
+                            f"to at most {n} or use more training examples")
         self.num_examples = n
         self.steps_per_epoch = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         if self.steps_per_epoch == 0:

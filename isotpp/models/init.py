@@ -37,7 +37,7 @@ from flax import nnx
 from isotpp.errors import UserError
 from isotpp.models.layers import iter_modules
 
-ACT_GAIN: dict[str, float] = {"linear": 1.0, "tanh": 1.0, "relu": math.sqrt(2.0)}
+ACT_GAIN: dict[str, float] = {"linear": 1.0, "tanh": 1.0, "hard_tanh": 1.0, "relu": math.sqrt(2.0)}
 
 SCHEMES = ("default", "torch", "kaiming", "gaussian", "orthogonal", "delta-orthogonal")
 INIT_SCHEMES = SCHEMES

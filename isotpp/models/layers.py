@@ -75,6 +75,13 @@ class Tanh(nnx.Module):
         return jnp.tanh(x)
 
 
+class HardTanh(nnx.Module):
+    """clip(x, -1, 1) (torch's nn.Hardtanh)."""
+
+    def __call__(self, x):
+        return jnp.clip(x, -1.0, 1.0)
+
+
 class Flatten(nnx.Module):
     """(B, ...) -> (B, prod(...)). With NHWC inputs the order is H, W, C
     (PyTorch flattens C, H, W): only relevant when importing torch weights of
@@ -118,11 +125,12 @@ ACTIVATIONS: dict[str, type[nnx.Module]] = {
     "linear": Identity,
     "relu": ReLU,
     "tanh": Tanh,
+    "hard_tanh": HardTanh,
 }
 
 
 def activation(name: str) -> nnx.Module:
-    """A parameter-free activation module by name (``linear``, ``relu``, ``tanh``)."""
+    """A parameter-free activation module by name (``linear``, ``relu``, ``tanh``, ``hard_tanh``)."""
     try:
         return ACTIVATIONS[name]()
     except KeyError:

@@ -7,6 +7,10 @@ flattened, whatever its shape, so MNIST at 32x32x1 feeds a 1024-input MLP.
 
 MLP-7-Linear of the TPP paper = ``MLP(1024, 100, 7, 10, "linear")``
 (1024 -> 100 x 5 -> 10 with biases, 154,010 parameters).
+
+Activations: ``linear``, ``relu``, ``tanh``, ``hard_tanh`` (clip to [-1, 1]).
+:func:`draw_biases` gives every dense bias N(0, sigma_b^2) entries, the bias
+convention of mean-field theory (:mod:`isotpp.theory.meanfield`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -102,3 +107,25 @@ class MLP(nnx.Module):
         if math.prod(x.shape[1:]) != self.input_dim:
             check_exact_input(self.arch, x, self.input_shape)
         return self.net(x.reshape(x.shape[0], -1))
+
+
+def draw_biases(model: MLP, sigma_b: float, seed: int = 0) -> MLP:
+    """Set every dense bias of ``model`` to independent N(0, sigma_b^2) entries, in place.
+
+    ``sigma_b = 0`` zeroes them. The draw uses its own stream (key ``seed``, folded
+    with 2), so the kernels of an init with the same seed are unchanged. Returns the model.
+    """
+    try:
+        sigma_b = float(sigma_b)
+    except (TypeError, ValueError):
+        raise UserError(f"sigma_b must be a number >= 0, got {sigma_b!r}") from None
+    if not math.isfinite(sigma_b) or sigma_b < 0:
+        raise UserError(f"sigma_b must be a finite number >= 0, got {sigma_b!r}")
+    dense = [layer for layer in model.net if isinstance(layer, nnx.Linear)]
+    if any(layer.bias is None for layer in dense):
+        raise UserError("the model has no biases (use_bias=False): build it with biases to draw them")
+    key = jax.random.fold_in(jax.random.key(seed), 2)
+    for i, layer in enumerate(dense):
+        b = layer.bias[...]
+        layer.bias.set_value((sigma_b * jax.random.normal(jax.random.fold_in(key, i), b.shape)).astype(b.dtype))
+    return model

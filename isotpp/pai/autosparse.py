@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 import optax
 
 from isotpp.errors import UserError
+from isotpp.files import json_header, open_npz
 from isotpp.io import atomic_write
 
 __all__ = [
@@ -148,16 +148,19 @@ def load_scorer(path: str | Path, *, features: Sequence[str] = FEATURES) -> Scor
     path = Path(path)
     if not path.is_file():
         raise UserError(f"scorer file {path} does not exist: check the path")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "__header__" not in data.files:
-                raise UserError(f"{path} is not an AutoSparse scorer file (no header): train one with fit_scorer")
-            header = json.loads(bytes(data["__header__"]).decode())
-            arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"scorer file {path} is not readable ({e}): it may be truncated; train it again") from None
+    with open_npz(path, what="scorer file", fix="train it again") as data:
+        header = json_header(data, "__header__", fix="train it again")
+        arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
     if header.get("kind") != _KIND or header.get("format") != _FORMAT:
         raise UserError(f"{path} is not an AutoSparse scorer of format {_FORMAT}: train it again with this version")
+    try:
+        return _scorer_from(path, header, arrays, features)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise UserError(f"scorer file {path} has a corrupt header or arrays ({type(e).__name__}: {e}): "
+                        "train it again") from None
+
+
+def _scorer_from(path: Path, header: dict, arrays: dict, features: Sequence[str]) -> Scorer:
     spec = dict(header.get("spec") or {})
     if list(spec.get("features") or []) != list(features) or spec.get("g0") != G0_DEFINITION:
         raise UserError(f"scorer file {path} was trained on features {spec.get('features')} (g0: {spec.get('g0')!r}), "

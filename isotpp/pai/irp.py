@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp.errors import UserError
+from isotpp.files import json_header, open_npz
 from isotpp.io import atomic_write
 from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_masks
 from isotpp.pai.net import PrunableNet
@@ -119,17 +119,20 @@ def load_irp_record(path: str | Path, *, arch: str | None = None) -> IRPRecord:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"IRP record {path} does not exist: check the path")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "__header__" not in data.files:
-                raise UserError(f"{path} is not an IRP record (no header): make one with isotpp.pai.irp.run_irp")
-            header = json.loads(bytes(data["__header__"]).decode())
-            arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"IRP record {path} is not readable ({e}): it may be truncated; record it again") from None
+    with open_npz(path, what="IRP record", fix="record it again") as data:
+        header = json_header(data, "__header__", fix="record it again")
+        arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
     if header.get("kind") != _KIND or header.get("format") != _FORMAT:
         raise UserError(f"{path} is not an IRP record of format {_FORMAT} (kind {header.get('kind')!r}): "
                         "record it again with this version")
+    try:
+        return _record_from(path, header, arrays, arch)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise UserError(f"IRP record {path} has a corrupt header or arrays ({type(e).__name__}: {e}): "
+                        "record it again") from None
+
+
+def _record_from(path: Path, header: dict, arrays: dict, arch: str | None) -> IRPRecord:
     if arch is not None and header["arch"] != arch:
         raise UserError(f"IRP record {path} was made on {header['arch']}, not {arch}: "
                         f"pass a record made on {arch}")

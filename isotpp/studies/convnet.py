@@ -95,34 +95,43 @@ def _eval_jsv(shared: Path, probe) -> float:
     return read_json(path)["jsv_after_prune_eval"]
 
 
+_REUSABLE = ("seeds", "methods", "data_dir")  # may differ between runs sharing one directory
+
+
 def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
-    """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png)."""
-    from isotpp.pruning_run import (
-        base_model,
-        evaluate,
-        load_data,
-        mean_jsv,
-        run_pruning,
-    )
+    """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png).
+
+    ``out`` is locked while the study runs and refused if it holds a study
+    with other settings; the data are loaded before anything is written. Every
+    (method, LR) cell is an :func:`~isotpp.pruning_run.run_pruning` run,
+    finished when its ``summary.json`` exists; SIGTERM stops at the next step
+    with :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.pruning_run import RESUME_HINT, load_data
+    from isotpp.rundir import open_run
+
+    cfg = cfg.validate()
+    with sigterm_stops(RESUME_HINT), open_run(out, cfg.to_dict(), kind="study", reusable=_REUSABLE) as run:
+        data = load_data(_prune_config(cfg, 0))  # the same for every seed
+        run.record()
+        return _run(cfg, data, run.path, log)
+
+
+def _run(cfg: ConvStudyConfig, data, out: Path, log) -> dict[str, Any]:
+    from isotpp.preemption import check
+    from isotpp.pruning_run import base_model, evaluate, mean_jsv, run_pruning
     from isotpp.studies.clock import StudyClock
     from isotpp.study_report import write_report
 
-    cfg = cfg.validate()
-    out = Path(out)
-    if (out / "config.json").exists():
-        old = read_json(out / "config.json")
-        diff = [k for k, v in cfg.to_dict().items() if k not in ("seeds", "methods", "data_dir") and old.get(k) != v]
-        if diff:
-            raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
-    write_json(out / "config.json", cfg.to_dict())
     clock = StudyClock(out)
     base_info: dict[str, list] = {}  # "jsv": batch statistics, as the reference measures; "jsv_eval": running
     runs: dict[str, dict[str, dict[str, list]]] = {m: {lr: {} for lr, _ in cfg.lr_schedules} for m in cfg.methods}
     for seed in cfg.seeds:
         sdir = out / f"seed{seed}"
         pc = _prune_config(cfg, seed, method="L1", out=str(sdir))
-        data = load_data(pc)
         base = base_model(pc, data, sdir, log)
+        check(f"finished pieces are kept in {out}")
         info_path = sdir / "base.json"
         if not info_path.exists():
             write_json(info_path, {"acc": evaluate(base, data),
@@ -149,6 +158,7 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
                 clock.tick()
                 cell.setdefault("sparsity", []).append(s["sparsity"])
                 cell.setdefault("speedup", []).append(s["speedup"])
+                check(f"finished pieces are kept in {out}")
     results = {"config": cfg.to_dict(), "runs": runs, "base": base_info, "wall_s": clock.tick(),
                "invocation_s": clock.invocation_s}  # wall_s: over every call that worked on the study
     write_json(out / "results.json", results)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isotpp import preemption
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
 from isotpp.train import (
@@ -224,6 +225,7 @@ def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, pro
         check_finite(m["loss"], where=f"base training, seed {seed}, epoch {epoch + 1}")
         acc = group.evaluate(data.test_x, data.test_y)
         j = np.asarray(jsv(group.state.params))
+        preemption.check()
         record(phase="base", seed=seed, epoch=epoch + 1, loss=m["loss"][0], train_acc=m["train_acc"][0],
                test_acc=acc[0], mean_jsv=j[0])
         bar.set_postfix(loss=f"{m['loss'][0]:.3f}", acc=f"{acc[0]:.2f}")
@@ -258,6 +260,7 @@ def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Reco
         m = group.run_epoch(data.train_x, data.train_y, batches, 0)
         done += int(batches.shape[0])
         check_finite(m["loss"], where=f"TPP, seed {seed}, iteration {done}")
+        preemption.check()
         st = describe(unstack_run(group.state.opt_state, 0))
         record(phase="tpp", seed=seed, iteration=done, loss=m["loss"][0], reg=st["reg"], tpp_phase=st["phase"],
                gram_penalty=st["gram_penalty"])
@@ -330,6 +333,7 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
         m = group.run_epoch(data.train_x, data.train_y, batches, epoch)
         for i, (method, lr) in enumerate(cells):
             check_finite(m["loss"][i], where=f"retraining {method} at LR {lr}, seed {seed}, epoch {epoch + 1}")
+        preemption.check()
         acc = group.evaluate(data.test_x, data.test_y)
         j = np.asarray(jsv(group.state.params))
         acc_hist.append(acc)
@@ -359,31 +363,60 @@ def _cell_path(out: Path, seed: int, method: str, lr: str) -> Path:
     return out / f"seed{seed}" / "cells" / f"{safe}__lr{lr}.json"
 
 
-def _check_dir(out: Path, config: StudyConfig) -> None:
-    path = out / "config.json"
-    if not path.exists():
-        return
-    old = read_json(path)
-    new = config.to_dict()
-    diff = [k for k in new if k not in StudyConfig._REUSABLE and old.get(k) != new[k]]
-    if diff:
-        raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
+RESUME_HINT = "run the same command again to continue"
 
 
 def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or complete) the study in ``out``; returns the results dict (also written as results.json)."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.plan import Plan, l1_plan
-    from isotpp.studies.clock import StudyClock
+    """Run (or complete) the study in ``out``; returns the results dict (also written as results.json).
+
+    ``out`` is locked while the study runs and refused if it holds a study
+    with other settings (``StudyConfig._REUSABLE`` may differ); the data are
+    loaded before anything is written. Each piece (a base model, TPP, a
+    group of retraining cells) is committed whole (:class:`isotpp.rundir.Commit`);
+    SIGTERM stops at the next epoch with :class:`~isotpp.preemption.Preempted`
+    and the same call finishes the study.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.rundir import open_run
 
     config = config.validate()
-    out = Path(out)
-    _check_dir(out, config)
-    write_json(out / "config.json", config.to_dict())
+    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study",
+                                              reusable=StudyConfig._REUSABLE) as run:
+        data = load_data(config)
+        run.record()
+        return _run(config, data, run.path, progress, log)
+
+
+def _base_piece(config: StudyConfig, data: Data, out: Path, seed: int, record: Recorder, progress: bool, clock, log):
+    """The trained base model of ``seed`` and its {acc, jsv}: from ``seed<s>/base.npz`` or trained and committed."""
+    from isotpp.checkpoint import load_model, save_model
+    from isotpp.rundir import Commit
+
+    sdir = out / f"seed{seed}"
+    if (sdir / "base.npz").exists():
+        base, header = load_model(sdir / "base.npz")
+        if (sdir / "base.json").exists():
+            return base, read_json(sdir / "base.json")
+        return base, {k: header["meta"][k] for k in ("acc", "jsv")}  # a directory of an older isotpp
+    base, acc, jsv = train_base(config, data, seed, record, progress)
+    info = {"acc": acc, "jsv": jsv}
+    with Commit(out) as commit:
+        save_model(commit.path(sdir / "base.npz"), base, {"seed": seed, **info})
+        write_json(commit.path(sdir / "base.json"), info)
+    clock.tick()
+    log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
+    return base, info
+
+
+def _run(config: StudyConfig, data: Data, out: Path, progress: bool, log) -> dict[str, Any]:
+    from isotpp.checkpoint import load_model, save_model
+    from isotpp.plan import Plan, l1_plan
+    from isotpp.rundir import Commit
+    from isotpp.studies.clock import StudyClock
+
     record = Recorder(out / "metrics.jsonl")
     clock = StudyClock(out)
-    data = load_data(config)
     methods = [(m, canonical_method(m)) for m in config.methods]
     lr_keys = [k for k, _ in config.lr_schedules]
     log(f"{config.dataset}: {data.n_train} train / {int(data.test_x.shape[0])} test examples; "
@@ -392,18 +425,7 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     for seed in config.seeds:
         sdir = out / f"seed{seed}"
         todo = [(m, lr) for m, _ in methods for lr in lr_keys if not _cell_path(out, seed, m, lr).exists()]
-        # the base model
-        if (sdir / "base.npz").exists():
-            base, _ = load_model(sdir / "base.npz")
-            info = read_json(sdir / "base.json")
-        else:
-            base, acc, jsv = train_base(config, data, seed, record, progress)
-            info = {"acc": acc, "jsv": jsv}
-            save_model(sdir / "base.npz", base, {"seed": seed, **info})
-            write_json(sdir / "base.json", info)
-            clock.tick()
-            log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
-        base_info[seed] = info
+        base, base_info[seed] = _base_piece(config, data, out, seed, record, progress, clock, log)
         if not todo:
             continue
         plan_path = sdir / "plan.json"
@@ -419,8 +441,9 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
                 tpp_model, _ = load_model(sdir / "tpp.npz")
             else:
                 tpp_model, state = run_tpp(config, data, base, plan, seed, record, progress)
-                save_model(sdir / "tpp.npz", tpp_model, {"seed": seed})
-                write_json(sdir / "tpp_state.json", state)
+                with Commit(out) as commit:
+                    save_model(commit.path(sdir / "tpp.npz"), tpp_model, {"seed": seed})
+                    write_json(commit.path(sdir / "tpp_state.json"), state)
                 clock.tick()
                 log(f"seed {seed}: TPP done after {state['iteration']} iterations (reg {state['reg']:.3g})")
         starts = {}
@@ -428,8 +451,9 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
             if any(c == m for c, _ in todo):
                 starts[m] = pruned_start(canon, config, base, plan, tpp_model)
         results = retrain(config, data, todo, starts, seed, record, progress)
-        for (m, lr), res in results.items():
-            write_json(_cell_path(out, seed, m, lr), res)
+        with Commit(out) as commit:  # the cells of one vmapped group appear together
+            for (m, lr), res in results.items():
+                write_json(commit.path(_cell_path(out, seed, m, lr)), res)
         clock.tick()
         log(f"seed {seed}: retrained {len(todo)} cells")
 

@@ -42,10 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isotpp import preemption
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
 from isotpp.pai.masks import SCOPES, check_density, layer_densities, mask_density
 from isotpp.pai.methods import ONE_SHOT, all_methods, canonical, parse_method
+from isotpp.rundir import Commit
 from isotpp.train import LRSchedule
 
 ARCH = "lenet_300_100"
@@ -204,6 +206,7 @@ def _irp(config: PaIConfig, data, nets, densities, key, desc: str, progress: boo
     bar = _progress(config.irp_rounds * config.irp_epochs, desc, progress)
 
     def tick(j, e, m):
+        preemption.check()
         bar.set_postfix(round=j + 1, loss=f"{np.nanmean(m['loss']):.3f}")
         bar.update()
 
@@ -248,20 +251,22 @@ def autosparse_scorer(config: PaIConfig, data, out: Path, record, log, progress:
         t0 = time.time()
         hist = _irp(config, data, nets, [config.autosparse_density] * len(todo), jax.random.key(7919),
                     f"AutoSparse IRP records (seeds {todo})", progress)
-        for s, net, masks in zip(todo, nets, hist):
-            g0 = net.gradient_sum(data.train.x, data.train.y, config.batch_size)
-            records[s] = make_record(net, masks, seed=s, density=config.autosparse_density,
-                                     rewind=config.irp_rewind, g0=g0, g0_spec=_g0_spec(config, data),
-                                     meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
-            records[s].save(paths[s])
+        with Commit(out) as commit:  # the records of one vmapped group appear together
+            for s, net, masks in zip(todo, nets, hist):
+                g0 = net.gradient_sum(data.train.x, data.train.y, config.batch_size)
+                records[s] = make_record(net, masks, seed=s, density=config.autosparse_density,
+                                         rewind=config.irp_rewind, g0=g0, g0_spec=_g0_spec(config, data),
+                                         meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+                records[s].save(commit.path(paths[s]))
         log(f"AutoSparse: IRP records for seeds {todo} in {time.time() - t0:.0f} s")
         record(phase="autosparse_irp", seeds=todo, wall_s=time.time() - t0)
     scorer = train_scorer(records[train_seed], hidden=config.scorer_hidden, epochs=config.scorer_epochs,
                           lr=config.scorer_lr, seed=train_seed)
     validation = validate_scorer(scorer, records[val_seed])
     scorer = dataclasses.replace(scorer, meta=scorer.meta | {"validation": validation})
-    scorer.save(adir / "scorer.npz")
-    write_json(adir / "validation.json", validation)
+    with Commit(out) as commit:
+        scorer.save(commit.path(adir / "scorer.npz"))
+        write_json(commit.path(adir / "validation.json"), validation)
     log(f"AutoSparse scorer: validation MSE {validation['mse']:.4f} (constant {validation['mse_constant']:.4f}), "
         f"Spearman {validation['spearman']:.3f}, ticket overlap {validation['ticket_overlap']:.3f} "
         f"(|w0| {validation['ticket_overlap_magnitude']:.3f}, random {validation['ticket_overlap_random']:.3f})")
@@ -312,11 +317,12 @@ def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, 
             if todo:
                 hist = _irp(config, data, [net] * len(todo), todo, jax.random.fold_in(key, 5),
                             f"seed {seed}: IRP at {len(todo)} densities", progress)
-                for d, masks in zip(todo, hist):
-                    rec = make_record(net, masks, seed=seed, density=d, rewind=config.irp_rewind,
-                                      meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
-                    rec.save(paths[d])
-                    by_d[d] = rec.final_masks()
+                with Commit(out) as commit:  # the records of one vmapped group appear together
+                    for d, masks in zip(todo, hist):
+                        rec = make_record(net, masks, seed=seed, density=d, rewind=config.irp_rewind,
+                                          meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+                        rec.save(commit.path(paths[d]))
+                        by_d[d] = rec.final_masks()
         for d in densities:
             out_masks[(base, d)] = {n: jnp.asarray(m) for n, m in by_d[d].items()}
         record(phase="masks", part=part, seed=seed, method=base, wall_s=time.time() - t0)
@@ -362,6 +368,7 @@ def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities,
     t0 = time.time()
 
     def tick(e, mt):
+        preemption.check()
         bar.set_postfix(test=f"{np.nanmax(mt['test_acc']):.1f}")
         bar.update()
         for i, (method, d) in enumerate(cells):
@@ -374,32 +381,25 @@ def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities,
     bar.close()
     wall = time.time() - t0
     selected = selected_accuracy(hist["val_acc"], hist["test_acc"])
-    for i, (method, d) in enumerate(cells):
-        write_json(_cell_path(out, part, seed, method, d), info[i] | {
+    with Commit(out) as commit:  # the cells of one vmapped group appear together
+        for i, (method, d) in enumerate(cells):
+            write_json(commit.path(_cell_path(out, part, seed, method, d)), _cell_record(
+                info[i], method, d, seed, arch, i, hist, selected, wall))
+    log(f"seed {seed} ({arch}): trained {len(cells)} runs for {epochs} epochs in {wall:.0f} s")
+
+
+def _cell_record(info, method, d, seed, arch, i, hist, selected, wall) -> dict[str, Any]:
+    return info | {
             "method": method, "target_density": d, "seed": seed, "arch": arch,
             "final_acc": float(hist["test_acc"][i, -1]), "val_selected_acc": float(selected[i]),
             "final_val_acc": float(hist["val_acc"][i, -1]), "diverged": bool(hist["diverged"][i]),
             "test_acc_per_epoch": hist["test_acc"][i].tolist(), "val_acc_per_epoch": hist["val_acc"][i].tolist(),
-            "loss_per_epoch": hist["loss"][i].tolist(), "train_wall_s_group": wall})
-    log(f"seed {seed} ({arch}): trained {len(cells)} runs for {epochs} epochs in {wall:.0f} s")
+            "loss_per_epoch": hist["loss"][i].tolist(), "train_wall_s_group": wall}
 
 
 # --------------------------------------------------------------------------
 # The study.
 # --------------------------------------------------------------------------
-
-
-def _check_dir(out: Path, config: PaIConfig) -> None:
-    path = out / "config.json"
-    if not path.exists():
-        return
-    old = read_json(path)
-    new = config.to_dict()
-    new = {k: (list(v) if isinstance(v, tuple) else v) for k, v in new.items()}
-    diff = [k for k in new if k not in PaIConfig._REUSABLE and k not in ("scorer_path", "irp_record_path")
-            and _norm(old.get(k)) != _norm(new[k])]
-    if diff:
-        raise UserError(f"{out} holds a study with a different {', '.join(diff)}: use another --out or delete it")
 
 
 def _check_files(config: PaIConfig) -> None:
@@ -413,26 +413,35 @@ def _check_files(config: PaIConfig) -> None:
         load_irp_record(config.irp_record_path, arch=ARCH)
 
 
-def _norm(v):
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    return v
-
-
 def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or complete) the study in ``out``; returns the results (also written as results.json)."""
+    """Run (or complete) the study in ``out``; returns the results (also written as results.json).
+
+    ``out`` is locked while the study runs and refused if it holds a study
+    with other settings; the given files and the data are checked before
+    anything is written. Each piece (IRP records, the scorer, a seed's cells)
+    is committed whole; SIGTERM stops at the next epoch with
+    :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
+    """
+    from isotpp.preemption import sigterm_stops
+    from isotpp.rundir import open_run
+    from isotpp.studies.mlp_linear import RESUME_HINT
+
+    config = config.validate()
+    reusable = (*PaIConfig._REUSABLE, "scorer_path", "irp_record_path")
+    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study", reusable=reusable) as run:
+        _check_files(config)
+        data = load_data(config)
+        run.record()
+        return _run(config, data, run.path, progress, log)
+
+
+def _run(config: PaIConfig, data, out: Path, progress: bool, log) -> dict[str, Any]:
     from isotpp.studies.clock import StudyClock
     from isotpp.studies.mlp_linear import Recorder
 
-    config = config.validate()
-    out = Path(out)
-    _check_dir(out, config)
-    _check_files(config)
-    write_json(out / "config.json", config.to_dict())
     record = Recorder(out / "metrics.jsonl")
     clock = StudyClock(out)
-    data = load_data(config)
     methods = config.methods_canonical
     log(f"{config.dataset}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test; "
         f"seeds {list(config.seeds)}; densities {list(config.densities)}; {len(methods)} methods; out {out}")

@@ -1,0 +1,8 @@
+"""``python -m isotpp``: the ``isotpp`` command."""
+
+import sys
+
+from isotpp.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Mean-field propagation and the free-probability law of J Jᵀ, against simulation.
+
+Every case draws networks at width >= 400 with numpy (the Jacobian built layer by
+layer, inputs at the mean-field fixed point) and asserts: mean lambda within 5 %,
+Var(lambda) / E[lambda]^2 within 10 %, Kolmogorov-Smirnov distance below 0.05.
+Moments are pooled over many nets through traces (cheap), the KS distance uses
+the eigenvalues of a few.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+from isotpp import theory
+from isotpp.theory import meanfield as mf
+
+ACTS = ("linear", "tanh", "relu", "hard_tanh")
+DERIV = {
+    "linear": lambda h: np.ones_like(h),
+    "tanh": lambda h: 1 / np.cosh(h) ** 2,
+    "relu": lambda h: (h > 0) * 1.0,
+    "hard_tanh": lambda h: (np.abs(h) < 1) * 1.0,
+}
+# (sigma_w, sigma_b) near criticality for each activation
+POINT = {"linear": (1.0, 0.0), "tanh": (1.2, 0.1), "relu": (math.sqrt(2), 0.0), "hard_tanh": (1.2, 0.1)}
+
+
+def _weight(rng, n_out, n_in, init, sigma_w):
+    if init == "gaussian":
+        return sigma_w * rng.standard_normal((n_out, n_in)) / math.sqrt(n_in)
+    q, r = np.linalg.qr(rng.standard_normal((max(n_out, n_in), min(n_out, n_in))))
+    q = q * np.sign(np.diag(r))
+    return sigma_w * (q if n_out >= n_in else q.T)
+
+
+def _jacobian(rng, widths, init, sigma_w, act, sigma_b):
+    q_in = theory.fixed_point_input_norm_sq(act, sigma_w, sigma_b) or 1.0
+    x = rng.standard_normal(widths[0])
+    x *= math.sqrt(q_in * widths[0]) / np.linalg.norm(x)
+    J = None
+    for l in range(1, len(widths)):
+        W = _weight(rng, widths[l], widths[l - 1], init, sigma_w)
+        h = W @ x + sigma_b * rng.standard_normal(widths[l])
+        J = W if J is None else W @ J
+        if l < len(widths) - 1:
+            x = mf._phi(act, h)
+            J = DERIV[act](h)[:, None] * J
+    return J
+
+
+def _check(widths, init, act, sigma_w, sigma_b, nets_moments, nets_ks, seed=0):
+    law = theory.chain_spectrum(widths, init, sigma_w, act, sigma_b)
+    rng = np.random.default_rng(seed)
+    n = min(widths[0], widths[-1])
+    m1, m2, lams = [], [], []
+    for k in range(nets_moments):
+        J = _jacobian(rng, widths, init, sigma_w, act, sigma_b)
+        A = J @ J.T if widths[-1] <= widths[0] else J.T @ J  # n x n: the measured values
+        m1.append(np.trace(A) / n)
+        m2.append(np.sum(A * A) / n)
+        if k < nets_ks:
+            lams.append(np.linalg.eigvalsh(A))
+    m1, m2 = np.mean(m1), np.mean(m2)
+    assert m1 == pytest.approx(law.mean_lambda, rel=0.05)
+    assert m2 / m1**2 - 1 == pytest.approx(law.var_over_mean_sq, rel=0.10)
+    lam = np.clip(np.concatenate(lams), 0.0, None)
+    assert theory.ks_distance(lam, law) < 0.05
+    return law, lam
+
+
+# ------------------------------------------------------------------ square chains
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
+@pytest.mark.parametrize("L", [2, 4])
+def test_square_chain_matches_simulation(act, init, L):
+    sigma_w, sigma_b = POINT[act]
+    law, lam = _check((400,) * (L + 1), init, act, sigma_w, sigma_b, nets_moments=16, nets_ks=3, seed=L)
+    # the closed forms of the issue: E = sigma_w^(2L) mu1^(L-1), Var/E^2 = (L-1)(mu2/mu1^2 - 1) + L s
+    q = law.q_layers[0] if L > 1 and act != "linear" else 0.0
+    mu1, mu2 = (mf.activation_derivative_moments(act, q, k) for k in (1, 2))
+    assert law.mean_lambda == pytest.approx(sigma_w ** (2 * L) * mu1 ** (L - 1), rel=1e-12)
+    s = 1.0 if init == "gaussian" else 0.0
+    assert law.var_over_mean_sq == pytest.approx((L - 1) * (mu2 / mu1**2 - 1) + L * s, rel=1e-12, abs=1e-12)
+    # relu and hard_tanh zero derivatives force an atom at lambda = 0
+    expected_zero = {"relu": 0.5, "hard_tanh": 1 - mu1}.get(act, 0.0)
+    assert law.atom == pytest.approx(expected_zero, abs=1e-12)
+    assert np.mean(lam < 1e-9 * lam.max()) == pytest.approx(expected_zero, abs=0.02)
+
+
+def test_depth_at_the_fixed_point_is_homogeneous():
+    law = theory.chain_spectrum((400,) * 6, "orthogonal", 1.2, "tanh", 0.1)
+    q_star = theory.mean_field("tanh", 1.2, 0.1).q_star
+    np.testing.assert_allclose(law.q_layers, q_star, rtol=1e-9)
+
+
+# ------------------------------------------------------------- rectangular chains
+
+
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
+def test_rectangular_linear_chain_ratios_10_and_tenth(init):
+    # 400 -> 4000 -> 400: expansion by 10 then compression by 10
+    law, _ = _check((400, 4000, 400), init, "linear", 1.1, 0.0, nets_moments=6, nets_ks=3)
+    if init == "gaussian":  # two Marchenko-Pastur factors: m1 = 1.1^4 * 10 * 0.1, v = 1 / 10 + 1
+        assert law.mean_lambda == pytest.approx(1.1**4) and law.var_over_mean_sq == pytest.approx(1.1)
+    else:  # W2 W1 W1ᵀ W2ᵀ: a projection of rank 400 of 4000 compressed back: a Jacobi law, mean 0.1
+        assert law.mean_lambda == pytest.approx(1.1**4 * 0.1) and law.atom == 0 and law.top_atom == 0
+
+
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
+def test_rectangular_tanh_chain(init):
+    # ratios 1/3, 2, 0.15; 120 measured values per net
+    _check((1200, 400, 800, 120), init, "tanh", 1.1, 0.05, nets_moments=12, nets_ks=8)
+
+
+def test_rectangular_relu_chain_has_both_atoms():
+    # orthogonal relu 400 -> 800 -> 400 -> 400: half the units of each hidden layer are off
+    law, lam = _check((400, 800, 400, 400), "orthogonal", "relu", math.sqrt(2), 0.0, nets_moments=12, nets_ks=4)
+    assert law.atom == pytest.approx(0.5)  # rank 400 * 1/2 of 400
+    assert law.top_atom == 0.0  # no input survives both ReLU layers isometrically
+
+
+def test_mlp_7_linear_orthogonal_is_isometric_and_pruned_gaussian_is_not():
+    iso = theory.chain_spectrum((1024, 100, 100, 100, 100, 100, 100, 10), "orthogonal", 1.0)
+    assert iso.point_mass == pytest.approx(1.0) and iso.atom == 0.0
+    pruned = theory.chain_spectrum((1024, 20, 20, 20, 20, 20, 20, 10), "orthogonal", 1.0)
+    assert pruned.point_mass is None and pruned.mean_lambda == pytest.approx(20 / 1024 * 1)
+
+
+# ---------------------------------------------------------- against Fuss-Catalan
+
+
+@pytest.mark.parametrize("L", [1, 3, 8])
+def test_square_gaussian_linear_is_fuss_catalan(L):
+    law = theory.chain_spectrum((300,) * (L + 1), "gaussian", 1.3)
+    x = 1.3 ** (2 * L) * np.array([1e-8, 1e-3, 0.1, 0.7, 1.5, 4.0])
+    np.testing.assert_allclose(law.cdf_lambda(x), theory.fuss_catalan_cdf(x, L, 1.3), atol=2e-4)
+    np.testing.assert_allclose(law.density_lambda(x[1:-1]), theory.fuss_catalan_density(x[1:-1], L, 1.3), rtol=3e-3)
+    assert law.var_over_mean_sq == L
+
+
+def test_density_integrates_to_the_continuous_mass_and_first_moment():
+    for law in (theory.chain_spectrum((400,) * 4, "gaussian", 1.2, "hard_tanh", 0.1),
+                theory.chain_spectrum((300, 600, 200), "gaussian", 1.0)):
+        lam = np.geomspace(law.support_lambda()[0], law.support_lambda()[1], 20001)
+        rho = law.density_lambda(lam)
+        assert integrate.trapezoid(rho, lam) == pytest.approx(1 - law.atom - law.top_atom, abs=0.01)
+        assert integrate.trapezoid(lam * rho, lam) == pytest.approx(law.mean_lambda, rel=0.02)
+
+
+# --------------------------------------------------------------------- mean field
+
+
+def test_relu_and_linear_closed_forms():
+    r = theory.mean_field("relu", 1.2, 0.3)
+    assert r.q_star == pytest.approx(0.09 / (1 - 0.72)) and r.chi == pytest.approx(0.72)
+    assert r.xi_q == pytest.approx(-1 / math.log(0.72)) and r.xi_c == pytest.approx(-1 / math.log(0.72))
+    assert theory.mean_field("relu", 1.5, 0.1).q_star == math.inf  # chi > 1: the variance grows
+    assert theory.chi_one_sigma_w("relu", 0.4) == pytest.approx(math.sqrt(2))
+
+
+@pytest.mark.parametrize("act", ["tanh", "hard_tanh"])
+def test_maps_and_derivatives_agree(act):
+    q = 0.7
+    # V'(q) by finite differences against the closed form / integration by parts
+    eps = 1e-5
+    fd = (theory.variance_map(act, q + eps, 1.3, 0.2) - theory.variance_map(act, q - eps, 1.3, 0.2)) / (2 * eps)
+    assert mf._dV(act, q, 1.3) == pytest.approx(fd, rel=1e-6)
+    # C'(c) = sigma_w^2 E[phi'(u1) phi'(u2)] against finite differences of C(c)
+    for c in (0.2, 0.6):
+        fd = (theory.correlation_map(act, c + 1e-4, q, 1.3, 0.2)[0]
+              - theory.correlation_map(act, c - 1e-4, q, 1.3, 0.2)[0]) / 2e-4
+        assert theory.correlation_map(act, c, q, 1.3, 0.2)[1] == pytest.approx(fd, rel=1e-4)
+    # C(1) = 1 at the fixed point
+    m = theory.mean_field(act, 1.3, 0.2)
+    assert theory.correlation_map(act, 1.0, m.q_star, 1.3, 0.2)[0] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_order_to_chaos_line_and_phases():
+    for act in ("tanh", "hard_tanh"):
+        s = theory.chi_one_sigma_w(act, 0.3)
+        assert theory.mean_field(act, s, 0.3).chi == pytest.approx(1.0, abs=1e-9)
+        assert theory.mean_field(act, 0.9 * s, 0.3).phase == "ordered"
+        chaotic = theory.mean_field(act, 1.3 * s, 0.3)
+        assert chaotic.phase == "chaotic" and chaotic.c_star < 1
+        # xi_c diverges at the line
+        assert theory.mean_field(act, s * (1 + 1e-4), 0.3).xi_c > 50
+
+
+def test_mean_field_against_a_wide_network():
+    rng = np.random.default_rng(1)
+    N, sw, sb = 3000, 1.5, 0.3
+    m = theory.mean_field("tanh", sw, sb)
+    x = rng.standard_normal(N) * 2.0
+    x2 = x + 0.5 * rng.standard_normal(N)
+    for _ in range(30):  # well past xi_q and xi_c
+        W, b = sw * rng.standard_normal((N, N)) / math.sqrt(N), sb * rng.standard_normal(N)
+        h, h2 = W @ x + b, W @ x2 + b
+        x, x2 = np.tanh(h), np.tanh(h2)
+    q = np.mean(h * h)
+    assert q == pytest.approx(m.q_star, rel=0.05)
+    assert sw**2 * np.mean(1 / np.cosh(h) ** 4) == pytest.approx(m.chi, rel=0.05)
+    assert np.mean(h * h2) / q == pytest.approx(m.c_star, abs=0.03)
