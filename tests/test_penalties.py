@@ -458,28 +458,25 @@ def test_each_baseline_path_matches_the_reference_sum_in_float64(kind):
     rng = np.random.default_rng(41)
     kernels = {n: rng.normal(size=s) / np.sqrt(np.prod(s[:-1])) for n, s in NET.items()}
     params = {n: {"kernel": jnp.asarray(k, jnp.float32)} for n, k in kernels.items()}
-    got = float(penalty_fn(kind, [f"{n}.kernel" for n in NET])(params))
+    got = float(jax.jit(penalty_fn(kind, [f"{n}.kernel" for n in NET]))(params))
     np.testing.assert_allclose(got, _reference_path_np(kind, kernels), rtol=2e-5)
 
 
 def test_the_baseline_paths_differ_where_the_reference_does():
-    """L1+KernOrth is a sum of norms, KernOrth+L1 a sum of means of squares (smaller by orders of magnitude on a
-    large layer); L1+OrthConv skips the first layer, OrthConv+L1 does not."""
+    """L1+OrthConv skips the first layer, OrthConv+L1 does not; L1+KernOrth's norm has a far larger gradient
+    than KernOrth+L1's mean of squares on a large layer."""
     from isotpp.methods import penalty_fn
 
     names = [f"{n}.kernel" for n in NET]
-    rng = np.random.default_rng(43)
-    params = {n: {"kernel": jnp.asarray(rng.normal(size=s) / np.sqrt(np.prod(s[:-1])))} for n, s in NET.items()}
-    only_stem = {n: {"kernel": p["kernel"] * (1.0 if n == "stem" else 0.0)} for n, p in params.items()}
-    stem = params["stem"]["kernel"]
-    # with every other kernel zero, each zero layer contributes its constant (identity term)
-    zero_terms_cvpr20 = sum(float(pen.orthconv_penalty(jnp.zeros(s))) for n, s in NET.items() if n != "stem")
-    np.testing.assert_allclose(float(penalty_fn("orthconv", names)(only_stem)), zero_terms_cvpr20, rtol=1e-5)
-    zero_terms_v1 = sum(float(pen.orth_regularization(jnp.zeros(s)) if len(s) == 2 or s[1] == 1
-                              else pen.deconv_orth_dist(jnp.zeros(s))) for n, s in NET.items() if n != "stem")
-    np.testing.assert_allclose(float(penalty_fn("orthconv_v1", names)(only_stem)),
-                               float(pen.deconv_orth_dist(stem)) + zero_terms_v1, rtol=1e-5)
+    stem = _kernel(NET["stem"], seed=43) / np.sqrt(27.0)
+    zeros = {n: {"kernel": jnp.zeros(s)} for n, s in NET.items()}
+    only_stem = {**zeros, "stem": {"kernel": jnp.asarray(stem)}}
+    cvpr20, v1 = jax.jit(penalty_fn("orthconv", names)), jax.jit(penalty_fn("orthconv_v1", names))
+    assert float(cvpr20(only_stem)) == pytest.approx(float(cvpr20(zeros)), rel=1e-6)  # the stem is not seen
+    np.testing.assert_allclose(float(v1(only_stem)) - float(v1(zeros)),
+                               _deconv_orth_dist_np(_torch_weight(stem)) - np.sqrt(NET["stem"][-1]), rtol=1e-4)
     # per layer: the gradient of the norm form is far larger than that of the mean-of-squares form
-    g17 = jax.grad(pen.orth_dist)(params["c"]["kernel"])
-    g_v2 = jax.grad(pen.orth_regularization)(params["c"]["kernel"])
+    k = jnp.asarray(_kernel(NET["c"], seed=44) / np.sqrt(108.0))
+    g17 = jax.jit(jax.grad(pen.orth_dist))(k)
+    g_v2 = jax.jit(jax.grad(pen.orth_regularization))(k)
     assert float(jnp.linalg.norm(g17)) > 20 * float(jnp.linalg.norm(g_v2))

@@ -97,14 +97,14 @@ def test_x_plus_l1_trains_with_the_penalty_before_choosing(base_file, tmp_path):
 
 
 def test_x_plus_l1_in_the_reference_opp_loop(base_file, tmp_path):
-    """pre_scheme="opp": the reference's opp_scheme v1 loop — TPP's schedule (L2 ramp, zero-out) on the
-    L1-chosen filters, the Gram term replaced by lw_opp · OrthConv over every layer."""
+    """pre_scheme="opp": the reference's opp_scheme v2 loop — TPP's schedule (L2 ramp, zero-out) on the
+    L1-chosen filters, the Gram term replaced by lw_opp · KernOrth over every layer."""
     base_path, _, _ = base_file
-    _, out = _run(tmp_path, "OrthConv+L1", base=str(base_path), pre_scheme="opp", lw_opp=10.0,
+    _, out = _run(tmp_path, "KernOrth+L1", base=str(base_path), pre_scheme="opp", lw_opp=10.0,
                   update_reg_interval=1, reg_granularity=0.5, stabilize_reg_interval=20, zero_out_interval=1)
     config = read_json(out / "pre" / "config.json")
-    assert config["train"]["penalty_weights"] == {"orthconv_v1": 10.0}
-    assert config["train"]["method"] == "orthconv_v1+L1"
+    assert config["train"]["penalty_weights"] == {"kernorth_v2": 10.0}
+    assert config["train"]["method"] == "kernorth_v2+L1"
     lines = [json.loads(line) for line in (out / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert max(line.get("step", 0) for line in lines) == 2 + 20 + 1  # TPPConfig.total_iters (every layer zeroed by then)
     plan = Plan.load(out / "plan.json")
