@@ -74,9 +74,9 @@ def test_wasserstein_matches_scipy():
 # bounds asserted on each, the figures measured with seed 0 (docs/speed.md).
 ERROR_TABLE = {
     # budget: (max rel err mean λ, max rel err mean JSV, max W1 / mean s); measured
-    # 0.048 / 0.013 / 0.22 (2 probes × 4 steps), 0.049 / 0.018 / 0.082 (3 × 10),
+    # 0.081 / 0.029 / 0.116 (1 probe × 8 steps), 0.049 / 0.018 / 0.082 (3 × 10),
     # 0.015 / 0.001 / 0.075 (12 × 10)
-    8: (0.06, 0.03, 0.25),
+    8: (0.10, 0.05, 0.15),
     32: (0.06, 0.03, 0.10),
     128: (0.03, 0.02, 0.09),
 }
