@@ -149,22 +149,24 @@ def error_table(script, budgets, n, tmp):
 
 
 def resnet50(script, n, mem_gib, tmp):
-    path = os.path.join(tmp, "r50.npz")
-    slq = _worker_args(script, "slq", "resnet50", 1000, n, path, matvecs=64, mem=mem_gib)
-    head = _worker_args(script, "exact", "resnet50", 16, 1, os.path.join(tmp, "r50h.npy"))
-    plan = _worker_args(script, "exact-plan", "resnet50", 1000, 1, os.path.join(tmp, "none"))
-    projected = head["ms_per_sample"] * 1000 / 16
-    s = slq["summary"]
+    """Each figure is printed as soon as its worker is done (a ResNet-50 worker takes minutes on a CPU)."""
     print(f"\nResNet-50, 1,000 classes, 224×224×3, BN running statistics, {n} samples "
-          f"(memory budget {mem_gib:g} GiB):")
+          f"(memory budget {mem_gib:g} GiB):", flush=True)
+    slq = _worker_args(script, "slq", "resnet50", 1000, n, os.path.join(tmp, "r50.npz"), matvecs=64, mem=mem_gib)
+    s = slq["summary"]
     print(f"  stochastic, 64 products ({s['probes']} probes × {s['steps']} steps): "
           f"{slq['ms_per_sample'] / 1e3:.1f} s/sample (first call incl. compile {slq['first_call_s']:.0f} s), "
           f"chunk {slq.get('chunk')}, peak {mib(slq['peak_bytes'])} ({slq['peak_source']})")
     print(f"    mean λ {s['lambda_mean']:.4g} ± {s['lambda_mean_stderr']:.2g}, mean JSV {s['mean']:.4g} "
-          f"± {s['mean_stderr']:.2g}, largest Ritz s {s['max_ritz']:.4g}")
+          f"± {s['mean_stderr']:.2g} (Gauss–Radau lower value {s.get('mean_lower', float('nan')):.4g}), "
+          f"largest Ritz s {s['max_ritz']:.4g}", flush=True)
+    head = _worker_args(script, "exact", "resnet50", 16, 1, os.path.join(tmp, "r50h.npy"))
+    projected = head["ms_per_sample"] * 1000 / 16
     print(f"  exact (gram), projected from a 16-class head ({head['ms_per_sample'] / 1e3:.2f} s/sample × 1000/16): "
           f"{projected / 1e3:.0f} s/sample, i.e. {projected / slq['ms_per_sample']:.1f}x the stochastic time; "
-          f"one exact sample needs {mib(plan['exact_bytes_per_sample'])} (XLA memory analysis)")
+          f"peak {mib(head['peak_bytes'])}", flush=True)
+    plan = _worker_args(script, "exact-plan", "resnet50", 1000, 1, os.path.join(tmp, "none"))
+    print(f"  one exact 1,000-class sample needs {mib(plan['exact_bytes_per_sample'])} (XLA memory analysis)")
     return {"slq": slq, "exact_head16": head, "exact_projected_ms": projected, "exact_plan": plan}
 
 

@@ -39,6 +39,12 @@ its standard error sqrt(Σ_i var_p(e_ip)/P)/N from the spread between probes of
 the same sample (with one probe per sample, the spread over all pairs, which
 also counts the samples' own differences: an upper bound).
 
+The quadrature's own error (few steps, much of the spectrum near 0) is not in
+that spread. For the mean JSV it is bracketed: the Gauss rule overestimates
+∫√λ dμ_z and the (m + 1)-point Gauss–Radau rule with a node at 0 (from the
+same Lanczos run, β_m included) underestimates it; ``summary()`` reports both
+(``mean``, ``mean_lower``).
+
 Only BatchNorm's running statistics (``bn="eval"``) are supported: with batch
 statistics the rows of the reference's "batch Jacobian" couple the samples and
 a JVP cannot be taken per sample within one batched pass.
@@ -63,18 +69,21 @@ from isotpp.errors import UserError
 DEFAULT_MATVECS = 64
 # ``method="auto"`` switches to the stochastic estimate when C ≥ this factor × budget.
 AUTO_FACTOR = 4
-# Lanczos steps per probe at most (measured on a 128-class tanh MLP, budget 64: 8 steps ×
-# 8 probes gave 0.6 % error in the mean JSV and W₁ 10 %, 16 × 4 1.5 % and 4.5 %): the rest
-# of the budget buys probes, which the mean λ and mean JSV need more than nodes.
-MAX_STEPS = 10
+# Lanczos steps per probe: at least this many (or the whole budget, if smaller), the rest of
+# the budget in probes. Few steps bias the mean JSV (an m-point Gauss quadrature of √λ
+# overestimates it when much of the spectrum lies near 0: ResNet56, 4 steps: +15 %, 4 × its
+# standard error), an error the probe spread does not show; more probes buy the means'
+# variance (128-class tanh MLP, budget 64: 8 steps × 8 probes gave 0.6 % error in the mean
+# JSV and W₁ 10 %, 16 × 4 1.5 % and 4.5 %).
+MIN_STEPS = 10
 
 
 def split_budget(matvecs: int, num_classes: int, steps: int | None = None) -> tuple[int, int]:
-    """(probes, steps) with probes·steps ≤ ``matvecs``: steps = min(C, 10, matvecs/2) unless given."""
+    """(probes, steps), probes·steps ≤ ``matvecs``: probes = max(1, matvecs // 10), steps the rest (≤ C)."""
     if matvecs < 1:
         raise UserError(f"matvecs must be at least 1, got {matvecs}")
     if steps is None:
-        steps = max(1, min(num_classes, MAX_STEPS, matvecs // 2))
+        steps = matvecs // max(1, matvecs // MIN_STEPS)
     if steps < 1 or steps > matvecs:
         raise UserError(f"steps must be in [1, matvecs={matvecs}], got {steps}")
     steps = min(steps, num_classes)
@@ -95,8 +104,9 @@ def prefer_stochastic(num_classes: int, input_dim: int, matvecs: int | None) -> 
 def lanczos_jjt(f: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array, steps: int):
     """``steps`` Lanczos steps on each sample's J·Jᵀ from a Rademacher start.
 
-    Returns (alpha (B, m), beta (B, m − 1)): the diagonal and off-diagonal of
-    every sample's tridiagonal T_m. Full reorthogonalisation (twice, classical
+    Returns (alpha (B, m), beta (B, m)): the diagonal and off-diagonal of
+    every sample's tridiagonal T_m, plus β_m (the next off-diagonal, which the
+    Gauss–Radau rule needs) as the last column of beta. Full reorthogonalisation (twice, classical
     Gram–Schmidt) against the stored Lanczos vectors; after a breakdown
     (Krylov space exhausted) the remaining vectors are zero and decouple with
     weight zero.
@@ -130,20 +140,47 @@ def lanczos_jjt(f: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Arra
 
     carry = (basis, q0, jnp.zeros_like(q0), jnp.zeros((b,), dtype))
     _, (alpha, beta) = jax.lax.scan(body, carry, jnp.arange(steps))
-    return alpha.T, beta.T[:, :-1]
+    return alpha.T, beta.T
 
 
-def gauss_quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes θ and weights y₁² of tridiagonals (…, m) / (…, m − 1): eigenvalues and squared first components."""
-    alpha = np.asarray(alpha, np.float64)
-    beta = np.asarray(beta, np.float64)
+def _tridiagonal(alpha: np.ndarray, off: np.ndarray) -> np.ndarray:
     m = alpha.shape[-1]
     t = np.zeros((*alpha.shape, m))
     idx = np.arange(m)
     t[..., idx, idx] = alpha
-    t[..., idx[:-1], idx[1:]] = beta
-    t[..., idx[1:], idx[:-1]] = beta
-    theta, vecs = np.linalg.eigh(t)
+    t[..., idx[:-1], idx[1:]] = off
+    t[..., idx[1:], idx[:-1]] = off
+    return t
+
+
+def gauss_quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes θ and weights y₁² of the m-point Gauss rule: eigenvalues and squared first components of T_m.
+
+    ``alpha`` (…, m), ``beta`` (…, m − 1) or (…, m) (the last entry, β_m, is not used).
+    """
+    alpha = np.asarray(alpha, np.float64)
+    beta = np.asarray(beta, np.float64)[..., : alpha.shape[-1] - 1]
+    theta, vecs = np.linalg.eigh(_tridiagonal(alpha, beta))
+    return np.clip(theta, 0.0, None), vecs[..., 0, :] ** 2
+
+
+def radau_quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the (m + 1)-point Gauss–Radau rule with a node fixed at λ = 0.
+
+    T_m extended by β_m and α̃ = δ_m, where T_m δ = β_m² e_m (Golub & Meurant).
+    For g = √λ (even derivatives < 0, odd > 0 on λ > 0) the Gauss rule
+    overestimates ∫ g dμ_z and this one underestimates it: together they
+    bracket the probe's exact value.
+    """
+    alpha = np.asarray(alpha, np.float64)
+    beta = np.asarray(beta, np.float64)
+    m = alpha.shape[-1]
+    t = _tridiagonal(alpha, beta[..., : m - 1])
+    rhs = np.zeros(alpha.shape)
+    rhs[..., -1] = beta[..., -1] ** 2
+    delta = np.einsum("...ij,...j->...i", np.linalg.pinv(t, hermitian=True), rhs)
+    ext_alpha = np.concatenate([alpha, delta[..., -1:]], axis=-1)
+    theta, vecs = np.linalg.eigh(_tridiagonal(ext_alpha, beta))
     return np.clip(theta, 0.0, None), vecs[..., 0, :] ** 2
 
 
@@ -172,6 +209,8 @@ class StochasticSpectrum:
     weights: np.ndarray
     num_classes: int
     matvecs: int
+    radau_nodes: np.ndarray | None = None  # (N, P, m + 1): the Gauss–Radau rule, node fixed at 0
+    radau_weights: np.ndarray | None = None
 
     @property
     def probes(self) -> int:
@@ -189,6 +228,12 @@ class StochasticSpectrum:
         """Mean singular value over samples and classes (SLQ), and its standard error."""
         e = self._moment(np.sqrt)
         return float(e.mean()), _sem(e)
+
+    def sv_mean_lower(self) -> float:
+        """The Gauss–Radau estimate of the mean JSV: below the probes' exact value, as the Gauss one is above it."""
+        if self.radau_nodes is None:
+            return float("nan")
+        return float((self.radau_weights * np.sqrt(self.radau_nodes)).sum(-1).mean())
 
     def pooled(self) -> tuple[np.ndarray, np.ndarray]:
         """Singular values and weights of the density pooled over samples and probes (weights sum to 1)."""
@@ -231,6 +276,7 @@ class StochasticSpectrum:
             "lambda_mean_stderr": lam_se,
             "mean": mean,
             "mean_stderr": mean_se,
+            "mean_lower": self.sv_mean_lower(),
             "max_ritz": s_max,
             "min_ritz": s_min,
             "n_samples": int(self.nodes.shape[0]),
@@ -302,17 +348,20 @@ def stochastic_spectrum(
             n, memory_budget, min(n, chunk_size or 32),
         )
     chunk_size = chunk_size or min(n, 32)
-    nodes, weights = [], []
+    gauss, radau = [], []
     for start in range(0, n, chunk_size):
         xb = x[start : start + chunk_size]
-        per_probe = []
+        tri = []
         for p in range(probes):
             k = jax.random.fold_in(jax.random.fold_in(key, start), p)
             run = programs.get(len(xb)) or functools.partial(_lanczos_chunk, graphdef, steps=steps)
-            alpha, beta = run(state, xb, k)
-            per_probe.append(gauss_quadrature(np.asarray(alpha), np.asarray(beta)))
-        nodes.append(np.stack([t for t, _ in per_probe], axis=1))
-        weights.append(np.stack([w for _, w in per_probe], axis=1))
+            tri.append([np.asarray(a) for a in run(state, xb, k)])
+        alpha, beta = (np.stack([t[i] for t in tri], axis=1) for i in (0, 1))  # (B, P, m)
+        for out, rule in ((gauss, gauss_quadrature), (radau, radau_quadrature)):
+            out.append(rule(alpha, beta))
         if progress is not None:
             progress(min(start + chunk_size, n), n)
-    return StochasticSpectrum(np.concatenate(nodes), np.concatenate(weights), c, probes * steps)
+    def cat(rule, i):
+        return np.concatenate([r[i] for r in rule])
+
+    return StochasticSpectrum(cat(gauss, 0), cat(gauss, 1), c, probes * steps, cat(radau, 0), cat(radau, 1))
