@@ -27,14 +27,21 @@ import numpy as np
 
 
 def _nets_singular_values(depth: int, width: int, init: str, sigma_w: float, nets: int) -> np.ndarray:
+    """The pooled singular values, the kernel product taken in float64: float32 stops
+    resolving s below ~1e-7 s_max, which deep Gaussian products reach (L = 32: an
+    artefact at lambda ~ 1e-14 in float32)."""
+    import jax
+
     from isotpp.models import create_model
-    from isotpp.spectrum import model_singular_values
+    from isotpp.spectrum import model_singular_values, to_float64
 
     out = []
-    for seed in range(nets):
-        model = create_model("mlp", depth=depth, width=width, act="linear", input_dim=width, num_classes=width,
-                             init=init, sigma_w=sigma_w, seed=seed, use_bias=False)
-        out.append(np.asarray(model_singular_values(model, None, method="linear"), np.float64).ravel())
+    with jax.enable_x64(True):
+        for seed in range(nets):
+            model = create_model("mlp", depth=depth, width=width, act="linear", input_dim=width, num_classes=width,
+                                 init=init, sigma_w=sigma_w, seed=seed, use_bias=False)
+            sv = model_singular_values(to_float64(model), None, method="linear")
+            out.append(np.asarray(sv, np.float64).ravel())
     return np.concatenate(out)
 
 
@@ -71,10 +78,13 @@ def table(result: dict) -> str:
                      f"{g['max_lambda']:.4g}", f"{t['max_lambda']:.4g}",
                      f"[{o['min_s']:.6f}, {o['max_s']:.6f}]", f"{r['orthogonal_theory']['s']:.6f}"])
     head = ["L", "mean λ", "theory", "Var λ / mean²", "theory", "max λ", "edge", "orthogonal s range", "theory"]
+    above = sum(r["gaussian"]["max_lambda"] > r["gaussian_theory"]["max_lambda"] for r in result["rows"])
+    n = len(result["rows"])
     return (markdown_table(head, body) + "\n\n"
             f"Width {result['width']}, {result['nets']} networks per depth, σ_w = {result['sigma_w']}; "
-            "λ = s² of the exact kernel product (no inputs involved). The measured max λ sits below the edge "
-            "at finite width.\n")
+            "λ = s² of the exact kernel product in float64 (no inputs involved). The support edge is the "
+            "N → ∞ limit: at finite width the largest eigenvalue fluctuates around it (by O(N^(-2/3)) relative), "
+            f"and here the measured max λ lies above the edge at {above} of {n} depths.\n")
 
 
 def figure(result: dict, path: Path) -> Path:

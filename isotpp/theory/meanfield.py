@@ -46,6 +46,7 @@ __all__ = [
     "chi_one_sigma_w",
     "correlation_map",
     "derivative_law",
+    "fixed_point",
     "mean_field",
     "variance_map",
     "variance_trajectory",
@@ -204,6 +205,12 @@ def _dV(act: str, q: float, sigma_w: float) -> float:
         return sigma_w**2 * (math.erf(1 / math.sqrt(2 * q)) - 2 * _pdf(1 / math.sqrt(q)) / math.sqrt(q))
     t = np.tanh(math.sqrt(q) * _Z)
     return sigma_w**2 * float(_WZ @ ((1 - t * t) ** 2 - 2 * t * t * (1 - t * t)))
+
+
+def fixed_point(act: str, sigma_w: float, sigma_b: float = 0.0) -> float:
+    """q* alone (cheaper than :func:`mean_field`): inf where the variance grows without bound."""
+    act = _check_act(act)
+    return _fixed_point(act, _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b))
 
 
 def _fixed_point(act: str, sigma_w: float, sigma_b: float) -> float:
