@@ -92,7 +92,10 @@ def figure(result: dict, path: Path) -> Path:
                 s, law = r["_s"], r["_law"]
                 pos = s[s > 1e-6 * s.max()]
                 t = np.log10(pos)
-                h, edges = np.histogram(t, bins=40)
+                lo_t, hi_t = float(t.min()), float(t.max())
+                if hi_t - lo_t < 1e-6:  # an atom: one narrow bar
+                    lo_t, hi_t = lo_t - 0.02, hi_t + 0.02
+                h, edges = np.histogram(t, bins=40, range=(lo_t, hi_t))
                 ax.stairs(h / (s.size * np.diff(edges)), 10.0**edges, color=f"C{c}", alpha=0.6)
                 if law.point_mass is None:
                     lo, hi = law.support_lambda()

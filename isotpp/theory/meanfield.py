@@ -331,10 +331,13 @@ def mean_field(act: str, sigma_w: float, sigma_b: float = 0.0) -> MeanField:
     c_star = 1.0
     if chi > 1 + 1e-12:  # chaotic: c = 1 is unstable, the stable fixed point lies below
         f = lambda c: correlation_map(act, c, q, sigma_w, sigma_b)[0] - c  # noqa: E731
-        lo = -1.0 if f(-1.0) > 0 else 0.0
-        c_star = 0.0 if f(lo) == 0 else float(optimize.brentq(f, lo, 1 - 1e-10, xtol=1e-14))
-        if f(1 - 1e-10) > 0:  # chi is barely above 1: the two fixed points merge
+        lo, hi = (-1.0 if f(-1.0) > 0 else 0.0), 1 - 1e-10
+        if f(hi) >= 0:  # chi is barely above 1: the two fixed points merge
             c_star = 1.0
+        elif f(lo) == 0:
+            c_star = lo
+        else:
+            c_star = float(optimize.brentq(f, lo, hi, xtol=1e-14))
     slope = chi if c_star == 1.0 else correlation_map(act, c_star, q, sigma_w, sigma_b)[1]
     return MeanField(act, sigma_w, sigma_b, q, chi, xi_q, _depth_scale(slope), c_star)
 
@@ -348,7 +351,7 @@ def chi_one_sigma_w(act: str, sigma_b: float) -> float:
         return math.sqrt(2.0)
     if sigma_b == 0:
         return 1.0
-    f = lambda s: mean_field(act, s, sigma_b).chi - 1  # noqa: E731
+    f = lambda s: s**2 * activation_derivative_moments(act, _fixed_point(act, s, sigma_b), 1) - 1  # noqa: E731
     hi = 1.0
     while f(hi) < 0:
         hi *= 1.5
