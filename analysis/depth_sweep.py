@@ -19,11 +19,11 @@ value at σ_w^L.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+from _script import depth_list, positive_float, positive_int, public, script_main
 
 
 def _nets_singular_values(depth: int, width: int, init: str, sigma_w: float, nets: int) -> np.ndarray:
@@ -120,58 +120,23 @@ def figure(result: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _depths(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"depths must be comma-separated integers, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"depths must be integers >= 1, got {text!r}")
-    return out
+def _write(result: dict, out: Path):
+    from isotpp.io import write_json, write_text
 
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            v = 0
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return v
-
-    return parse
+    text = table(result)
+    png = figure(result, out / "depth_sweep.png")
+    write_json(out / "depth_sweep.json", public(result))
+    write_text(out / "depth_sweep.md", text)
+    return text, {"json": out / "depth_sweep.json", "figure": png}
 
 
 def main(argv=None) -> int:
-    from isotpp.commands.args import Parser  # one-line errors, exit 2
-
-    ap = Parser(prog="depth_sweep", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--depths", type=_depths, default=[1, 2, 4, 8, 16])
-    ap.add_argument("--width", type=_positive(int), default=400)
-    ap.add_argument("--nets", type=_positive(int), default=4, help="networks per depth and init (pooled)")
-    ap.add_argument("--sigma-w", type=_positive(float), default=1.0)
-    ap.add_argument("--out", default="runs/depth_sweep")
-    args = ap.parse_args(argv)
-
-    from isotpp.errors import UserError
-    from isotpp.io import write_json, write_text
-
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        result = sweep(args.depths, args.width, args.nets, args.sigma_w)
-    except (UserError, OSError) as e:
-        print(f"depth_sweep: error: {e}", file=sys.stderr)
-        return 2
-    text = table(result)
-    png = figure(result, out / "depth_sweep.png")
-    write_json(out / "depth_sweep.json", {**result, "rows": [{k: v for k, v in r.items() if not k.startswith("_")}
-                                                            for r in result["rows"]]})
-    write_text(out / "depth_sweep.md", text)
-    print(text)
-    print(f"json: {out / 'depth_sweep.json'}\nfigure: {png}")
-    return 0
+    return script_main("depth_sweep", __doc__, argv, [
+        ("--depths", depth_list, [1, 2, 4, 8, 16], "depths, comma-separated"),
+        ("--width", positive_int, 400, "width N"),
+        ("--nets", positive_int, 4, "networks per depth and init (pooled)"),
+        ("--sigma-w", positive_float, 1.0, "weight scale"),
+    ], lambda a: sweep(a.depths, a.width, a.nets, a.sigma_w), _write)
 
 
 if __name__ == "__main__":

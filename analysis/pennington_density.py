@@ -17,12 +17,12 @@ writes pennington_density.json, pennington_density.md and pennington_density.png
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
+from _script import depth_list, positive_int, public, script_main
 
 ACTS = ("tanh", "hard_tanh", "relu")
 SIGMA_B = {"tanh": 0.05, "hard_tanh": 0.05, "relu": 0.0}
@@ -115,54 +115,22 @@ def figure(result: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _depths(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"depths must be comma-separated integers, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"depths must be integers >= 1, got {text!r}")
-    return out
+def _write(result: dict, out: Path):
+    from isotpp.io import write_json, write_text
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+    text = table(result)
+    png = figure(result, out / "pennington_density.png")
+    write_json(out / "pennington_density.json", public(result))
+    write_text(out / "pennington_density.md", text)
+    return text, {"json": out / "pennington_density.json", "figure": png}
 
 
 def main(argv=None) -> int:
-    from isotpp.commands.args import Parser
-
-    ap = Parser(prog="pennington_density", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--depths", type=_depths, default=[2, 8, 32])
-    ap.add_argument("--width", type=_positive_int, default=400)
-    ap.add_argument("--nets", type=_positive_int, default=2)
-    ap.add_argument("--out", default="runs/pennington_density")
-    args = ap.parse_args(argv)
-
-    from isotpp.errors import UserError
-    from isotpp.io import write_json, write_text
-
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        result = run(args.depths, args.width, args.nets)
-    except (UserError, OSError) as e:
-        print(f"pennington_density: error: {e}", file=sys.stderr)
-        return 2
-    text = table(result)
-    png = figure(result, out / "pennington_density.png")
-    write_json(out / "pennington_density.json",
-               {**result, "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in result["rows"]]})
-    write_text(out / "pennington_density.md", text)
-    print(text)
-    print(f"json: {out / 'pennington_density.json'}\nfigure: {png}")
-    return 0
+    return script_main("pennington_density", __doc__, argv, [
+        ("--depths", depth_list, [2, 8, 32], "depths, comma-separated"),
+        ("--width", positive_int, 400, "width N"),
+        ("--nets", positive_int, 2, "networks per row (pooled)"),
+    ], lambda a: run(a.depths, a.width, a.nets), _write)
 
 
 if __name__ == "__main__":

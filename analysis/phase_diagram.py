@@ -15,11 +15,11 @@ writes phase_diagram.json, phase_diagram.md and phase_diagram.png.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+from _script import positive_int, script_main
 
 SIGMA_W = (0.8, 1.0, 1.2, 1.5, 2.0)
 SIGMA_B = (0.05, 0.2, 0.4)
@@ -110,43 +110,22 @@ def figure(result: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def main(argv=None) -> int:
-    from isotpp.commands.args import Parser
-
-    ap = Parser(prog="phase_diagram", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--depth", type=_positive_int, default=8)
-    ap.add_argument("--width", type=_positive_int, default=400)
-    ap.add_argument("--nets", type=_positive_int, default=4)
-    ap.add_argument("--out", default="runs/phase_diagram")
-    args = ap.parse_args(argv)
-
-    from isotpp.errors import UserError
+def _write(result: dict, out: Path):
     from isotpp.io import write_json, write_text
 
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        result = run(args.depth, args.width, args.nets)
-    except (UserError, OSError) as e:
-        print(f"phase_diagram: error: {e}", file=sys.stderr)
-        return 2
     text = table(result)
     png = figure(result, out / "phase_diagram.png")
     write_json(out / "phase_diagram.json", result)
     write_text(out / "phase_diagram.md", text)
-    print(text)
-    print(f"json: {out / 'phase_diagram.json'}\nfigure: {png}")
-    return 0
+    return text, {"json": out / "phase_diagram.json", "figure": png}
+
+
+def main(argv=None) -> int:
+    return script_main("phase_diagram", __doc__, argv, [
+        ("--depth", positive_int, 8, "number of layers L"),
+        ("--width", positive_int, 400, "width N"),
+        ("--nets", positive_int, 4, "networks per cell (pooled)"),
+    ], lambda a: run(a.depth, a.width, a.nets), _write)
 
 
 if __name__ == "__main__":

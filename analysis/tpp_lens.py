@@ -22,12 +22,12 @@ writes tpp_lens.json and tpp_lens.md.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
-import numpy as np
+from _script import positive_int, script_main
+from pruning_theory import _measure  # the same measurement as the pruning figure
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
 RATIO = 0.8
@@ -39,9 +39,6 @@ STUDY = {"Unpruned (trained)": 2.9506, "L1": 0.0058, "L1+OrthP": 1.0000, "TPP": 
 def run(nets: int) -> dict:
     from isotpp import theory
     from isotpp.plan import n_pruned
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pruning_theory import _measure  # the same measurement as the pruning figure
 
     keep = 1 - n_pruned(RATIO, WIDTHS[1]) / WIDTHS[1]
     rows = []
@@ -90,40 +87,18 @@ def table(result: dict) -> str:
             f"{result['nets']} networks.\n\n" + t2 + "\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def main(argv=None) -> int:
-    from isotpp.commands.args import Parser
-
-    ap = Parser(prog="tpp_lens", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nets", type=_positive_int, default=20)
-    ap.add_argument("--out", default="runs/tpp_lens")
-    args = ap.parse_args(argv)
-
-    from isotpp.errors import UserError
+def _write(result: dict, out: Path):
     from isotpp.io import write_json, write_text
 
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        result = run(args.nets)
-    except (UserError, OSError) as e:
-        print(f"tpp_lens: error: {e}", file=sys.stderr)
-        return 2
     text = table(result)
     write_json(out / "tpp_lens.json", result)
     write_text(out / "tpp_lens.md", text)
-    print(text)
-    print(f"json: {out / 'tpp_lens.json'}")
-    return 0
+    return text, {"json": out / "tpp_lens.json"}
+
+
+def main(argv=None) -> int:
+    return script_main("tpp_lens", __doc__, argv, [("--nets", positive_int, 20, "networks per measurement")],
+                       lambda a: run(a.nets), _write)
 
 
 if __name__ == "__main__":
