@@ -217,9 +217,9 @@ def _fixed_point(act: str, sigma_w: float, sigma_b: float) -> float:
     """The stable fixed point q* of the variance map (inf when q grows without bound)."""
     if act in ("linear", "relu"):
         slope = sigma_w**2 if act == "linear" else sigma_w**2 / 2
-        if slope < 1:
+        if slope < 1 - 1e-12:
             return sigma_b**2 / (1 - slope)
-        return 0.0 if (slope == 1 and sigma_b == 0) else math.inf
+        return math.inf  # grows, or (slope 1, sigma_b 0) every q is a fixed point: none is isolated
     if sigma_b == 0 and sigma_w <= 1:  # phi'(0) = 1: q -> 0
         return 0.0
     top = sigma_w**2 + sigma_b**2 + 1.0  # phi^2 <= 1 bounds V
@@ -285,8 +285,9 @@ def correlation_map(act: str, c: float, q: float, sigma_w: float, sigma_b: float
 class MeanField:
     """Mean-field quantities of one (act, sigma_w, sigma_b): see the module docstring.
 
-    ``q_star`` is inf where the variance grows without bound (relu or linear with
-    chi >= 1), 0 where it decays to zero; ``c_star``, ``xi_c`` are None where q*
+    ``q_star`` is inf where there is no isolated fixed point (relu or linear with
+    chi > 1: the variance grows; chi = 1 with sigma_b = 0: every q is one), 0 where
+    it decays to zero; ``c_star``, ``xi_c`` are None where q*
     is 0 or inf (no correlation map), ``xi_q`` is None where q* is inf.
     """
 
