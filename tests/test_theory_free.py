@@ -61,8 +61,10 @@ def test_square_chain_matches_simulation(act, init, L):
     # relu and hard_tanh zero derivatives force an atom at lambda = 0
     expected_zero = {"relu": 0.5, "hard_tanh": 1 - mu1}.get(act, 0.0)
     assert law.atom == pytest.approx(expected_zero, abs=1e-12)
+    # at width 400 the rank is the smallest of L - 1 Binomial(400, p) active counts, which
+    # lies ~0.85 sigma (L = 4: 0.02 of the width) below the mean: a finite-width bias
     tol = 1e-9 * lam.max()
-    assert np.mean(lam <= tol) == pytest.approx(float(law.cdf_lambda(tol)), abs=0.02)
+    assert np.mean(lam <= tol) == pytest.approx(float(law.cdf_lambda(tol)), abs=0.035)
 
 
 def test_depth_at_the_fixed_point_is_homogeneous():
