@@ -25,7 +25,6 @@ from isotpp.theory.fuss_catalan import (
     theory_for,
     var_over_mean_sq,
 )
-from isotpp.theory.network import NetworkTheory, network_theory, weight_law
 from isotpp.theory.meanfield import (
     MeanField,
     activation_derivative_moments,
@@ -37,6 +36,7 @@ from isotpp.theory.meanfield import (
     variance_map,
     variance_trajectory,
 )
+from isotpp.theory.network import NetworkTheory, network_theory, weight_law
 
 __all__ = [
     "ChainSpectrum",

@@ -68,14 +68,13 @@ import numpy as np
 
 from isotpp.errors import UserError
 from isotpp.theory.meanfield import (
+    DerivativeLaw,
     _check_act,
     _check_nonneg,
     _check_positive,
     _fixed_point,
-    DerivativeLaw,
     _mean_phi_sq,
     derivative_law,
-    variance_trajectory,
 )
 
 __all__ = ["ChainSpectrum", "chain_spectrum", "fixed_point_input_norm_sq", "ks_distance"]
