@@ -13,25 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from isotpp.commands.args import positive_float, positive_int
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = 0.0
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
+__all__ = ["depth_list", "positive_float", "positive_int", "public", "ratio_list", "script_main", "write_outputs"]
 
 
 def depth_list(text: str) -> list[int]:
@@ -57,6 +41,17 @@ def ratio_list(text: str) -> list[float]:
 def public(result: dict) -> dict:
     """``result`` without the rows' private (underscore) entries, for JSON."""
     return {**result, "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in result["rows"]]}
+
+
+def write_outputs(out: Path, name: str, text: str, record: dict, figure: Callable | None = None):
+    """<out>/<name>.json (``record``), <name>.md (``text``) and, with ``figure(path)``, <name>.png."""
+    from isotpp.io import write_json, write_text
+
+    paths = {"json": write_json(out / f"{name}.json", record)}
+    write_text(out / f"{name}.md", text)
+    if figure is not None:
+        paths["figure"] = figure(out / f"{name}.png")
+    return text, paths
 
 
 def script_main(prog: str, doc: str, argv, options: Sequence[tuple], compute: Callable,

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import depth_list, positive_float, positive_int, public, script_main
+from _script import depth_list, positive_float, positive_int, public, script_main, write_outputs
 
 
 def _nets_singular_values(depth: int, width: int, init: str, sigma_w: float, nets: int) -> np.ndarray:
@@ -121,13 +121,7 @@ def figure(result: dict, path: Path) -> Path:
 
 
 def _write(result: dict, out: Path):
-    from isotpp.io import write_json, write_text
-
-    text = table(result)
-    png = figure(result, out / "depth_sweep.png")
-    write_json(out / "depth_sweep.json", public(result))
-    write_text(out / "depth_sweep.md", text)
-    return text, {"json": out / "depth_sweep.json", "figure": png}
+    return write_outputs(out, "depth_sweep", table(result), public(result), lambda path: figure(result, path))
 
 
 def main(argv=None) -> int:

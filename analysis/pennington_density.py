@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import depth_list, positive_int, public, script_main
+from _script import depth_list, positive_int, public, script_main, write_outputs
 
 ACTS = ("tanh", "hard_tanh", "relu")
 SIGMA_B = {"tanh": 0.05, "hard_tanh": 0.05, "relu": 0.0}
@@ -116,13 +116,7 @@ def figure(result: dict, path: Path) -> Path:
 
 
 def _write(result: dict, out: Path):
-    from isotpp.io import write_json, write_text
-
-    text = table(result)
-    png = figure(result, out / "pennington_density.png")
-    write_json(out / "pennington_density.json", public(result))
-    write_text(out / "pennington_density.md", text)
-    return text, {"json": out / "pennington_density.json", "figure": png}
+    return write_outputs(out, "pennington_density", table(result), public(result), lambda path: figure(result, path))
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import positive_int, script_main
+from _script import positive_int, script_main, write_outputs
 
 SIGMA_W = (0.8, 1.0, 1.2, 1.5, 2.0)
 SIGMA_B = (0.05, 0.2, 0.4)
@@ -111,13 +111,7 @@ def figure(result: dict, path: Path) -> Path:
 
 
 def _write(result: dict, out: Path):
-    from isotpp.io import write_json, write_text
-
-    text = table(result)
-    png = figure(result, out / "phase_diagram.png")
-    write_json(out / "phase_diagram.json", result)
-    write_text(out / "phase_diagram.md", text)
-    return text, {"json": out / "phase_diagram.json", "figure": png}
+    return write_outputs(out, "phase_diagram", table(result), result, lambda path: figure(result, path))
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import positive_int, ratio_list, script_main
+from _script import positive_int, ratio_list, script_main, write_outputs
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
 
@@ -116,13 +116,7 @@ def figure(result: dict, path: Path) -> Path:
 
 
 def _write(result: dict, out: Path):
-    from isotpp.io import write_json, write_text
-
-    text = table(result)
-    png = figure(result, out / "pruning_theory.png")
-    write_json(out / "pruning_theory.json", result)
-    write_text(out / "pruning_theory.md", text)
-    return text, {"json": out / "pruning_theory.json", "figure": png}
+    return write_outputs(out, "pruning_theory", table(result), result, lambda path: figure(result, path))
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from _script import positive_int, script_main
+from _script import positive_int, script_main, write_outputs
 from pruning_theory import _measure  # the same measurement as the pruning figure
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
@@ -88,12 +88,7 @@ def table(result: dict) -> str:
 
 
 def _write(result: dict, out: Path):
-    from isotpp.io import write_json, write_text
-
-    text = table(result)
-    write_json(out / "tpp_lens.json", result)
-    write_text(out / "tpp_lens.md", text)
-    return text, {"json": out / "tpp_lens.json"}
+    return write_outputs(out, "tpp_lens", table(result), result)
 
 
 def main(argv=None) -> int:
