@@ -332,7 +332,7 @@ def mean_field(act: str, sigma_w: float, sigma_b: float = 0.0) -> MeanField:
     c_star = 1.0
     if chi > 1 + 1e-12:  # chaotic: c = 1 is unstable, the stable fixed point lies below
         f = lambda c: correlation_map(act, c, q, sigma_w, sigma_b)[0] - c  # noqa: E731
-        lo, hi = (-1.0 if f(-1.0) > 0 else 0.0), 1 - 1e-10
+        lo, hi = (-1.0 if f(-1.0) > 0 else 0.0), 1 - 1e-3  # f ~ -(chi - 1)(1 - c) there, above quadrature error
         if f(hi) >= 0:  # chi is barely above 1: the two fixed points merge
             c_star = 1.0
         elif f(lo) == 0:
