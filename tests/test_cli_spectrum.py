@@ -160,12 +160,14 @@ def test_tanh_orthogonal_reports_measured_and_predicted_moments(tmp_path):
 
 def test_hard_tanh_relu_atoms_and_biases(tmp_path):
     out = _run(tmp_path, "--model", "mlp", "--depth", 3, "--width", 400, "--input-dim", 400, "--num-classes", 400,
-               "--act", "relu", "--init", "kaiming", "--samples", 2, "--values")
+               "--act", "relu", "--init", "kaiming", "--samples", 2, "--values", "--float64")
     sv = np.asarray(out["singular_values"])
     # ReLU at sigma_w = sqrt(2), sigma_b = 0 is critical and every q is a fixed point: no q*, chi = 1
     assert out["theory"]["zero_fraction"] == 0.5 and out["theory"]["q_star"] is None
     assert out["theory"]["chi"] == pytest.approx(1.0)
-    assert np.mean(sv < 1e-4 * sv.max()) == pytest.approx(0.5, abs=0.03)  # ReLU's forced zeros
+    # ReLU's forced zeros (float64: float32's gram method leaves them at ~3e-4 s_max)
+    assert np.mean(sv < 1e-4 * sv.max()) == pytest.approx(0.5, abs=0.03)
+    assert out["dtype"] == "float64" and out["ks_distance"] < 0.05
     ht = _run(tmp_path, "--model", "mlp", "--depth", 2, "--width", 400, "--input-dim", 400, "--num-classes", 400,
               "--act", "hard_tanh", "--init", "gaussian", "--sigma-w", 1.5, "--sigma-b", 0.3, "--samples", 2,
               name="ht.json")
