@@ -20,12 +20,12 @@ writes pruning_theory.json, pruning_theory.md (table) and pruning_theory.png.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
+from _script import positive_int, ratio_list, script_main, write_outputs
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
 
@@ -115,52 +115,15 @@ def figure(result: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _ratios(text: str) -> list[float]:
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ratios must be comma-separated numbers, got {text!r}") from None
-    if not out or any(not 0 <= r < 1 for r in out):
-        raise argparse.ArgumentTypeError(f"ratios must lie in [0, 1), got {text!r}")
-    return out
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _write(result: dict, out: Path):
+    return write_outputs(out, "pruning_theory", table(result), result, lambda path: figure(result, path))
 
 
 def main(argv=None) -> int:
-    from isotpp.commands.args import Parser
-
-    ap = Parser(prog="pruning_theory", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ratios", type=_ratios, default=[0.0, 0.2, 0.4, 0.6, 0.8, 0.9])
-    ap.add_argument("--nets", type=_positive_int, default=20)
-    ap.add_argument("--out", default="runs/pruning_theory")
-    args = ap.parse_args(argv)
-
-    from isotpp.errors import UserError
-    from isotpp.io import write_json, write_text
-
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        result = run(args.ratios, args.nets)
-    except (UserError, OSError) as e:
-        print(f"pruning_theory: error: {e}", file=sys.stderr)
-        return 2
-    text = table(result)
-    png = figure(result, out / "pruning_theory.png")
-    write_json(out / "pruning_theory.json", result)
-    write_text(out / "pruning_theory.md", text)
-    print(text)
-    print(f"json: {out / 'pruning_theory.json'}\nfigure: {png}")
-    return 0
+    return script_main("pruning_theory", __doc__, argv, [
+        ("--ratios", ratio_list, [0.0, 0.2, 0.4, 0.6, 0.8, 0.9], "pruning ratios in [0, 1), comma-separated"),
+        ("--nets", positive_int, 20, "networks per ratio"),
+    ], lambda a: run(a.ratios, a.nets), _write)
 
 
 if __name__ == "__main__":

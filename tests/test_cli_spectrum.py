@@ -137,3 +137,72 @@ def test_float64_runs_in_a_fresh_process(tmp_path):
                  "--init", "gaussian", "--samples", 2, "--method", "gram")
     assert out64["dtype"] == "float64"
     assert out64["mean"] == pytest.approx(out32["mean"], rel=1e-4)
+
+
+def test_tanh_orthogonal_reports_measured_and_predicted_moments(tmp_path):
+    """The issue's command: tanh, orthogonal, sigma_w 1.2, sigma_b 0.1, width 400, inputs at the fixed point."""
+    out = _run(tmp_path, "--model", "mlp", "--depth", 3, "--width", 400, "--input-dim", 400, "--num-classes", 400,
+               "--act", "tanh", "--init", "orthogonal", "--sigma-w", 1.2, "--sigma-b", 0.1, "--samples", 2,
+               "--nets", 2, "--plot", tmp_path / "s.png")
+    th = out["theory"]
+    assert out["n_samples"] == 4 and out["nets"] == 2 and out["method"] == "gram"
+    assert out["inputs"].startswith("gaussian at the mean-field fixed point")
+    from isotpp import theory
+
+    mf = theory.mean_field("tanh", 1.2, 0.1)
+    assert th["q_star"] == pytest.approx(mf.q_star) and th["chi"] == pytest.approx(mf.chi)
+    assert th["layer_q"] == pytest.approx([mf.q_star, mf.q_star], rel=1e-9)
+    assert out["lambda_mean"] == pytest.approx(th["lambda_mean"], rel=0.05)
+    assert out["lambda_var_over_mean_sq"] == pytest.approx(th["lambda_var_over_mean_sq"], rel=0.10)
+    assert out["ks_distance"] < 0.05
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_hard_tanh_relu_atoms_and_biases(tmp_path):
+    out = _run(tmp_path, "--model", "mlp", "--depth", 3, "--width", 400, "--input-dim", 400, "--num-classes", 400,
+               "--act", "relu", "--init", "kaiming", "--samples", 2, "--values", "--float64")
+    sv = np.asarray(out["singular_values"])
+    # ReLU at sigma_w = sqrt(2), sigma_b = 0 is critical and every q is a fixed point: no q*, chi = 1
+    assert out["theory"]["zero_fraction"] == 0.5 and out["theory"]["q_star"] is None
+    assert out["theory"]["chi"] == pytest.approx(1.0)
+    # ReLU's forced zeros (float64: float32's gram method leaves them at ~3e-4 s_max)
+    assert np.mean(sv < 1e-4 * sv.max()) == pytest.approx(0.5, abs=0.03)
+    assert out["dtype"] == "float64" and out["ks_distance"] < 0.05
+    ht = _run(tmp_path, "--model", "mlp", "--depth", 2, "--width", 400, "--input-dim", 400, "--num-classes", 400,
+              "--act", "hard_tanh", "--init", "gaussian", "--sigma-w", 1.5, "--sigma-b", 0.3, "--samples", 2,
+              name="ht.json")
+    from isotpp import theory
+
+    q = theory.mean_field("hard_tanh", 1.5, 0.3).q_star
+    assert ht["theory"]["zero_fraction"] == pytest.approx(1 - theory.activation_derivative_moments("hard_tanh", q, 1))
+    assert ht["lambda_mean"] == pytest.approx(ht["theory"]["lambda_mean"], rel=0.05)
+
+
+def test_no_theory_says_why(tmp_path, capsys):
+    out = _run(tmp_path, "--model", "lenet5", "--samples", 2, "--init", "kaiming")
+    assert "theory" not in out and out["theory_note"].startswith("no theory for lenet5")
+    assert out["theory_note"] in capsys.readouterr().out
+    out = _run(tmp_path, "--model", "mlp", "--depth", 2, "--width", 20, "--input-dim", 30, "--act", "tanh",
+               "--init", "torch", "--samples", 2, name="t.json")
+    assert "theory" not in out and "torch" in out["theory_note"]
+
+
+def test_deep_mlp_runs_in_float64(tmp_path):
+    out = _run(tmp_path, "--model", "mlp", "--depth", 16, "--width", 16, "--input-dim", 16, "--num-classes", 16,
+               "--act", "tanh", "--init", "orthogonal", "--samples", 1)
+    assert out["dtype"] == "float64" and out["float64_auto"]
+    import jax
+
+    assert not jax.config.jax_enable_x64  # the caller's setting is left alone
+
+
+@pytest.mark.parametrize("args", [
+    ("spectrum", "--sigma-b", "-0.1"),
+    ("spectrum", "--nets", "0"),
+    ("spectrum", "--model", "lenet5", "--sigma-b", "0.1"),
+    ("spectrum", "--act", "sigmoid"),
+])
+def test_new_options_bad_values_exit_2(args):
+    r = _cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1, r.stderr

@@ -25,17 +25,18 @@ from isotpp.theory.fuss_catalan import (
     theory_for,
     var_over_mean_sq,
 )
-from isotpp.theory.network import NetworkTheory, network_theory, weight_law
 from isotpp.theory.meanfield import (
     MeanField,
     activation_derivative_moments,
     chi_one_sigma_w,
     correlation_map,
     derivative_law,
+    fixed_point,
     mean_field,
     variance_map,
     variance_trajectory,
 )
+from isotpp.theory.network import NetworkTheory, network_theory, weight_law
 
 __all__ = [
     "ChainSpectrum",
@@ -47,6 +48,7 @@ __all__ = [
     "chi_one_sigma_w",
     "correlation_map",
     "derivative_law",
+    "fixed_point",
     "fixed_point_input_norm_sq",
     "fuss_catalan_cdf",
     "fuss_catalan_density",

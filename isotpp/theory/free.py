@@ -68,14 +68,13 @@ import numpy as np
 
 from isotpp.errors import UserError
 from isotpp.theory.meanfield import (
+    DerivativeLaw,
     _check_act,
     _check_nonneg,
     _check_positive,
     _fixed_point,
-    DerivativeLaw,
     _mean_phi_sq,
     derivative_law,
-    variance_trajectory,
 )
 
 __all__ = ["ChainSpectrum", "chain_spectrum", "fixed_point_input_norm_sq", "ks_distance"]
@@ -553,17 +552,20 @@ def chain_spectrum(
 def ks_distance(lam, law: ChainSpectrum, zero_tol: float | None = None, point_rtol: float = 1e-5) -> float:
     """Kolmogorov-Smirnov distance between sampled lambda values and ``law``, atoms included.
 
-    Where the law has an atom at 0, values at most ``zero_tol`` (default 1e-9 times
-    the largest) count as exact zeros; values within ``point_rtol`` of the law's point mass as on it, so that rounding
-    does not smear the atoms; the supremum is taken on both sides of every jump.
+    Rounding leaves forced zeros at ~1e-30 rather than 0 and smears an atom over a
+    few ulps, so where the law has an atom at 0 both distributions are compared
+    with [0, ``zero_tol``] (default 1e-9 times the largest value) lumped into one
+    point, and values within ``point_rtol`` of the law's atom at ``top_value``
+    count as on it; the supremum is taken on both sides of every jump.
     """
     lam = np.sort(np.asarray(lam, dtype=float).ravel())
     if lam.size == 0:
         raise UserError("no lambda values to compare: pass a non-empty array")
-    if law.atom > 0:  # rounding leaves the forced zeros at ~1e-30 rather than 0
+    atoms = {}
+    if law.atom > 0:
         tol = 1e-9 * max(float(lam[-1]), 0.0) if zero_tol is None else zero_tol
-        lam = np.where(lam <= tol, 0.0, lam)
-    atoms = {0.0: law.atom}
+        lam = np.where(lam <= tol, tol, lam)
+        atoms[tol] = float(law.cdf_lambda(tol))  # all of [0, tol] sits at tol
     if law.top_atom > 0:
         top = law.top_value
         lam = np.where(np.abs(lam - top) <= point_rtol * top, top, lam)

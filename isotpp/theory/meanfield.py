@@ -46,6 +46,7 @@ __all__ = [
     "chi_one_sigma_w",
     "correlation_map",
     "derivative_law",
+    "fixed_point",
     "mean_field",
     "variance_map",
     "variance_trajectory",
@@ -206,13 +207,19 @@ def _dV(act: str, q: float, sigma_w: float) -> float:
     return sigma_w**2 * float(_WZ @ ((1 - t * t) ** 2 - 2 * t * t * (1 - t * t)))
 
 
+def fixed_point(act: str, sigma_w: float, sigma_b: float = 0.0) -> float:
+    """q* alone (cheaper than :func:`mean_field`): inf where the variance grows without bound."""
+    act = _check_act(act)
+    return _fixed_point(act, _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b))
+
+
 def _fixed_point(act: str, sigma_w: float, sigma_b: float) -> float:
     """The stable fixed point q* of the variance map (inf when q grows without bound)."""
     if act in ("linear", "relu"):
         slope = sigma_w**2 if act == "linear" else sigma_w**2 / 2
-        if slope < 1:
+        if slope < 1 - 1e-12:
             return sigma_b**2 / (1 - slope)
-        return 0.0 if (slope == 1 and sigma_b == 0) else math.inf
+        return math.inf  # grows, or (slope 1, sigma_b 0) every q is a fixed point: none is isolated
     if sigma_b == 0 and sigma_w <= 1:  # phi'(0) = 1: q -> 0
         return 0.0
     top = sigma_w**2 + sigma_b**2 + 1.0  # phi^2 <= 1 bounds V
@@ -278,8 +285,9 @@ def correlation_map(act: str, c: float, q: float, sigma_w: float, sigma_b: float
 class MeanField:
     """Mean-field quantities of one (act, sigma_w, sigma_b): see the module docstring.
 
-    ``q_star`` is inf where the variance grows without bound (relu or linear with
-    chi >= 1), 0 where it decays to zero; ``c_star``, ``xi_c`` are None where q*
+    ``q_star`` is inf where there is no isolated fixed point (relu or linear with
+    chi > 1: the variance grows; chi = 1 with sigma_b = 0: every q is one), 0 where
+    it decays to zero; ``c_star``, ``xi_c`` are None where q*
     is 0 or inf (no correlation map), ``xi_q`` is None where q* is inf.
     """
 
@@ -324,10 +332,13 @@ def mean_field(act: str, sigma_w: float, sigma_b: float = 0.0) -> MeanField:
     c_star = 1.0
     if chi > 1 + 1e-12:  # chaotic: c = 1 is unstable, the stable fixed point lies below
         f = lambda c: correlation_map(act, c, q, sigma_w, sigma_b)[0] - c  # noqa: E731
-        lo = -1.0 if f(-1.0) > 0 else 0.0
-        c_star = 0.0 if f(lo) == 0 else float(optimize.brentq(f, lo, 1 - 1e-10, xtol=1e-14))
-        if f(1 - 1e-10) > 0:  # chi is barely above 1: the two fixed points merge
+        lo, hi = (-1.0 if f(-1.0) > 0 else 0.0), 1 - 1e-3  # f ~ -(chi - 1)(1 - c) there, above quadrature error
+        if f(hi) >= 0:  # chi is barely above 1: the two fixed points merge
             c_star = 1.0
+        elif f(lo) == 0:
+            c_star = lo
+        else:
+            c_star = float(optimize.brentq(f, lo, hi, xtol=1e-14))
     slope = chi if c_star == 1.0 else correlation_map(act, c_star, q, sigma_w, sigma_b)[1]
     return MeanField(act, sigma_w, sigma_b, q, chi, xi_q, _depth_scale(slope), c_star)
 
@@ -341,7 +352,7 @@ def chi_one_sigma_w(act: str, sigma_b: float) -> float:
         return math.sqrt(2.0)
     if sigma_b == 0:
         return 1.0
-    f = lambda s: mean_field(act, s, sigma_b).chi - 1  # noqa: E731
+    f = lambda s: s**2 * activation_derivative_moments(act, _fixed_point(act, s, sigma_b), 1) - 1  # noqa: E731
     hi = 1.0
     while f(hi) < 0:
         hi *= 1.5
