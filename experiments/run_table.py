@@ -28,7 +28,7 @@ def main(argv=None) -> int:
         if args.list:
             print("\n".join(commands(spec, args.out, only=args.only, data_dir=args.data_dir)))
             return 0
-        status = run_table(spec, args.out, only=args.only, data_dir=args.data_dir)
+        status = run_table(spec, args.out, only=args.only, data_dir=args.data_dir, log=print)
     except UserError as e:
         print(f"run_table: error: {e}", file=sys.stderr)
         return 2

@@ -237,7 +237,7 @@ def _run_reproduce_pai(args) -> int:
         kw["epochs"] = args.epochs
     if args.no_transfer:
         kw["transfer"] = False
-    results = study.run_study(study.quick_config(**kw) if args.quick else study.PaIConfig(**kw), args.out)
+    results = study.run_study(study.quick_config(**kw) if args.quick else study.PaIConfig(**kw), args.out, log=print)
     _redraw(results, args.out, args.format, write_report)
     print(pai_tables(results))
     for key, path in results["files"].items():
@@ -294,7 +294,7 @@ def _print_study(results, args) -> None:
 def _run_reproduce_mlp(args) -> int:
     from isotpp.studies import mlp_linear as study
 
-    results = study.run_study(_study_config(args, args.seeds), args.out)
+    results = study.run_study(_study_config(args, args.seeds), args.out, log=print)
     _print_study(results, args)
     return 0
 
@@ -308,7 +308,7 @@ def _run_reproduce_convnet(args) -> int:
     if args.ratio is not None:
         kw["ratio"] = args.ratio
     config = convnet.quick_config(**kw) if args.quick else convnet.ConvStudyConfig(**kw)
-    results = convnet.run_convnet_study(config, args.out)
+    results = convnet.run_convnet_study(config, args.out, log=print)
     _print_study(results, args)
     return 0
 
@@ -334,7 +334,7 @@ def _run_demo(args) -> int:
 
     data_dir, _ = demo_data_dir(args.data_dir, download=not args.no_download)
     config = study.quick_config(seeds=(0,), data_dir=str(data_dir))
-    results = study.run_study(config, args.out)
+    results = study.run_study(config, args.out, log=print)
     _print_study(results, args)
     return 0
 

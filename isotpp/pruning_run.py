@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ import numpy as np
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
 
 BASE_LR = "0:0.1,100:0.01,150:0.001"  # the paper's CIFAR base recipe (200 epochs)
 RETRAIN_LR = "0:0.01,60:0.001,90:0.0001"
@@ -545,7 +550,7 @@ def check_inputs(config: PruneConfig, data: RunData) -> None:
             raise UserError(f"--base holds a {arch}, not a {config.model}: pass --model {arch} or another --base")
 
 
-def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
+def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or finish) one pruning run in ``config.out``; returns the summary (also summary.json).
 
     Everything is checked (settings, the run directory, the data, the
@@ -555,6 +560,7 @@ def run_pruning(config: PruneConfig, *, log=print) -> dict[str, Any]:
     next step or stage boundary with :class:`~isotpp.preemption.Preempted`;
     calling again with the same config finishes it.
     """
+    log = log or logger.info  # the command line passes print
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import check_path, open_run
 

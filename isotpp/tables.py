@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import re
 import shlex
 import subprocess
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from isotpp.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +118,14 @@ def cell_command(spec: TableSpec, cell: Cell, out: Path, data_dir: str | None = 
 
 
 def run_table(spec: TableSpec, out: str | Path, *, only: str | None = None, data_dir: str | None = None,
-              run: Callable[[list[str]], int] | None = None, log=print) -> dict[str, list[str]]:
+              run: Callable[[list[str]], int] | None = None, log: Callable[[str], None] | None = None) -> dict[str, list[str]]:
     """Run the unfinished cells (and their base models) one after the other; returns the status lists.
 
     SIGTERM (to this process, or to a cell, which then exits 75 with its work
     saved) stops the table after the cell in flight with
     :class:`~isotpp.preemption.Preempted`; running it again continues.
     """
+    log = log or logger.info  # the command line passes print
     from isotpp.preemption import sigterm_stops
 
     with sigterm_stops("run the same command again to continue"):

@@ -38,6 +38,8 @@ import orbax.checkpoint as ocp
 from isotpp import parallel
 from isotpp.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 
 # Third-party loggers that narrate failures isotpp handles itself (a full disk, a damaged checkpoint that
@@ -209,7 +211,7 @@ class TrainCheckpointer:
             try:
                 src.rename(dst)
             except OSError as e:
-                print(f"isotpp: could not move the corrupt checkpoint {src} aside ({e.strerror})", file=sys.stderr)
+                logger.warning("could not move the corrupt checkpoint %s aside (%s)", src, e.strerror)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

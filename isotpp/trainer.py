@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +54,8 @@ from isotpp.train import (
     penalty_weights,
     set_learning_rate,
 )
+
+logger = logging.getLogger(__name__)
 
 Hook = Callable[["Trainer", int], Mapping[str, Any] | None]
 
@@ -439,7 +441,7 @@ class Trainer:
             self.checkpointer.wait()
         err = _preempted_error(self.step, self.checkpointer.directory if self.checkpointer else None)
         if parallel.is_main_process():
-            print(f"isotpp: {err}", file=sys.stderr, flush=True)
+            logger.warning("%s", err)
         err.reported = True
         raise err
 
@@ -540,4 +542,4 @@ class Trainer:
 
 def _note(message: str) -> None:
     if parallel.is_main_process():
-        print(f"isotpp: {message}", file=sys.stderr, flush=True)
+        logger.warning("%s", message)

@@ -214,7 +214,7 @@ def _full_run(args) -> int:
 
     config = config_from_args(args)
     preflight(args)
-    s = run_pruning(config)
+    s = run_pruning(config, log=print)
     rows = [["base accuracy (%)", fmt_number(s["base_acc"], 2)],
             ["mean JSV right after pruning", fmt_number(s["jsv_after_prune"])],
             ["best / final accuracy (%)", f"{fmt_number(s['best_acc'], 2)} / {fmt_number(s['final_acc'], 2)}"],

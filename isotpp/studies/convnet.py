@@ -13,11 +13,16 @@ study's format, so :mod:`isotpp.study_report` draws its table and figure
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
 
 METHODS = ("L1", "L1+OrthP", "TPP")
 
@@ -98,7 +103,8 @@ def _eval_jsv(shared: Path, probe) -> float:
 _REUSABLE = ("seeds", "methods", "data_dir")  # may differ between runs sharing one directory
 
 
-def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> dict[str, Any]:
+def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log: Callable[[str], None] | None = None
+                      ) -> dict[str, Any]:
     """Run (or finish) the study in ``out``; returns the results (also results.json, table.md, figure.png).
 
     ``out`` is locked while the study runs and refused if it holds a study
@@ -107,6 +113,7 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log=print) -> di
     finished when its ``summary.json`` exists; SIGTERM stops at the next step
     with :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
+    log = log or logger.info  # the command line passes print
     from isotpp.preemption import sigterm_stops
     from isotpp.pruning_run import RESUME_HINT, load_data
     from isotpp.rundir import open_run

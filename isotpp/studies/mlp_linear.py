@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ from isotpp.train import (
     stack_runs,
     unstack_run,
 )
+
+logger = logging.getLogger(__name__)
+
 
 ARCH = "mlp_7_linear"
 METHODS = ("L1", "L1+OrthP", "TPP", "L1+KernOrth", "L1+AI")
@@ -365,7 +369,7 @@ RESUME_HINT = "run the same command again to continue"
 
 
 def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or complete) the study in ``out``; returns the results dict (also written as results.json).
 
     ``out`` is locked while the study runs and refused if it holds a study
@@ -375,6 +379,7 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     SIGTERM stops at the next epoch with :class:`~isotpp.preemption.Preempted`
     and the same call finishes the study.
     """
+    log = log or logger.info  # the command line passes print
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
 

@@ -33,6 +33,7 @@ cells) is written to the run directory as it completes; a rerun reuses them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,9 @@ from isotpp.pai.methods import ONE_SHOT, all_methods, canonical, parse_method
 from isotpp.progress import progress as progress_bar
 from isotpp.rundir import Commit
 from isotpp.train import LRSchedule
+
+logger = logging.getLogger(__name__)
+
 
 ARCH = "lenet_300_100"
 TRANSFER_ARCH = "small_convnet"
@@ -412,7 +416,7 @@ def _check_files(config: PaIConfig) -> None:
 
 
 def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or complete) the study in ``out``; returns the results (also written as results.json).
 
     ``out`` is locked while the study runs and refused if it holds a study
@@ -421,6 +425,7 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
     is committed whole; SIGTERM stops at the next epoch with
     :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
+    log = log or logger.info  # the command line passes print
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
     from isotpp.studies.mlp_linear import RESUME_HINT
