@@ -124,6 +124,12 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
         CHECK, None, "about 7 minutes; tests/test_study_convnet.py runs it at a reduced size"),
     "isotpp reproduce pai --quick --methods snip,synflow+ai --densities 5%,1% --no-transfer --out runs/pai-quick": (
         CHECK, None, "minutes; tests/test_pai_study.py runs the study at a reduced size"),
+    # docs/theory.md
+    "isotpp spectrum --model mlp --depth 4 --width 400 --input-dim 400 --num-classes 400 --act tanh --init "
+    "orthogonal --sigma-w 1.2 --sigma-b 0.1 --samples 4 --nets 2 --json s.json --plot s.png": (
+        RUN, "isotpp spectrum --model mlp --depth 4 --width 40 --input-dim 40 --num-classes 40 --act tanh --init "
+             "orthogonal --sigma-w 1.2 --sigma-b 0.1 --samples 4 --nets 2 --json s.json --plot s.png",
+        "width 40 instead of 400 (the same options; tests/test_theory_free.py checks the theory at width 400)"),
     "isotpp demo --out runs/demo": (CHECK, None, "the quick study (≈ 30 s); tests/test_study_mlp.py covers it"),
     # docs/reliability.md
     "isotpp prune --model mlp --dataset synthetic --ratios '*:0.5' --skip net.12 --method L1 --width-scale 0.25 "
