@@ -170,3 +170,4 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(logging.Formatter("isotpp: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False  # third-party set-up (absl) may give the root logger a handler: print once

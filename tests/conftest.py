@@ -1,11 +1,14 @@
 """Shared pytest fixtures."""
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from isotpp.progress import configure_logging
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -57,3 +60,16 @@ def make_image_tree(root: Path, *, classes: Sequence[str] = ("cat", "dog", "eel"
 def image_tree():
     """:func:`make_image_tree`, for tests that need an ImageFolder tree of JPEGs."""
     return make_image_tree
+
+
+@pytest.fixture(autouse=True)
+def _isotpp_logging(caplog):
+    """The ``isotpp`` logger as the command line sets it up (one ``isotpp: ...`` line on stderr per record,
+    which capsys sees; no propagation, so a root handler that absl may add prints nothing twice), with
+    caplog's handler attached to it so that caplog sees the records too."""
+    configure_logging()
+    logger = logging.getLogger("isotpp")
+    logger.propagate = False
+    logger.addHandler(caplog.handler)
+    yield
+    logger.removeHandler(caplog.handler)

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "isotpp.spectrum", "isotpp.theory", "isotpp.plots", "isotpp.plan", "isotpp.cost", "isotpp.models.registry",
+    "isotpp.spectrum", "isotpp.theory.fuss_catalan", "isotpp.plots", "isotpp.plan", "isotpp.cost", "isotpp.models.registry",
     "isotpp.data", "isotpp.data.bundled", "isotpp.study_report", "isotpp.report", "isotpp.progress",
 ]  # fmt: skip
 

@@ -182,7 +182,7 @@ def test_the_demo_command_runs_offline_on_the_subset(no_fashion_mnist, monkeypat
     _offline(monkeypatch)
     seen = {}
 
-    def study(config, out):
+    def study(config, out, log=None):
         seen["config"], seen["data"] = config, mlp_linear.load_data(config)
         results = _tiny_results() | {"config": config.to_dict(), "wall_s": 1.0}
         Path(out).mkdir(parents=True)
