@@ -21,20 +21,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from isotpp.errors import UserError
-from isotpp.plots import save_figure
+from isotpp.plots import _auto_log_x, save_figure
 from isotpp.theory.free import ChainSpectrum
 
 __all__ = ["draw_law", "spectrum_theory_figure"]
 
-_LOG_X_SPREAD = 100.0
 
-
-def _spread_is_wide(values: np.ndarray) -> bool:
-    pos = values[values > 0]
-    if pos.size < 2:
-        return False
-    lo, hi = np.percentile(pos, [1, 99])
-    return hi / lo > _LOG_X_SPREAD
 
 
 def _law_curve(law: ChainSpectrum, var: str, x: np.ndarray, log_x: bool) -> np.ndarray:
@@ -61,7 +53,7 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
     zeros = v <= tol
     pos = v[~zeros]
     if log_x is None:
-        log_x = _spread_is_wide(pos)
+        log_x = _auto_log_x(pos)  # the same rule as the plain histogram's
     nb = bins or int(np.clip(np.sqrt(v.size), 10, 80))
     name = "s" if var == "s" else "λ"
     if pos.size:

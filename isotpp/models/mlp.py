@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from isotpp.errors import UserError
+from isotpp.errors import UserError, nonnegative
 from isotpp.models.layers import (
     ACTIVATIONS,
     LayerFactory,
@@ -115,12 +115,7 @@ def draw_biases(model: MLP, sigma_b: float, seed: int = 0) -> MLP:
     ``sigma_b = 0`` zeroes them. The draw uses its own stream (key ``seed``, folded
     with 2), so the kernels of an init with the same seed are unchanged. Returns the model.
     """
-    try:
-        sigma_b = float(sigma_b)
-    except (TypeError, ValueError):
-        raise UserError(f"sigma_b must be a number >= 0, got {sigma_b!r}") from None
-    if not math.isfinite(sigma_b) or sigma_b < 0:
-        raise UserError(f"sigma_b must be a finite number >= 0, got {sigma_b!r}")
+    sigma_b = nonnegative("sigma_b", sigma_b)
     dense = [layer for layer in model.net if isinstance(layer, nnx.Linear)]
     if any(layer.bias is None for layer in dense):
         raise UserError("the model has no biases (use_bias=False): build it with biases to draw them")

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import integrate, optimize, special
 
-from isotpp.errors import UserError
+from isotpp.errors import UserError, nonnegative
 
 __all__ = [
     "ACTIVATIONS",
@@ -70,14 +70,7 @@ def _check_act(act) -> str:
     return key
 
 
-def _check_nonneg(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
+_check_nonneg = nonnegative
 
 
 def _check_positive(name: str, value) -> float:
