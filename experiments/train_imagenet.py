@@ -41,7 +41,8 @@ def run(args, hooks=()) -> int:
 
     parallel.initialize(True if args.distributed else None)
 
-    from isotpp.commands.train import settings, training_run
+    from isotpp.commands.args import recorded
+    from isotpp.commands.train import training_run
     from isotpp.data.imagefolder import imagefolder_data
     from isotpp.errors import UserError
     from isotpp.train import LRSchedule, reference_sgd
@@ -58,7 +59,7 @@ def run(args, hooks=()) -> int:
         model = train_cifar.make_model(args, num_classes, (args.image_size, args.image_size, 3))
         tx = reference_sgd(schedule.initial, args.wd, args.momentum)
         trainer = Trainer(model, tx, data, train_cifar.train_config(args), args.workdir, eval_data=evaluation,
-                          hooks=hooks, extra_config={"args": settings(args)})
+                          hooks=hooks, extra_config={"args": recorded(args)})
         history, _ = trainer.fit(resume=args.resume)
         train_cifar.finish(args, trainer, history)
     return 0

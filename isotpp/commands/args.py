@@ -422,8 +422,8 @@ dataset = Choice(DATASETS, DATASET_ALIASES, what="dataset")
 
 
 def recorded(args: argparse.Namespace) -> dict:
-    """The parsed options as a run records them (``config.json``): values only, no handlers."""
-    return {k: v for k, v in vars(args).items() if not callable(v)}
+    """The parsed options as a run records them (``config.json``): values only, no handlers or command name."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}
 
 
 def checked_only(prog: str, args: argparse.Namespace) -> bool:

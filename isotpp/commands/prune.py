@@ -185,9 +185,8 @@ def preflight(args) -> None:
     from isotpp.commands.train import check_width_scale
     from isotpp.cost import widths_after
     from isotpp.data import DATASET_INFO
-    from isotpp.models import model_spec, widths_of
-
     from isotpp.memory import require_for_training
+    from isotpp.models import model_spec, widths_of
 
     model = _abstract_model(args.model, args.num_classes or model_spec(args.model).num_classes)
     widths_after(model, args.ratios, _parse_skip(args.skip))  # a pattern matching nothing -> UserError

@@ -121,12 +121,10 @@ def check_width_scale(widths: dict[str, int], scale: float, keep: str) -> None:
 
 def make_model(args, num_classes: int, input_shape):
     import jax.numpy as jnp
-
-    from isotpp.models import create_model
-
     from flax import nnx
 
     from isotpp.memory import require_for_training
+    from isotpp.models import create_model
 
     widths = scaled_widths(args.model, num_classes, input_shape, args.width_scale)
     require_for_training(nnx.eval_shape(lambda: create_model(args.model, num_classes=num_classes,
@@ -171,11 +169,6 @@ REUSABLE = ("workdir", "resume", "distributed", "data_dir", "checkpoint_every", 
             "workers")
 
 
-def settings(args) -> dict:
-    """The run's settings as config.json records them (``args``): the parsed options, JSON-able."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}
-
-
 @contextlib.contextmanager
 def training_run(args):
     """The workdir of a training command, opened: locked, its settings checked, SIGTERM -> checkpoint + 75.
@@ -187,7 +180,7 @@ def training_run(args):
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
 
-    with sigterm_stops(), open_run(args.workdir, settings(args), kind="training run", reusable=REUSABLE,
+    with sigterm_stops(), open_run(args.workdir, A.recorded(args), kind="training run", reusable=REUSABLE,
                                    section="args"):
         yield
 
@@ -197,12 +190,11 @@ def run(args, hooks=()) -> int:
 
     parallel.initialize(True if args.distributed else None)  # before anything touches a device
 
+    from isotpp.commands.prune import check_batch
     from isotpp.data import DATASET_INFO, load_dataset
     from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer
-
-    from isotpp.commands.prune import check_batch
 
     check_batch(args.batch_size, args.limit, DATASET_INFO.get(args.dataset))
     with training_run(args):
@@ -217,7 +209,7 @@ def run(args, hooks=()) -> int:
                             augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
         evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
         trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
-                          extra_config={"args": settings(args)})
+                          extra_config={"args": A.recorded(args)})
         history, _ = trainer.fit(resume=args.resume)
         finish(args, trainer, history)
     return 0

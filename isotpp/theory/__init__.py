@@ -11,7 +11,12 @@
 :func:`network_theory` picks the law for an MLP, or says why none applies.
 """
 
-from isotpp.theory.free import ChainSpectrum, chain_spectrum, fixed_point_input_norm_sq, ks_distance
+from isotpp.theory.free import (
+    ChainSpectrum,
+    chain_spectrum,
+    fixed_point_input_norm_sq,
+    ks_distance,
+)
 from isotpp.theory.fuss_catalan import (
     Theory,
     fuss_catalan_cdf,

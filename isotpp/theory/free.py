@@ -66,11 +66,10 @@ from functools import cached_property
 
 import numpy as np
 
-from isotpp.errors import UserError
+from isotpp.errors import UserError, nonnegative
 from isotpp.theory.meanfield import (
     DerivativeLaw,
     _check_act,
-    _check_nonneg,
     _check_positive,
     _fixed_point,
     _mean_phi_sq,
@@ -90,7 +89,7 @@ def fixed_point_input_norm_sq(act: str, sigma_w: float, sigma_b: float = 0.0) ->
     None when there is no finite fixed point (linear or relu with chi >= 1).
     """
     act = _check_act(act)
-    q = _fixed_point(act, _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b))
+    q = _fixed_point(act, _check_positive("sigma_w", sigma_w), nonnegative("sigma_b", sigma_b))
     if math.isinf(q) or act == "linear":
         return None
     return _mean_phi_sq(act, q)
@@ -493,7 +492,7 @@ def chain_spectrum(
     if init not in INITS:
         raise UserError(f"no free-probability theory for init {init!r}: use one of {', '.join(INITS)}")
     act = _check_act(act)
-    sigma_w, sigma_b = _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b)
+    sigma_w, sigma_b = _check_positive("sigma_w", sigma_w), nonnegative("sigma_b", sigma_b)
     L = len(widths) - 1
     keeps = [float(keep)] * (L - 1) if np.ndim(keep) == 0 else [float(k) for k in keep]
     if len(keeps) != L - 1 or any(not 0 < k <= 1 for k in keeps):
@@ -504,7 +503,7 @@ def chain_spectrum(
         q_in = fixed_point_input_norm_sq(act, sigma_w, sigma_b)
         if q_in is None:
             q_in = 1.0  # linear / relu without a fixed point: the law is q-free
-    q_in = _check_nonneg("q_in", q_in)
+    q_in = nonnegative("q_in", q_in)
     # pre-activation variances of the hidden layers (orthogonal expanding layers spread x)
     qs, q_prev_out = [], q_in
     for l in range(1, L):

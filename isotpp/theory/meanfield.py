@@ -70,11 +70,10 @@ def _check_act(act) -> str:
     return key
 
 
-_check_nonneg = nonnegative
 
 
 def _check_positive(name: str, value) -> float:
-    v = _check_nonneg(name, value)
+    v = nonnegative(name, value)
     if v == 0:
         raise UserError(f"{name} must be > 0, got {value!r}")
     return v
@@ -118,7 +117,7 @@ def _mean_phi_sq(act: str, q: float) -> float:
 
 def activation_derivative_moments(act: str, q: float, k: int) -> float:
     """mu_k = E[phi'(h)^(2k)], h ~ N(0, q) (q = 0: phi'(0)^(2k))."""
-    act, q = _check_act(act), _check_nonneg("q", q)
+    act, q = _check_act(act), nonnegative("q", q)
     if act == "linear" or k == 0:
         return 1.0
     if act == "relu":
@@ -159,7 +158,7 @@ _BINS = 256
 
 def derivative_law(act: str, q: float) -> DerivativeLaw:
     """The law of the squared derivative phi'(h)^2 for h ~ N(0, q)."""
-    act, q = _check_act(act), _check_nonneg("q", q)
+    act, q = _check_act(act), nonnegative("q", q)
     if act == "tanh" and q > 0:
         # |h| quantiles at equal steps of probability; h = inf (the last) maps to 0
         u = np.linspace(0.0, 1.0, _BINS + 1)
@@ -172,7 +171,7 @@ def derivative_law(act: str, q: float) -> DerivativeLaw:
 def variance_map(act: str, q: float, sigma_w: float, sigma_b: float = 0.0) -> float:
     """V(q) = sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2."""
     act = _check_act(act)
-    return sigma_w**2 * _mean_phi_sq(act, _check_nonneg("q", q)) + sigma_b**2
+    return sigma_w**2 * _mean_phi_sq(act, nonnegative("q", q)) + sigma_b**2
 
 
 def variance_trajectory(act: str, q0: float, sigma_w: float, sigma_b: float, layers: int) -> list[float]:
@@ -203,7 +202,7 @@ def _dV(act: str, q: float, sigma_w: float) -> float:
 def fixed_point(act: str, sigma_w: float, sigma_b: float = 0.0) -> float:
     """q* alone (cheaper than :func:`mean_field`): inf where the variance grows without bound."""
     act = _check_act(act)
-    return _fixed_point(act, _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b))
+    return _fixed_point(act, _check_positive("sigma_w", sigma_w), nonnegative("sigma_b", sigma_b))
 
 
 def _fixed_point(act: str, sigma_w: float, sigma_b: float) -> float:
@@ -313,7 +312,7 @@ def _depth_scale(slope: float) -> float:
 def mean_field(act: str, sigma_w: float, sigma_b: float = 0.0) -> MeanField:
     """q*, chi, xi_q, xi_c and c* for activation ``act`` at (sigma_w, sigma_b)."""
     act = _check_act(act)
-    sigma_w, sigma_b = _check_positive("sigma_w", sigma_w), _check_nonneg("sigma_b", sigma_b)
+    sigma_w, sigma_b = _check_positive("sigma_w", sigma_w), nonnegative("sigma_b", sigma_b)
     q = _fixed_point(act, sigma_w, sigma_b)
     if math.isinf(q):
         chi = sigma_w**2 * activation_derivative_moments(act, 1.0, 1)  # relu/linear: q-free
@@ -338,7 +337,7 @@ def mean_field(act: str, sigma_w: float, sigma_b: float = 0.0) -> MeanField:
 
 def chi_one_sigma_w(act: str, sigma_b: float) -> float:
     """The sigma_w on the order-to-chaos line chi(sigma_w, sigma_b) = 1."""
-    act, sigma_b = _check_act(act), _check_nonneg("sigma_b", sigma_b)
+    act, sigma_b = _check_act(act), nonnegative("sigma_b", sigma_b)
     if act == "linear":
         return 1.0
     if act == "relu":
