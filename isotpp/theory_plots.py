@@ -27,8 +27,6 @@ from isotpp.theory.free import ChainSpectrum
 __all__ = ["draw_law", "spectrum_theory_figure"]
 
 
-
-
 def _law_curve(law: ChainSpectrum, var: str, x: np.ndarray, log_x: bool) -> np.ndarray:
     if var == "s":
         y = law.density_s(x)
@@ -69,7 +67,7 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
             ax.set_ylabel(f"density of log10 {name}")
         else:
             lo, hi = float(pos.min()), float(pos.max())
-            if hi - lo <= 1e-9 * max(hi, 1.0):
+            if hi - lo <= 1e-5 * max(hi, 1e-300):  # a point mass smeared by rounding: one bar
                 half = max(0.02 * hi, 1e-3)
                 lo, hi, nb = lo - half, hi + half, 21
             h, edges = np.histogram(pos, bins=nb, range=(lo, hi))

@@ -86,11 +86,14 @@ _TAIL_TOL = 1e-7
 def fixed_point_input_norm_sq(act: str, sigma_w: float, sigma_b: float = 0.0) -> float | None:
     """|x|^2 / N_0 that puts the first layer at the fixed point: E[phi(h)^2], h ~ N(0, q*).
 
-    None when there is no finite fixed point (linear or relu with chi >= 1).
+    None when there is no finite, nonzero fixed point: linear, relu with chi >= 1, and
+    q* = 0 (sigma_b = 0 in the ordered phase), where inputs "at the fixed point" would
+    be zero vectors (for relu a Jacobian of zeros, not the law's phi'(0+) = 1/2); the
+    callers then use |x|^2 / N_0 = 1 and the theory follows the variance map from there.
     """
     act = _check_act(act)
     q = _fixed_point(act, _check_positive("sigma_w", sigma_w), nonnegative("sigma_b", sigma_b))
-    if math.isinf(q) or act == "linear":
+    if math.isinf(q) or q <= 0.0 or act == "linear":
         return None
     return _mean_phi_sq(act, q)
 
