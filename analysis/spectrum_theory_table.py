@@ -22,6 +22,7 @@ and predicted curve, one panel per activation x weights at the largest depth).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -49,13 +50,21 @@ def command(act: str, init: str, depth: int, width: int, samples: int, nets: int
             "--sigma-b", f"{sb:g}", "--samples", str(samples), "--nets", str(nets), "--float64"]
 
 
-def run(depths, width: int, samples: int, nets: int) -> dict:
+def act_list(text: str) -> list[str]:
+    out = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in out if a not in ACTS]
+    if not out or bad:
+        raise argparse.ArgumentTypeError(f"activations must be some of {','.join(ACTS)}, got {text!r}")
+    return list(dict.fromkeys(out))
+
+
+def run(depths, width: int, samples: int, nets: int, acts=ACTS) -> dict:
     from isotpp import theory
     from isotpp.cli import main as cli_main
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for act in ACTS:
+        for act in acts:
             for init in INITS:
                 for L in depths:
                     argv = command(act, init, L, width, samples, nets)
@@ -81,7 +90,8 @@ def run(depths, width: int, samples: int, nets: int) -> dict:
                                                       "mean_s", "zero_fraction", "input_q")},
                         "_s": sv, "_law": law,
                     })
-    return {"width": width, "depths": list(depths), "samples": samples, "nets": nets, "rows": rows}
+    return {"width": width, "depths": list(depths), "samples": samples, "nets": nets, "acts": list(acts),
+            "rows": rows}
 
 
 def _num(x, fmt=".4g") -> str:
@@ -117,9 +127,10 @@ def figure(result: dict, path: Path) -> Path:
 
     L = max(result["depths"])
     rows = {(r["act"], r["init"]): r for r in result["rows"] if r["depth"] == L}
-    fig = Figure(figsize=(11, 12), layout="constrained")
-    axes = fig.subplots(len(ACTS), len(INITS))
-    for i, act in enumerate(ACTS):
+    acts = result["acts"]
+    fig = Figure(figsize=(11, 3 * len(acts)), layout="constrained")
+    axes = fig.subplots(len(acts), len(INITS), squeeze=False)
+    for i, act in enumerate(acts):
         for j, init in enumerate(INITS):
             r, ax = rows[(act, init)], axes[i, j]
             draw_law(ax, r["_law"], r["_s"], var="s")
@@ -142,7 +153,8 @@ def main(argv=None) -> int:
         ("--width", positive_int, 400, "width N (input = hidden = output)"),
         ("--samples", positive_int, 4, "inputs per network (nonlinear networks)"),
         ("--nets", positive_int, 2, "networks per row (linear networks: samples x nets)"),
-    ], lambda a: run(a.depths, a.width, a.samples, a.nets), _write)
+        ("--acts", act_list, list(ACTS), "activations, comma-separated"),
+    ], lambda a: run(a.depths, a.width, a.samples, a.nets, a.acts), _write)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ def run(nets: int) -> dict:
         weights, sw = theory.weight_law(init, 1.0)
         full = theory.chain_spectrum(WIDTHS, weights, sw)
         pruned = theory.chain_spectrum(WIDTHS, weights, sw, keep=keep)
-        init_meas = _measure(init, 0.0, nets, 7)["random"]
-        pruned_meas = _measure(init, RATIO, nets, 8)
+        meas = _measure(init, (0.0, RATIO), nets, 8)
+        init_meas, pruned_meas = meas[0.0]["random"], meas[RATIO]
         rows.append({
             "init": init, "weights": weights, "sigma_w": sw,
             "theory_init": full.summary()["mean_s"], "measured_init": init_meas["mean"],

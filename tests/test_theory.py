@@ -5,9 +5,17 @@ import math
 import numpy as np
 import pytest
 from scipy import integrate
+from threadpoolctl import threadpool_limits
 
 from isotpp import plots, theory
 from isotpp.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """numpy's BLAS on one thread: at these sizes threads only spin against other work."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _integrate_density(L, sigma_w, fn, n=400):
