@@ -18,6 +18,7 @@ import pytest
 from scipy import integrate, stats
 from threadpoolctl import threadpool_limits
 
+from isotpp.errors import UserError
 from isotpp import theory
 from isotpp.theory import meanfield as mf
 from isotpp.theory.simulate import jacobian_moments, sample_jacobian, sample_jacobian_prefixes
@@ -291,3 +292,38 @@ def test_a_zero_fixed_point_puts_the_inputs_at_unit_variance():
                        sigma_w=1.41, samples=2, float64=True, progress=False)
     assert out["inputs"] == "gaussian" and out["theory"]["input_q"] == 1.0 and out["theory"]["zero_fraction"] == 0.5
     assert out["mean"] > 0.3 and out["ks_distance"] < 0.2  # not a Jacobian of zeros (mean 0, KS 0.5)
+
+
+def test_the_issues_rectangular_command_gets_its_theory(tmp_path):
+    """`isotpp spectrum --model mlp --depth 7 --width 100 --act linear --input-dim 784 --num-classes 10
+    --init gaussian --samples 50 --plot s.png` drew no theory (784 -> 100 x 6 -> 10 is not square) and
+    counted one input-free spectrum 50 times; now: the rectangular law, one spectrum per net."""
+    from isotpp.commands.spectrum import run_spectrum
+
+    out = run_spectrum(model="mlp", depth=7, width=100, act="linear", input_dim=784, num_classes=10,
+                       init="gaussian", samples=50, nets=3, plot_path=str(tmp_path / "s.png"), progress=False)
+    assert out["n_samples"] == 3 and out["samples_per_net"] == 1 and out["method"] == "linear"
+    th = out["theory"]
+    assert th["widths"] == [784, 100, 100, 100, 100, 100, 100, 10] and th["q_star"] is None and th["chi"] is None
+    # E[W A Wᵀ] = tr(A) / fan_in: every Gaussian layer keeps the mean of lambda at sigma_w^2 = 1
+    law = theory.chain_spectrum(th["widths"], "gaussian", 1.0)
+    assert th["lambda_mean"] == law.mean_lambda == pytest.approx(1.0)
+    assert out["lambda_mean"] == pytest.approx(1.0, rel=0.3) and out["ks_distance"] < 0.3  # 30 values
+    assert (tmp_path / "s.png").stat().st_size > 10_000 and "theory_note" not in out
+    assert out["ks_floor_s"] == pytest.approx(1e-13 * out["max"])  # float64: KS lumps s below 1e-13 s_max
+
+
+def test_ks_distance_lumps_what_the_precision_cannot_resolve():
+    """Deep products put mass below any precision's floor, where rounding leaves values anywhere
+    under it: with ``floor`` those count as one point, compared with the law's mass up to it."""
+    law = theory.chain_spectrum((400,) * 9, "gaussian", 1.0)  # Fuss-Catalan, L = 8
+    grid = np.geomspace(1e-40, law.support_lambda()[1], 20001)
+    cdf = law.cdf_lambda(grid)
+    lam = np.interp((np.arange(2000) + 0.5) / 2000, cdf, grid)  # the law's quantiles: KS = 1 / (2 n)
+    assert theory.ks_distance(lam, law) < 1e-3
+    floor = float(np.interp(0.2, cdf, grid))  # a fifth of the mass lies below
+    rounded = np.where(lam < floor, 0.5 * floor, lam)  # what a computation resolving only the floor returns
+    assert theory.ks_distance(rounded, law) > 0.15
+    assert theory.ks_distance(rounded, law, floor=floor) < 1e-3
+    with pytest.raises(UserError, match="floor"):
+        theory.ks_distance(lam, law, floor=-1.0)

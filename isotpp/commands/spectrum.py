@@ -241,9 +241,15 @@ def run_spectrum(
     )
     if is_mlp:
         result["num_classes"] = n_out
+    # the smallest s the computation resolves: float64's SVD ~1e-15 s_max; float32's gram squares the
+    # condition number (~3e-4 s_max), its explicit Jacobian ~1e-6 s_max
+    rel_floor = 1e-13 if float64 or resolved == "linear" else (
+        sp.JACOBIAN_RESOLUTION if resolved == "jacobian" else sp.GRAM_RESOLUTION)
     if th is not None:
         result["theory"] = th.as_json()
-        result["ks_distance"] = theory.ks_distance(lam, th.law)
+        # values below the floor are rounding: the KS distance lumps [0, floor] into one point
+        result["ks_distance"] = theory.ks_distance(lam, th.law, floor=(rel_floor * float(sv.max())) ** 2)
+        result["ks_floor_s"] = rel_floor * float(sv.max())
     else:
         result["theory_note"] = note
 
@@ -290,7 +296,7 @@ def run_spectrum(
         where = "input-free (linear)" if resolved == "linear" else f"{n} sample{'s' if n != 1 else ''}, {source}"
         title = f"JSV of {model_name} (init {init_used}), {where}" + (f", {nets} nets" if nets > 1 else "")
         # float32 gram squares the condition number: below ~3e-4 s_max the values are rounding
-        floor = None if float64 else (3e-4 if resolved == "gram" else 1e-6) * float(sv.max())
+        floor = None if float64 or resolved == "linear" else rel_floor * float(sv.max())
         fig = spectrum_theory_figure(sv, None, th.law if th is not None else None, title=title, float32_floor=floor)
         result["plot"] = ", ".join(str(p) for p in save_figures(fig, plot_path, plot_formats))
     return result
