@@ -101,17 +101,15 @@ def figure(result: dict, path: Path) -> Path:
                 if law.top_atom > 0:  # the atom is drawn as a line, not as a bar of huge density
                     on_top = np.abs(s - math.sqrt(law.top_value)) <= 1e-5 * math.sqrt(law.top_value)
                 pos = s[(s > 1e-6 * s.max()) & ~on_top]
-                if pos.size == 0:
-                    pos = s[on_top]
-                t = np.log10(pos)
-                lo_t, hi_t = float(t.min()), float(t.max())
-                if hi_t - lo_t < 1e-6:  # an atom: one narrow bar
-                    lo_t, hi_t = lo_t - 0.02, hi_t + 0.02
-                h, edges = np.histogram(t, bins=40, range=(lo_t, hi_t))
-                ax.stairs(h / (s.size * np.diff(edges)), 10.0**edges, color=f"C{c}", alpha=0.6)
-                if law.point_mass is None:
-                    lo, hi = law.support_lambda()
-                    x = np.logspace(max(math.log10(max(lo, 1e-300)) / 2, edges[0] - 0.5), math.log10(hi) / 2, 600)
+                lo, hi = law.support_lambda()
+                lo_t = math.log10(max(lo, 1e-300)) / 2
+                if pos.size:  # nothing left besides the atoms (relu, hard-tanh at L = 2): lines only
+                    t = np.log10(pos)
+                    h, edges = np.histogram(t, bins=40, range=(float(t.min()), max(float(t.max()), t.min() + 0.04)))
+                    ax.stairs(h / (s.size * np.diff(edges)), 10.0**edges, color=f"C{c}", alpha=0.6)
+                    lo_t = max(lo_t, edges[0] - 0.5)
+                if law.point_mass is None and law.continuous_mass > 1e-3:
+                    x = np.logspace(lo_t, math.log10(hi) / 2, 600)
                     ax.plot(x, law.density_s(x) * x * math.log(10.0), color=f"C{c}", lw=1.5,
                             label=f"L = {r['depth']}")
                 if law.top_atom > 0:
