@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import positive_int, ratio_list, script_main, write_outputs
+from _script import choice_list, positive_int, ratio_list, script_main, write_outputs
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
 
@@ -70,12 +70,15 @@ def _measure(init: str, ratios, nets: int, rng_seed: int) -> dict:
                     for name, v in by.items()} for ratio, by in out.items()}
 
 
-def run(ratios, nets: int) -> dict:
+INITS = ("gaussian", "orthogonal")
+
+
+def run(ratios, nets: int, inits=INITS) -> dict:
     from isotpp import theory
     from isotpp.plan import n_pruned
 
     rows = []
-    for init in ("gaussian", "orthogonal"):
+    for init in inits:
         meas = _measure(init, ratios, nets, 1000)
         for ratio in ratios:
             keep = 1 - n_pruned(ratio, WIDTHS[1]) / WIDTHS[1]
@@ -85,7 +88,7 @@ def run(ratios, nets: int) -> dict:
                          "theory": {"mean_s": summ["mean_s"], "mean_lambda": law.mean_lambda,
                                     "var_over_mean_sq": law.var_over_mean_sq},
                          "random": meas[ratio]["random"], "l1": meas[ratio]["l1"]})
-    return {"widths": list(WIDTHS), "nets": nets, "sigma_w": 1.0, "rows": rows}
+    return {"widths": list(WIDTHS), "nets": nets, "sigma_w": 1.0, "inits": list(inits), "rows": rows}
 
 
 def table(result: dict) -> str:
@@ -109,9 +112,10 @@ def figure(result: dict, path: Path) -> Path:
 
     from isotpp.plots import save_figure
 
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, init in zip(axes, ("gaussian", "orthogonal")):
+    inits = result["inits"]
+    fig = Figure(figsize=(5 * len(inits), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(inits), squeeze=False)[0]
+    for ax, init in zip(axes, inits):
         rows = [r for r in result["rows"] if r["init"] == init]
         p = [r["ratio"] for r in rows]
         ax.plot(p, [r["theory"]["mean_s"] for r in rows], "-", color="C3", label="theory (random pruning)")
@@ -135,7 +139,8 @@ def main(argv=None) -> int:
     return script_main("pruning_theory", __doc__, argv, [
         ("--ratios", ratio_list, [0.0, 0.2, 0.4, 0.6, 0.8, 0.9], "pruning ratios in [0, 1), comma-separated"),
         ("--nets", positive_int, 20, "networks per ratio"),
-    ], lambda a: run(a.ratios, a.nets), _write)
+        ("--inits", choice_list(INITS, "inits"), list(INITS), "weights, comma-separated"),
+    ], lambda a: run(a.ratios, a.nets, a.inits), _write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ and predicted curve, one panel per activation x weights at the largest depth).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -32,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _script import depth_list, positive_int, public, script_main, write_outputs
+from _script import choice_list, depth_list, positive_int, public, script_main, write_outputs
 
 ACTS = ("linear", "tanh", "relu", "hard_tanh")
 INITS = ("gaussian", "orthogonal")
@@ -48,14 +47,6 @@ def command(act: str, init: str, depth: int, width: int, samples: int, nets: int
     return ["spectrum", "--model", "mlp", "--depth", str(depth), "--width", str(width), "--input-dim", str(width),
             "--num-classes", str(width), "--act", act, "--init", init, "--sigma-w", f"{sw:.8g}",
             "--sigma-b", f"{sb:g}", "--samples", str(samples), "--nets", str(nets), "--float64"]
-
-
-def act_list(text: str) -> list[str]:
-    out = [a.strip() for a in text.split(",") if a.strip()]
-    bad = [a for a in out if a not in ACTS]
-    if not out or bad:
-        raise argparse.ArgumentTypeError(f"activations must be some of {','.join(ACTS)}, got {text!r}")
-    return list(dict.fromkeys(out))
 
 
 def run(depths, width: int, samples: int, nets: int, acts=ACTS) -> dict:
@@ -153,7 +144,7 @@ def main(argv=None) -> int:
         ("--width", positive_int, 400, "width N (input = hidden = output)"),
         ("--samples", positive_int, 4, "inputs per network (nonlinear networks)"),
         ("--nets", positive_int, 2, "networks per row (linear networks: samples x nets)"),
-        ("--acts", act_list, list(ACTS), "activations, comma-separated"),
+        ("--acts", choice_list(ACTS, "activations"), list(ACTS), "activations, comma-separated"),
     ], lambda a: run(a.depths, a.width, a.samples, a.nets, a.acts), _write)
 
 

@@ -61,19 +61,17 @@ def test_pruning_theory_and_tpp_lens(tmp_path):
     net = create_model("mlp", depth=3, width=12, act="linear", input_dim=20, num_classes=5, init="gaussian", seed=1)
     measured = _module("pruning_theory")._kernel_product_sv(net)  # the scripts' JSV: the kernel product's
     assert measured == pytest.approx(model_singular_values(net, None, method="linear")[0], rel=1e-5)
-    res = _script("pruning_theory", "--ratios", "0.5", "--nets", 2, out=tmp_path)
+    res = _script("pruning_theory", "--ratios", "0.5", "--nets", 2, "--inits", "gaussian", out=tmp_path)
     by = {(r["init"], r["ratio"]): r for r in res["rows"]}
     assert by[("gaussian", 0.5)]["theory"]["mean_lambda"] == pytest.approx(0.5**6)  # keep^(hidden layers)
     assert by[("gaussian", 0.5)]["random"]["mean"] == pytest.approx(by[("gaussian", 0.5)]["theory"]["mean_s"],
                                                                     rel=0.3)
-    assert by[("orthogonal", 0.5)]["theory"]["mean_lambda"] == pytest.approx(0.5**6)
-    lens = _script("tpp_lens", "--nets", 1, out=tmp_path)
+    assert list(by) == [("gaussian", 0.5)]
+    # the study's init only: the orthogonal MLP-7-Linear's isometry is asserted, predicted and measured, in
+    # test_theory_free.py and test_cli_spectrum.py
+    lens = _script("tpp_lens", "--nets", 1, "--inits", "torch", out=tmp_path)
     assert lens["orthp_point_mass_s"] == pytest.approx(1.0) and lens["study"]["L1"] == 0.0058
-    rows = {r["init"]: r for r in lens["rows"]}
-    # the orthogonal MLP-7-Linear at initialisation: exactly isometric, predicted and measured
-    assert rows["orthogonal"]["theory_init"] == pytest.approx(1.0)
-    assert rows["orthogonal"]["measured_init"] == pytest.approx(1.0, abs=1e-5)
-    torch_row = lens["rows"][0]
+    torch_row, = lens["rows"]
     assert torch_row["init"] == "torch" and torch_row["sigma_w"] == pytest.approx(1 / math.sqrt(3))
     assert torch_row["measured_init"] == pytest.approx(torch_row["theory_init"], rel=0.2)
 
@@ -104,7 +102,8 @@ def test_spectrum_theory_table(tmp_path):
 
 @pytest.mark.parametrize("name,args", [("phase_diagram", ["--width", "0"]), ("pruning_theory", ["--ratios", "1.2"]),
                                        ("pennington_density", ["--depths", "x"]), ("tpp_lens", ["--nets", "-1"]),
-                                       ("spectrum_theory_table", ["--acts", "sigmoid"])])
+                                       ("spectrum_theory_table", ["--acts", "sigmoid"]),
+                                       ("pruning_theory", ["--inits", "kaiming"])])
 def test_bad_arguments(tmp_path, capsys, name, args):
     assert _main(name, [*args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

@@ -123,7 +123,7 @@ def test_depth_at_the_fixed_point_is_homogeneous():
 @pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
 def test_rectangular_linear_chain_ratios_10_and_tenth(init):
     # 400 -> 4000 -> 400: expansion by 10 then compression by 10
-    law, _ = _check((400, 4000, 400), init, "linear", 1.1, 0.0, nets_moments=6, nets_ks=3)
+    law, _ = _check((400, 4000, 400), init, "linear", 1.1, 0.0, nets_moments=3, nets_ks=3)
     if init == "gaussian":  # two Marchenko-Pastur factors: m1 = 1.1^4 * 10 * 0.1, v = 1 / 10 + 1
         assert law.mean_lambda == pytest.approx(1.1**4) and law.var_over_mean_sq == pytest.approx(1.1)
     else:  # W2 W1 W1ᵀ W2ᵀ: a projection of rank 400 of 4000 compressed back: a Jacobi law, mean 0.1
@@ -219,7 +219,7 @@ def test_order_to_chaos_line_and_phases():
 def test_mean_field_against_a_wide_network():
     """q*, chi and c* from a wide tanh network, averaged over layers well past xi_q and xi_c."""
     rng = np.random.default_rng(1)
-    N, sw, sb = 1000, 1.5, 0.3
+    N, sw, sb = 700, 1.5, 0.3
     m = theory.mean_field("tanh", sw, sb)
     assert m.phase == "chaotic" and m.xi_c < 25
     x = rng.standard_normal(N) * 2.0
@@ -294,14 +294,14 @@ def test_a_zero_fixed_point_puts_the_inputs_at_unit_variance():
     assert out["mean"] > 0.3 and out["ks_distance"] < 0.2  # not a Jacobian of zeros (mean 0, KS 0.5)
 
 
-def test_the_issues_rectangular_command_gets_its_theory(tmp_path):
+def test_the_issues_rectangular_command_gets_its_theory():
     """`isotpp spectrum --model mlp --depth 7 --width 100 --act linear --input-dim 784 --num-classes 10
     --init gaussian --samples 50 --plot s.png` drew no theory (784 -> 100 x 6 -> 10 is not square) and
     counted one input-free spectrum 50 times; now: the rectangular law, one spectrum per net."""
     from isotpp.commands.spectrum import run_spectrum
 
     out = run_spectrum(model="mlp", depth=7, width=100, act="linear", input_dim=784, num_classes=10,
-                       init="gaussian", samples=50, nets=3, plot_path=str(tmp_path / "s.png"), progress=False)
+                       init="gaussian", samples=50, nets=3, progress=False)  # the figure: test_theory.py
     assert out["n_samples"] == 3 and out["samples_per_net"] == 1 and out["method"] == "linear"
     th = out["theory"]
     assert th["widths"] == [784, 100, 100, 100, 100, 100, 100, 10] and th["q_star"] is None and th["chi"] is None
@@ -309,7 +309,7 @@ def test_the_issues_rectangular_command_gets_its_theory(tmp_path):
     law = theory.chain_spectrum(th["widths"], "gaussian", 1.0)
     assert th["lambda_mean"] == law.mean_lambda == pytest.approx(1.0)
     assert out["lambda_mean"] == pytest.approx(1.0, rel=0.3) and out["ks_distance"] < 0.3  # 30 values
-    assert (tmp_path / "s.png").stat().st_size > 10_000 and "theory_note" not in out
+    assert "theory_note" not in out
     assert out["ks_floor_s"] == pytest.approx(1e-13 * out["max"])  # float64: KS lumps s below 1e-13 s_max
 
 
