@@ -264,7 +264,7 @@ def test_spectrum_histogram_rejects_bad_values(tmp_path, bad):
 def test_theory_figure_draws_s_and_lambda_on_the_axis_where_the_mass_is():
     """Two panels, s and lambda, each the measured histogram with the law's density over it; log-x
     (bars and curve as densities of log10, so areas stay probabilities) where the values span
-    decades, linear where they do not; the float32 floor as a dotted line."""
+    decades, linear where they do not; the precision's floor as a dotted line."""
     from isotpp.theory.simulate import sample_jacobian
     from isotpp.theory_plots import draw_law, spectrum_theory_figure
 
@@ -272,7 +272,7 @@ def test_theory_figure_draws_s_and_lambda_on_the_axis_where_the_mass_is():
     for init, L, log in (("gaussian", 6, True), ("orthogonal", 2, False)):
         law = theory.chain_spectrum((200,) * (L + 1), init, 1.2, "tanh", 0.1)
         s = np.linalg.svd(sample_jacobian(rng, (200,) * (L + 1), init, 1.2, "tanh", 0.1), compute_uv=False)
-        fig = spectrum_theory_figure(s, law=law, title="t", float32_floor=1e-3 * s.max())
+        fig = spectrum_theory_figure(s, law=law, title="t", floor=1e-3 * s.max())
         ax, bx = fig.axes
         assert ax.get_xlabel() == "singular value s" and bx.get_xlabel() == "λ = s²"
         for a, var in ((ax, "s"), (bx, "lambda")):
