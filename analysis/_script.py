@@ -15,7 +15,7 @@ from pathlib import Path
 
 from isotpp.commands.args import positive_float, positive_int
 
-__all__ = ["depth_list", "positive_float", "positive_int", "public", "ratio_list", "script_main", "write_outputs"]
+__all__ = ["choice_list", "depth_list", "positive_float", "positive_int", "public", "ratio_list", "script_main", "write_outputs"]
 
 
 def depth_list(text: str) -> list[int]:
@@ -36,6 +36,18 @@ def ratio_list(text: str) -> list[float]:
     if not out or any(not 0 <= r < 1 for r in out):
         raise argparse.ArgumentTypeError(f"ratios must lie in [0, 1), got {text!r}")
     return out
+
+
+def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated subset of ``choices`` (order kept, repeats dropped)."""
+
+    def parse(text: str) -> list[str]:
+        out = [a.strip() for a in text.split(",") if a.strip()]
+        if not out or any(a not in choices for a in out):
+            raise argparse.ArgumentTypeError(f"{what} must be some of {','.join(choices)}, got {text!r}")
+        return list(dict.fromkeys(out))
+
+    return parse
 
 
 def public(result: dict) -> dict:

@@ -4,7 +4,9 @@ MLP-7-Linear's shape (1024 -> 100 x 6 -> 10, linear) with Gaussian or orthogonal
 weights (sigma_w = 1). Every hidden layer loses a fraction p of its units, chosen
 at random or by isotpp's L1 plan (smallest mean |w| of the unit's incoming
 weights), on the same initialisations; the pruned network is built physically
-smaller (isotpp.plan.hard_prune) and its exact, input-free JSV measured.
+smaller (isotpp.plan.hard_prune) and its exact, input-free JSV measured: the
+singular values of the product of its kernels, in float64 (a linear MLP's
+Jacobian; ``isotpp spectrum``'s linear method computes the same).
 
 The prediction for random pruning: removing units multiplies by a 0/1 diagonal
 mask, a Bernoulli(1 - p) factor in the free product (isotpp.theory.chain_spectrum
@@ -25,55 +27,68 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import positive_int, ratio_list, script_main, write_outputs
+from _script import choice_list, positive_int, ratio_list, script_main, write_outputs
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
 
 
-def _measure(init: str, ratio: float, nets: int, rng_seed: int) -> dict:
+def _kernel_product_sv(model) -> np.ndarray:
+    """The JSV of a linear MLP: singular values of K_1 K_2 ... K_L (x @ K per layer), float64."""
+    J = None
+    for K in model.dense_kernels():
+        K = np.asarray(K, np.float64)
+        J = K if J is None else J @ K
+    return np.linalg.svd(J, compute_uv=False)
+
+
+def _measure(init: str, ratios, nets: int, rng_seed: int) -> dict:
+    """{ratio: {"random" | "l1": {"mean", "sem"}}}: mean JSV after pruning every hidden layer
+    at each ratio, over ``nets`` networks (seeds 0 .. nets-1), each pruned at every ratio."""
     from isotpp.models import create_model
     from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
-    from isotpp.spectrum import model_singular_values
 
     rng = np.random.default_rng(rng_seed)
     hidden = [f"net.{2 * i}" for i in range(len(WIDTHS) - 2)]
-    out = {"random": [], "l1": []}
+    out = {ratio: {"random": [], "l1": []} for ratio in ratios}
     for seed in range(nets):
         model = create_model("mlp", depth=len(WIDTHS) - 1, width=WIDTHS[1], act="linear", input_dim=WIDTHS[0],
                              num_classes=WIDTHS[-1], init=init, seed=seed)
-        if ratio == 0:
-            s = np.asarray(model_singular_values(model, None, method="linear"))[0]
-            out["random"].append(float(s.mean()))
-            out["l1"].append(float(s.mean()))
-            continue
-        ratios = {name: ratio for name in hidden}
-        l1 = l1_plan(model, ratios)
-        k = n_pruned(ratio, WIDTHS[1])
-        rand = Plan(dict(l1.sizes), {g: tuple(sorted(int(i) for i in rng.choice(n, k, replace=False)))
-                                     for g, n in l1.sizes.items()})
-        for name, plan in (("l1", l1), ("random", rand)):
-            pruned = hard_prune(model, plan)
-            s = np.asarray(model_singular_values(pruned, None, method="linear"))[0]
-            out[name].append(float(s.mean()))
-    return {name: {"mean": float(np.mean(v)), "sem": float(np.std(v) / math.sqrt(len(v)))} for name, v in out.items()}
+        for ratio in ratios:
+            if ratio == 0:
+                s = _kernel_product_sv(model)
+                out[ratio]["random"].append(float(s.mean()))
+                out[ratio]["l1"].append(float(s.mean()))
+                continue
+            l1 = l1_plan(model, {name: ratio for name in hidden})
+            k = n_pruned(ratio, WIDTHS[1])
+            rand = Plan(dict(l1.sizes), {g: tuple(sorted(int(i) for i in rng.choice(n, k, replace=False)))
+                                         for g, n in l1.sizes.items()})
+            for name, plan in (("l1", l1), ("random", rand)):
+                s = _kernel_product_sv(hard_prune(model, plan))
+                out[ratio][name].append(float(s.mean()))
+    return {ratio: {name: {"mean": float(np.mean(v)), "sem": float(np.std(v) / math.sqrt(len(v)))}
+                    for name, v in by.items()} for ratio, by in out.items()}
 
 
-def run(ratios, nets: int) -> dict:
+INITS = ("gaussian", "orthogonal")
+
+
+def run(ratios, nets: int, inits=INITS) -> dict:
     from isotpp import theory
     from isotpp.plan import n_pruned
 
     rows = []
-    for init in ("gaussian", "orthogonal"):
+    for init in inits:
+        meas = _measure(init, ratios, nets, 1000)
         for ratio in ratios:
             keep = 1 - n_pruned(ratio, WIDTHS[1]) / WIDTHS[1]
             law = theory.chain_spectrum(WIDTHS, init, 1.0, "linear", keep=keep)
             summ = law.summary()
-            meas = _measure(init, ratio, nets, 1000 + int(ratio * 100))
             rows.append({"init": init, "ratio": ratio, "keep": keep,
                          "theory": {"mean_s": summ["mean_s"], "mean_lambda": law.mean_lambda,
                                     "var_over_mean_sq": law.var_over_mean_sq},
-                         "random": meas["random"], "l1": meas["l1"]})
-    return {"widths": list(WIDTHS), "nets": nets, "sigma_w": 1.0, "rows": rows}
+                         "random": meas[ratio]["random"], "l1": meas[ratio]["l1"]})
+    return {"widths": list(WIDTHS), "nets": nets, "sigma_w": 1.0, "inits": list(inits), "rows": rows}
 
 
 def table(result: dict) -> str:
@@ -97,9 +112,10 @@ def figure(result: dict, path: Path) -> Path:
 
     from isotpp.plots import save_figure
 
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, init in zip(axes, ("gaussian", "orthogonal")):
+    inits = result["inits"]
+    fig = Figure(figsize=(5 * len(inits), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(inits), squeeze=False)[0]
+    for ax, init in zip(axes, inits):
         rows = [r for r in result["rows"] if r["init"] == init]
         p = [r["ratio"] for r in rows]
         ax.plot(p, [r["theory"]["mean_s"] for r in rows], "-", color="C3", label="theory (random pruning)")
@@ -123,7 +139,8 @@ def main(argv=None) -> int:
     return script_main("pruning_theory", __doc__, argv, [
         ("--ratios", ratio_list, [0.0, 0.2, 0.4, 0.6, 0.8, 0.9], "pruning ratios in [0, 1), comma-separated"),
         ("--nets", positive_int, 20, "networks per ratio"),
-    ], lambda a: run(a.ratios, a.nets), _write)
+        ("--inits", choice_list(INITS, "inits"), list(INITS), "weights, comma-separated"),
+    ], lambda a: run(a.ratios, a.nets, a.inits), _write)
 
 
 if __name__ == "__main__":

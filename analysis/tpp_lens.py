@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from _script import positive_int, script_main, write_outputs
+from _script import choice_list, positive_int, script_main, write_outputs
 from pruning_theory import _measure  # the same measurement as the pruning figure
 
 WIDTHS = (1024, 100, 100, 100, 100, 100, 100, 10)
@@ -36,18 +36,21 @@ STUDY = {"Unpruned (trained)": 2.9506, "L1": 0.0058, "L1+OrthP": 1.0000, "TPP": 
          "L1+AI": 0.9858}
 
 
-def run(nets: int) -> dict:
+INITS = ("torch", "gaussian", "orthogonal")
+
+
+def run(nets: int, inits=INITS) -> dict:
     from isotpp import theory
     from isotpp.plan import n_pruned
 
     keep = 1 - n_pruned(RATIO, WIDTHS[1]) / WIDTHS[1]
     rows = []
-    for init in ("torch", "gaussian", "orthogonal"):
+    for init in inits:
         weights, sw = theory.weight_law(init, 1.0)
         full = theory.chain_spectrum(WIDTHS, weights, sw)
         pruned = theory.chain_spectrum(WIDTHS, weights, sw, keep=keep)
-        init_meas = _measure(init, 0.0, nets, 7)["random"]
-        pruned_meas = _measure(init, RATIO, nets, 8)
+        meas = _measure(init, (0.0, RATIO), nets, 8)
+        init_meas, pruned_meas = meas[0.0]["random"], meas[RATIO]
         rows.append({
             "init": init, "weights": weights, "sigma_w": sw,
             "theory_init": full.summary()["mean_s"], "measured_init": init_meas["mean"],
@@ -71,11 +74,12 @@ def table(result: dict) -> str:
     t1 = markdown_table(["init", "law", "E[s] theory, init", "measured", "E[s] theory, 80 % random",
                          "measured random", "measured L1", "theory: pruned / init"], body)
     s = result["study"]
+    first = result["rows"][0]  # the study's own init (torch) unless --inits leaves it out
     t2 = markdown_table(["study (trained 90 epochs, then pruned)", "mean JSV", "theory lens"], [
         ["Unpruned (trained)", f"{s['Unpruned (trained)']:.4g}", "training raised E[s] from the init's "
-         f"{result['rows'][0]['theory_init']:.3g} (torch init)"],
+         f"{first['theory_init']:.3g} ({first['init']} init)"],
         ["L1", f"{s['L1']:.4g}", f"× {s['L1'] / s['Unpruned (trained)']:.1e} of the trained net; random pruning of a "
-         f"random net predicts × {result['rows'][0]['theory_random_pruned'] / result['rows'][0]['theory_init']:.1e}"],
+         f"random net predicts × {first['theory_random_pruned'] / first['theory_init']:.1e}"],
         ["L1+OrthP", f"{s['L1+OrthP']:.4g}", "orthogonal 1024 → 20 × 6 → 10: point mass at s = "
          f"{result['orthp_point_mass_s']:.4g} (exact isometry)"],
         ["TPP", f"{s['TPP']:.4g}", "above the trained net's 2.95: not a random-matrix regime (the penalty "
@@ -92,8 +96,10 @@ def _write(result: dict, out: Path):
 
 
 def main(argv=None) -> int:
-    return script_main("tpp_lens", __doc__, argv, [("--nets", positive_int, 20, "networks per measurement")],
-                       lambda a: run(a.nets), _write)
+    return script_main("tpp_lens", __doc__, argv, [
+        ("--nets", positive_int, 20, "networks per measurement"),
+        ("--inits", choice_list(INITS, "inits"), list(INITS), "initialisations, comma-separated"),
+    ], lambda a: run(a.nets, a.inits), _write)
 
 
 if __name__ == "__main__":

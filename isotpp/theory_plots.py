@@ -27,8 +27,6 @@ from isotpp.theory.free import ChainSpectrum
 __all__ = ["draw_law", "spectrum_theory_figure"]
 
 
-
-
 def _law_curve(law: ChainSpectrum, var: str, x: np.ndarray, log_x: bool) -> np.ndarray:
     if var == "s":
         y = law.density_s(x)
@@ -69,15 +67,19 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
             ax.set_ylabel(f"density of log10 {name}")
         else:
             lo, hi = float(pos.min()), float(pos.max())
-            if hi - lo <= 1e-9 * max(hi, 1.0):
+            if hi - lo <= 1e-5 * max(hi, 1e-300):  # a point mass smeared by rounding: one bar
                 half = max(0.02 * hi, 1e-3)
                 lo, hi, nb = lo - half, hi + half, 21
             h, edges = np.histogram(pos, bins=nb, range=(lo, hi))
             ax.stairs(h / (v.size * np.diff(edges)), edges, fill=True, alpha=0.4, label=f"measured (n={v.size})")
             ax.set_ylabel(f"density of {name}")
     if zeros.any() or (law is not None and law.atom > 0):
-        predicted = f", theory {100 * law.atom:.1f} %" if law is not None else ""
-        ax.plot([], [], " ", label=f"zeros: {100 * zeros.mean():.1f} %{predicted}")
+        # the law's mass up to the same threshold: its atom at 0 plus what a deep product puts below
+        predicted = ""
+        if law is not None:
+            predicted = f", theory {100 * float(law.cdf_lambda(tol * tol if var == 's' else tol)):.1f} %"
+        where = "1e-6·max" if zero_tol is None and var == "s" else ("1e-12·max" if zero_tol is None else f"{tol:.2g}")
+        ax.plot([], [], " ", label=f"zeros (≤ {where}): {100 * zeros.mean():.1f} %{predicted}")
     if law is not None:
         if law.top_atom > 0:
             top = law.top_value if var == "lambda" else math.sqrt(law.top_value)
@@ -100,12 +102,13 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
 
 
 def spectrum_theory_figure(singular_values, path=None, law: ChainSpectrum | None = None, *,
-                           title: str | None = None, float32_floor: float | None = None) -> Figure | Path:
+                           title: str | None = None, floor: float | None = None,
+                           precision: str = "float32") -> Figure | Path:
     """The two-panel figure (s and lambda) of measured JSV against ``law``: saved to ``path`` (its
     extension names the format) and the path returned, or, without ``path``, the Figure.
 
-    ``float32_floor``: the singular value below which the measurement is rounding
-    (float32), drawn as a dotted line on both panels."""
+    ``floor``: the singular value below which the measurement is rounding in
+    ``precision``, drawn as a dotted line on both panels."""
     s = np.asarray(singular_values, dtype=float).ravel()
     if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0):
         raise UserError("singular values must be a non-empty array of finite numbers >= 0")
@@ -113,9 +116,9 @@ def spectrum_theory_figure(singular_values, path=None, law: ChainSpectrum | None
     ax, bx = fig.subplots(1, 2)
     draw_law(ax, law, s, var="s")
     draw_law(bx, law, s * s, var="lambda")
-    if float32_floor:
-        for a, v in ((ax, float32_floor), (bx, float32_floor**2)):
-            a.axvline(v, color="k", ls=":", lw=1, label="float32 resolves only above this")
+    if floor:
+        for a, v in ((ax, floor), (bx, floor**2)):
+            a.axvline(v, color="k", ls=":", lw=1, label=f"{precision} resolves only above this")
     for a in (ax, bx):
         a.legend(fontsize="small")
     if title:

@@ -5,9 +5,17 @@ import math
 import numpy as np
 import pytest
 from scipy import integrate
+from threadpoolctl import threadpool_limits
 
 from isotpp import plots, theory
 from isotpp.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """numpy's BLAS on one thread: at these sizes threads only spin against other work."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _integrate_density(L, sigma_w, fn, n=400):
@@ -251,3 +259,30 @@ def test_spectrum_histogram_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_spectrum_histogram_rejects_bad_values(tmp_path, bad):
     with pytest.raises(UserError):
         plots.spectrum_histogram(np.array(bad), tmp_path / "h.png")
+
+
+def test_theory_figure_draws_s_and_lambda_on_the_axis_where_the_mass_is():
+    """Two panels, s and lambda, each the measured histogram with the law's density over it; log-x
+    (bars and curve as densities of log10, so areas stay probabilities) where the values span
+    decades, linear where they do not; the precision's floor as a dotted line."""
+    from isotpp.theory.simulate import sample_jacobian
+    from isotpp.theory_plots import draw_law, spectrum_theory_figure
+
+    rng = np.random.default_rng(0)
+    for init, L, log in (("gaussian", 6, True), ("orthogonal", 2, False)):
+        law = theory.chain_spectrum((200,) * (L + 1), init, 1.2, "tanh", 0.1)
+        s = np.linalg.svd(sample_jacobian(rng, (200,) * (L + 1), init, 1.2, "tanh", 0.1), compute_uv=False)
+        fig = spectrum_theory_figure(s, law=law, title="t", floor=1e-3 * s.max())
+        ax, bx = fig.axes
+        assert ax.get_xlabel() == "singular value s" and bx.get_xlabel() == "λ = s²"
+        for a, var in ((ax, "s"), (bx, "lambda")):
+            assert (a.get_xscale() == "log") == log
+            x, y = max(a.get_lines(), key=lambda ln: len(ln.get_xdata())).get_data()  # the density curve
+            t = np.log10(x) if log else x
+            lam = (x * x if var == "s" else x)[[0, -1]]  # the drawn range holds the law's mass there
+            # (to the trapezoid rule's error at the edges, where the orthogonal law's density diverges)
+            assert integrate.trapezoid(y, t) == pytest.approx(float(np.diff(law.cdf_lambda(lam))[0]), abs=0.04)
+            assert law.cdf_lambda(lam[0]) < 0.05 and law.cdf_lambda(lam[1]) > 0.99
+            assert any("float32" in str(h.get_label()) for h in a.get_lines())
+    with pytest.raises(UserError, match="var"):
+        draw_law(ax, law, s, var="sigma")

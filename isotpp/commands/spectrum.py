@@ -241,9 +241,17 @@ def run_spectrum(
     )
     if is_mlp:
         result["num_classes"] = n_out
+    # the smallest s the computation resolves, relative to s_max: an SVD of J ~ a few eps (float64 1e-13,
+    # float32 1e-6), the Gram matrix J Jᵀ squares the condition number: ~sqrt(eps) (float64 3e-8, float32 3e-4)
+    if resolved in ("linear", "jacobian"):
+        rel_floor = 1e-13 if float64 or resolved == "linear" else sp.JACOBIAN_RESOLUTION
+    else:
+        rel_floor = 3e-8 if float64 else sp.GRAM_RESOLUTION
     if th is not None:
         result["theory"] = th.as_json()
-        result["ks_distance"] = theory.ks_distance(lam, th.law)
+        # values below the floor are rounding: the KS distance lumps [0, floor] into one point
+        result["ks_distance"] = theory.ks_distance(lam, th.law, floor=(rel_floor * float(sv.max())) ** 2)
+        result["ks_floor_s"] = rel_floor * float(sv.max())
     else:
         result["theory_note"] = note
 
@@ -289,8 +297,9 @@ def run_spectrum(
         n = summary.n_samples
         where = "input-free (linear)" if resolved == "linear" else f"{n} sample{'s' if n != 1 else ''}, {source}"
         title = f"JSV of {model_name} (init {init_used}), {where}" + (f", {nets} nets" if nets > 1 else "")
-        # float32 gram squares the condition number: below ~3e-4 s_max the values are rounding
-        floor = None if float64 else (3e-4 if resolved == "gram" else 1e-6) * float(sv.max())
-        fig = spectrum_theory_figure(sv, None, th.law if th is not None else None, title=title, float32_floor=floor)
+        # marked where values lie below it (rounding there, not data)
+        floor = rel_floor * float(sv.max())
+        fig = spectrum_theory_figure(sv, None, th.law if th is not None else None, title=title,
+                                     floor=floor if sv.min() < floor else None, precision=result["dtype"])
         result["plot"] = ", ".join(str(p) for p in save_figures(fig, plot_path, plot_formats))
     return result

@@ -86,11 +86,14 @@ _TAIL_TOL = 1e-7
 def fixed_point_input_norm_sq(act: str, sigma_w: float, sigma_b: float = 0.0) -> float | None:
     """|x|^2 / N_0 that puts the first layer at the fixed point: E[phi(h)^2], h ~ N(0, q*).
 
-    None when there is no finite fixed point (linear or relu with chi >= 1).
+    None when there is no finite, nonzero fixed point: linear, relu with chi >= 1, and
+    q* = 0 (sigma_b = 0 in the ordered phase), where inputs "at the fixed point" would
+    be zero vectors (for relu a Jacobian of zeros, not the law's phi'(0+) = 1/2); the
+    callers then use |x|^2 / N_0 = 1 and the theory follows the variance map from there.
     """
     act = _check_act(act)
     q = _fixed_point(act, _check_positive("sigma_w", sigma_w), nonnegative("sigma_b", sigma_b))
-    if math.isinf(q) or act == "linear":
+    if math.isinf(q) or q <= 0.0 or act == "linear":
         return None
     return _mean_phi_sq(act, q)
 
@@ -548,7 +551,8 @@ def chain_spectrum(
                          top_atom, sigma2**L, c, norm)
 
 
-def ks_distance(lam, law: ChainSpectrum, zero_tol: float | None = None, point_rtol: float = 1e-5) -> float:
+def ks_distance(lam, law: ChainSpectrum, zero_tol: float | None = None, point_rtol: float = 1e-5,
+                floor: float | None = None) -> float:
     """Kolmogorov-Smirnov distance between sampled lambda values and ``law``, atoms included.
 
     Rounding leaves forced zeros at ~1e-30 rather than 0 and smears an atom over a
@@ -556,15 +560,22 @@ def ks_distance(lam, law: ChainSpectrum, zero_tol: float | None = None, point_rt
     with [0, ``zero_tol``] (default 1e-9 times the largest value) lumped into one
     point, and values within ``point_rtol`` of the law's atom at ``top_value``
     count as on it; the supremum is taken on both sides of every jump.
+    ``floor``: the smallest lambda the computation resolves (deep products put
+    mass below any precision's floor, where rounding leaves values anywhere
+    under it); [0, floor] is lumped into one point the same way.
     """
     lam = np.sort(np.asarray(lam, dtype=float).ravel())
     if lam.size == 0:
         raise UserError("no lambda values to compare: pass a non-empty array")
     atoms = {}
+    lump = 0.0
     if law.atom > 0:
-        tol = 1e-9 * max(float(lam[-1]), 0.0) if zero_tol is None else zero_tol
-        lam = np.where(lam <= tol, tol, lam)
-        atoms[tol] = float(law.cdf_lambda(tol))  # all of [0, tol] sits at tol
+        lump = 1e-9 * max(float(lam[-1]), 0.0) if zero_tol is None else zero_tol
+    if floor is not None:
+        lump = max(lump, nonnegative("floor", floor))
+    if lump > 0:
+        lam = np.where(lam <= lump, lump, lam)
+        atoms[lump] = float(law.cdf_lambda(lump))  # all of [0, lump] sits at lump
     if law.top_atom > 0:
         top = law.top_value
         lam = np.where(np.abs(lam - top) <= point_rtol * top, top, lam)
