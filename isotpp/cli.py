@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
-from isotpp.methods import study_methods
+from isotpp.methods import load_plugins, study_methods
 
 # --------------------------------------------------------------------------
 # isotpp spectrum
@@ -392,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_plugins() -> int:
+    """Import the modules that register methods and scores ($ISOTPP_PLUGINS, ``isotpp.plugins`` entry points)."""
+    load_plugins()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command; returns the exit status.
 
@@ -400,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (one line; the traceback goes to a file it names, or to stderr with
     ISOTPP_TRACEBACK=1).
     """
+    status = A.guarded("isotpp", _load_plugins)
+    if status:
+        return status
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = " ".join(["isotpp", args.command] + ([args.study] if getattr(args, "study", None) else []))

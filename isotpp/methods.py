@@ -33,8 +33,11 @@ the registry quickly: the hooks import the array modules when they run.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 from isotpp.errors import UserError
@@ -261,6 +264,25 @@ def __getattr__(name: str):
     if name in views:
         return views[name]()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+PLUGIN_GROUP = "isotpp.plugins"  # entry points: modules that register methods or scores when imported
+
+
+def load_plugins(modules: str | None = None) -> list[str]:
+    """Import the plugin modules: ``modules`` (comma-separated; default ``$ISOTPP_PLUGINS``) and the
+    ``isotpp.plugins`` entry points of installed packages. Each registers its methods / scores when
+    imported (the command line calls this before it builds its parsers). Returns the module names."""
+    text = os.environ.get("ISOTPP_PLUGINS", "") if modules is None else modules
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    names += [ep.value for ep in entry_points(group=PLUGIN_GROUP)]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UserError(f"plugin module {name!r} cannot be imported ({e}): check ISOTPP_PLUGINS and "
+                            "that the module is on the Python path") from None
+    return names
 
 
 def method_colour(name: str) -> str | None:

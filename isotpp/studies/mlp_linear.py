@@ -268,7 +268,7 @@ def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, re
         preemption.check()
         info = phase.progress(unstack_run(group.state.opt_state, 0)) if phase.progress else {}
         record(phase=phase.key, seed=seed, iteration=done, loss=m["loss"][0], **info)
-        bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in info.items()})
+        bar.set_postfix(**{k: f"{v:.3g}" if isinstance(v, float) else v for k, v in info.items()})
         bar.update()
     bar.close()
     state = unstack_run(group.state.opt_state, 0)
