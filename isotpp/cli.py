@@ -208,7 +208,8 @@ def _add_reproduce_pai(studies) -> None:
     p.add_argument("--densities", type=A.densities, default=None,
                    help="kept fractions, e.g. '0.1,0.05,0.01' or '10%%,1%%' (unset: 10,5,2,1,0.5 %%; quick 5,1 %%)")
     p.add_argument("--methods", type=_methods, default=None,
-                   help="comma-separated, e.g. 'snip,grasp+ai,autosparse' (unset: all seven and each +ai)")
+                   help="comma-separated, e.g. 'snip,grasp+ai,autosparse' (unset: every score registered in "
+                        "isotpp.pai.methods, each also +ai)")
     p.add_argument("--epochs", type=_epochs, default=None, help="training epochs (unset: 10, quick 3)")
     p.add_argument("--scope", choices=("global", "layerwise"), default="global", help="one threshold or per layer")
     p.add_argument("--no-transfer", action="store_true", help="skip the transfer to the small ConvNet")

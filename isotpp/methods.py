@@ -197,7 +197,7 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     """Add ``method`` to the registry (``isotpp prune``, the studies, the reports and the CLI read it).
 
     A name or alias that is already taken is refused unless ``replace``.
-    Returns the method (usable as a decorator on an instance-returning call).
+    Returns the registered method (its ``order`` filled in when unset).
     """
     if not isinstance(method, Method):
         raise UserError(f"register_method takes an isotpp.methods.Method, got {type(method).__name__}")

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import isotpp
-from isotpp.checkpoint import load_model
+from isotpp.checkpoint import load_model, save_model
 from isotpp.cli import main
 from isotpp.errors import UserError
 from isotpp.groups import channel_groups, flat_arrays, resolve_ratios
@@ -124,17 +124,17 @@ def _norm(model) -> float:
 
 def test_the_method_through_isotpp_prune(registered, tmp_path):
     method, _ = registered
-    out = tmp_path / "run"
-    rc = main(["prune", "--method", NAME.lower(), "--model", "lenet5", "--dataset", "synthetic", "--ratios",
-               "conv*:0.5", "--train-limit", "256", "--batch-size", "64", "--base-epochs", "1",
-               "--base-lr-schedule", "0:0.05", "--epochs", "1", "--lr-schedule", "0:0.01", "--jsv-samples", "4",
-               "--seed", "3", "--out", str(out)])
+    out, base_path = tmp_path / "run", tmp_path / "base.npz"
+    base = create_model("lenet5", seed=0)  # the selector ignores the weights: an untrained base will do
+    save_model(base_path, base)
+    rc = main(["prune", "--method", NAME.lower(), "--model", "lenet5", "--base", str(base_path), "--dataset",
+               "synthetic", "--ratios", "conv*:0.5", "--train-limit", "256", "--batch-size", "64", "--epochs", "1",
+               "--lr-schedule", "0:0.01", "--jsv-samples", "4", "--seed", "3", "--out", str(out)])
     assert rc == 0
     summary = read_json(out / "summary.json")
     assert summary["method"] == NAME and len(summary["acc_per_epoch"]) == 1
     pre = read_json(out / "pre" / "config.json")["train"]
     assert pre["method"] == NAME and pre["penalty_weights"] == {"shrink": 5.0}
-    base, _ = load_model(out / "base" / "model.npz")
     plan = Plan.load(out / "plan.json")
     settings = MethodSettings(ratios="conv*:0.5", seed=3)
     assert plan.pruned == method.select(base, settings).pruned  # the selector's, for the run's seed
