@@ -22,7 +22,8 @@ default that does nothing special:
 retrain, with the caller's training engine running the phase; ``isotpp
 prune`` (:mod:`isotpp.pruning_run`) and the linear study
 (:mod:`isotpp.studies.mlp_linear`) both call it. :func:`register_method` adds
-a method from anywhere (see docs/own-models.md, "Adding a method"); the CLI,
+a method from anywhere (see docs/extending.md; ``$ISOTPP_PLUGINS`` names modules
+that register some for the command line, :func:`load_plugins`); the CLI,
 the studies and the reports read :func:`method_names` / :func:`study_methods`
 / :func:`get_method`.
 
