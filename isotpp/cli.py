@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
+from isotpp.methods import load_plugins, study_methods
 
 # --------------------------------------------------------------------------
 # isotpp spectrum
@@ -157,7 +158,7 @@ def _add_reproduce(sub) -> None:
     studies = p.add_subparsers(dest="study", metavar="STUDY", parser_class=_Parser)
     studies.required = True
     m = studies.add_parser(
-        "mlp-linear", help="MLP-7-Linear: L1 vs L1+OrthP vs TPP (+ KernOrth, AI), two retraining LRs",
+        "mlp-linear", help=f"MLP-7-Linear: {' vs '.join(study_methods('mlp-linear'))}, two retraining LRs",
         description="The TPP paper's linear-network study: train MLP-7-Linear, prune 80% of every hidden "
                     "layer with each method, retrain at LR 1e-2 and 1e-3, record accuracy and mean JSV "
                     "per epoch. The published schedule is the default; --quick runs a reduced one.",
@@ -170,16 +171,17 @@ def _add_reproduce(sub) -> None:
     _study_args(m, default_seeds=3)
     m.set_defaults(func=_run_reproduce_mlp)
     c = studies.add_parser(
-        "convnet", help="CPU-scale ConvNet study: ResNet-20 at a high ratio, L1 vs L1+OrthP vs TPP",
+        "convnet", help=f"CPU-scale ConvNet study: ResNet-20 at a high ratio, {' vs '.join(study_methods('convnet'))}",
         description="A CIFAR-style ResNet-20 (narrowed) on a slice of Fashion-MNIST (CIFAR-10 with --dataset "
-                    "cifar10): prune *layer*.conv1 at a high ratio with L1, L1+OrthP and TPP, retrain at two "
-                    "learning rates, record accuracy and mean JSV per epoch. Sized for a 2-core CPU.",
+                    f"cifar10): prune *layer*.conv1 at a high ratio with {', '.join(study_methods('convnet'))}, "
+                    "retrain at two learning rates, record accuracy and mean JSV per epoch. Sized for a 2-core CPU.",
         epilog="examples:\n  isotpp reproduce convnet --quick --out runs/convnet-quick     # about 7 minutes\n"
                "  isotpp reproduce convnet --methods L1,TPP --ratio 0.7 --out runs/convnet-0.7\n",
     )
     c.add_argument("--quick", action="store_true", help="a reduced schedule (a few minutes)")
     c.add_argument("--seeds", type=_seeds, default=1, help="number of seeds")
-    c.add_argument("--methods", type=_methods, default=None, help="comma-separated methods (unset: L1,L1+OrthP,TPP)")
+    c.add_argument("--methods", type=_methods, default=None,
+                   help=f"comma-separated methods (unset: {','.join(study_methods('convnet'))})")
     c.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist", "cifar10"), A.DATASET_ALIASES,
                                               what="dataset"), default="fashion_mnist", help="the dataset the study trains on")
     c.add_argument("--data-dir", type=A.data_dir, default=None, help=_data_dir_help)
@@ -206,7 +208,8 @@ def _add_reproduce_pai(studies) -> None:
     p.add_argument("--densities", type=A.densities, default=None,
                    help="kept fractions, e.g. '0.1,0.05,0.01' or '10%%,1%%' (unset: 10,5,2,1,0.5 %%; quick 5,1 %%)")
     p.add_argument("--methods", type=_methods, default=None,
-                   help="comma-separated, e.g. 'snip,grasp+ai,autosparse' (unset: all seven and each +ai)")
+                   help="comma-separated, e.g. 'snip,grasp+ai,autosparse' (unset: every score registered in "
+                        "isotpp.pai.methods, each also +ai)")
     p.add_argument("--epochs", type=_epochs, default=None, help="training epochs (unset: 10, quick 3)")
     p.add_argument("--scope", choices=("global", "layerwise"), default="global", help="one threshold or per layer")
     p.add_argument("--no-transfer", action="store_true", help="skip the transfer to the small ConvNet")
@@ -249,7 +252,7 @@ def _study_args(p, default_seeds: int) -> None:
     p.add_argument("--quick", action="store_true", help="a reduced schedule (minutes on a CPU)")
     p.add_argument("--seeds", type=_seeds, default=default_seeds, help="number of seeds")
     p.add_argument("--methods", type=_methods, default=None,
-                   help="comma-separated methods (unset: L1,L1+OrthP,TPP,L1+KernOrth,L1+AI)")
+                   help=f"comma-separated methods (unset: {','.join(study_methods('mlp-linear'))})")
     p.add_argument("--dataset", type=A.Choice(("fashion_mnist", "mnist"), A.DATASET_ALIASES, what="dataset"),
                    default="fashion_mnist", help="the dataset the study trains on")
     p.add_argument("--ratio", type=A.open_fraction, default=None,
@@ -390,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_plugins() -> int:
+    """Import the modules that register methods and scores ($ISOTPP_PLUGINS, ``isotpp.plugins`` entry points)."""
+    load_plugins()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command; returns the exit status.
 
@@ -398,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (one line; the traceback goes to a file it names, or to stderr with
     ISOTPP_TRACEBACK=1).
     """
+    status = A.guarded("isotpp", _load_plugins)
+    if status:
+        return status
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = " ".join(["isotpp", args.command] + ([args.study] if getattr(args, "study", None) else []))

@@ -37,6 +37,17 @@ from isotpp.groups import (
     program_layers,
     resolve_ratios,
 )
+from isotpp.methods import (
+    LW_OPP,
+    LW_ORTH_REG,
+    TPP,
+    Method,
+    PenaltyThenL1,
+    RetrainPenalty,
+    get_method,
+    method_names,
+    penalty_fn,
+)
 from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
 from isotpp.tpp import (
     DONE,
@@ -48,7 +59,19 @@ from isotpp.tpp import (
     tpp_state,
 )
 
-ONE_CALL_METHODS = ("TPP", "L1", "L1+KernOrth", "L1+OrthConv", "KernOrth+L1", "OrthConv+L1")
+
+def _one_call_form(name) -> type | None:
+    """The kind of one-call form ``name`` has (TPP, "X + L1", "L1 + X", L1), None for the others (post-removal
+    steps, a method with hooks of its own)."""
+    try:
+        method = get_method(name)
+    except UserError:
+        return None
+    kinds = (TPP, PenaltyThenL1, RetrainPenalty, Method)
+    return next((k for k in kinds if type(method) is k), None)
+
+
+ONE_CALL_METHODS = tuple(n for n in method_names() if _one_call_form(n) is not None)  # the paper's, at import
 _PAPER_RAMP, _PAPER_STABILIZE, _PAPER_INTERVAL = 100_000, 10_000, 100
 
 
@@ -111,31 +134,27 @@ def prune_optax(inner: optax.GradientTransformation, model: nnx.Module, ratios: 
     (validated against ``steps`` and the layers to zero), neither uses the
     paper's. The update needs ``params`` (``nnx.Optimizer`` passes them).
     """
-    names = {m.lower(): m for m in ONE_CALL_METHODS}
-    key = str(method).strip().lower()
-    if key not in names:
+    if _one_call_form(method) is None:
         raise UserError(f"method {method!r} has no one-call optimiser form: use one of {', '.join(ONE_CALL_METHODS)} "
                         "(OrthP and AI transform the pruned network: apply isotpp.orthp / isotpp.isometry to "
                         "pruned_model(...); Scratch re-initialises it)")
-    method = names[key]
+    method = get_method(method)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
         raise UserError(f"steps must be a positive integer, got {steps!r}")
-    if method.endswith("+L1"):
+    if isinstance(method, PenaltyThenL1):
         if steps is None or schedule is not None:
-            raise UserError(f"{method} needs steps (iterations of the penalty before L1 chooses) and no schedule")
+            raise UserError(f"{method.name} needs steps (iterations of the penalty before L1 chooses) and no schedule")
         groups = channel_groups(model, x)
-        kind = "kernorth_v2" if method == "KernOrth+L1" else "orthconv_v1"  # the reference's opp_scheme v2 / v1
         return _penalty_then_l1(inner, groups, program_layers(model, x), resolve_ratios(groups, ratios, skip),
-                                kind, steps)
+                                method.penalty, steps)  # the reference's opp_scheme v2 / v1
     setup = _setup(model, ratios, skip, x)
-    if method != "TPP":
+    if not isinstance(method, TPP):
         if schedule is not None:
-            raise UserError(f"schedule is TPP's; method {method} prunes at the first step: leave it out")
+            raise UserError(f"schedule is TPP's; method {method.name} prunes at the first step: leave it out")
         masked = _masked(inner, setup)
-        if method == "L1":
+        if not isinstance(method, RetrainPenalty):  # L1
             return masked
-        kind = "kernorth" if method == "L1+KernOrth" else "orthconv"
-        return optax.chain(kept_penalty(kind, setup.groups, setup.plan, setup.layers), masked)
+        return optax.chain(kept_penalty(method.penalty, setup.groups, setup.plan, setup.layers), masked)
     cfg = schedule
     targets = targets_for(setup.plan, setup.groups, setup.layers, cfg or TPPConfig())
     last = max(t.order for t in targets)
@@ -160,8 +179,6 @@ def _penalty_then_l1(inner, groups: Sequence[Group], layers: Sequence[str], rati
                      steps: int, weight: float | None = None) -> optax.GradientTransformation:
     """"X + L1": ``weight`` (lw_opp) · X on every kernel for ``steps - 1`` iterations, then the L1 filters of
     the weights reached are chosen (inside the jitted update) and zeroed; TPP's wrapper, done, holds them."""
-    from isotpp.methods import LW_OPP, penalty_fn
-
     weight = LW_OPP if weight is None else weight
     chosen = [g for g in groups if g.prunable and n_pruned(ratios.get(g.name, 0.0), g.size) > 0]
     counts = {g.name: n_pruned(ratios[g.name], g.size) for g in chosen}
@@ -218,8 +235,6 @@ def kept_penalty(kind: str, groups: Sequence[Group], plan: Plan, layers: Sequenc
                  weight: float | None = None) -> optax.GradientTransformation:
     """Adds ∇ of ``weight`` (lw_orth_reg) · KernOrth / OrthConv (REFERENCE §3, "L1 + X") over the *kept*
     part of every conv / dense kernel: the penalty the physically pruned network would get while retraining."""
-    from isotpp.methods import LW_ORTH_REG, penalty_fn
-
     weight = LW_ORTH_REG if weight is None else weight
     kernels = [f"{layer}.kernel" for layer in layers]
     removed = removed_index(groups, plan)

@@ -6,10 +6,12 @@
 1. **base** — a given model file (``--base``: an isotpp ``.npz`` or a
    PyTorch/torchvision ``.pth``) or one trained here with the base recipe
    (``base/``: trainer workdir, ``base/model.npz``);
-2. **method phase** (``pre/``) — TPP's penalty phases on the L1-chosen filters,
-   or KernOrth / OrthConv for ``pre_iters`` iterations before L1 chooses;
-3. **removal** — the L1 plan (``plan.json``), physical removal, then OrthP
-   or approximate isometry for the methods that use them, or a fresh
+2. **method phase** (``pre/``) — the method's pre-removal phase, if any: TPP's
+   penalty phases on the L1-chosen filters, or KernOrth / OrthConv for
+   ``pre_iters`` iterations before L1 chooses;
+3. **removal** — the method's selection (L1 for the paper's methods;
+   ``plan.json``), physical removal, then its post-removal step: OrthP or
+   approximate isometry for the methods that use them, a fresh
    initialisation for Scratch (``pruned.npz``, with the mean JSV right after
    pruning);
 4. **retraining** (``retrain/``) — with the method's penalty, the mean JSV
@@ -24,7 +26,8 @@ resize and centre crop for evaluation and the JSV probe).
 
 Every stage is skipped when its output exists and resumes from its last
 checkpoint otherwise, so rerunning the same command finishes an interrupted
-run. The methods are :mod:`isotpp.methods`' recipes.
+run. The method is an :class:`isotpp.methods.Method` from the registry;
+:func:`isotpp.methods.pruned_start` runs its hooks.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+from isotpp.methods import MethodSettings, Phase, PhaseRunner, get_method, pruned_start
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +103,6 @@ class PruneConfig:
 
     def validate(self) -> PruneConfig:
         from isotpp.groups import parse_ratios
-        from isotpp.methods import get_method
         from isotpp.models import model_spec
         from isotpp.train import LRSchedule
 
@@ -334,10 +337,6 @@ def _augment(config: PruneConfig) -> bool:
     return config.dataset.startswith("cifar") or _is_imagenet(config.dataset)
 
 
-def _act(model) -> str:
-    return getattr(model, "act", "relu")
-
-
 def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, seed=None):
     import jax.numpy as jnp
 
@@ -417,95 +416,54 @@ def base_model(config: PruneConfig, data: RunData, out: Path, log):
     return model
 
 
-def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log, *, penalty: str | None = None):
-    """TPP's penalty phases (REFERENCE §3) on ``base``; the soft-pruned model at the end.
-
-    ``penalty``: the reference's ``opp_scheme`` v2 / v1 loop instead ("X + L1" with ``pre_scheme="opp"``):
-    the same L2 ramp, BatchNorm L2 and zero-out on the L1-chosen filters, with TPP's Gram term replaced by
-    ``lw_opp`` (constant) times the penalty ``penalty`` over every layer.
-    """
-    from isotpp.groups import channel_groups
-    from isotpp.methods import penalty_fn
-    from isotpp.models import layer_names
-    from isotpp.tpp import TPPConfig, targets_for, tpp
-    from isotpp.train import reference_sgd
-
-    extra = {}
-    if penalty is not None:
-        extra = {"penalties": {penalty: penalty_fn(penalty, _kernel_names(base), rule=config.kernorth_rule)},
-                 "weights": {penalty: config.lw_opp}}
-    cfg = TPPConfig(lw_opp=0.0 if penalty else config.lw_opp, reg_granularity=config.reg_granularity,
-                    update_reg_interval=config.update_reg_interval, stabilize_iters=config.stabilize_reg_interval,
-                    zero_out_interval=config.zero_out_interval)
-    targets = targets_for(plan, channel_groups(base), layer_names(base), cfg)
-    tx = tpp(reference_sgd(config.tpp_lr, config.wd, config.momentum), plan, targets, cfg)
-    steps = data.steps_per_epoch(config.batch_size)
-    log(f"{f'{penalty}+L1 (opp loop)' if penalty else 'TPP'}: {cfg.total_iters} iterations (reg to {cfg.reg_cap} "
-        f"by {cfg.update_iters}, then "
-        f"{cfg.stabilize_iters} of stabilising)")
-    trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(cfg.total_iters / steps),
-                        lr_schedule=None, seed=config.seed + 1, max_steps=cfg.total_iters, plan=plan,
-                        method=f"{penalty}+L1" if penalty else "TPP", **extra)
-    return trainer.host_model()
+def method_settings(config: PruneConfig, data: RunData) -> MethodSettings:
+    """What the method's hooks read, from the run's settings."""
+    return MethodSettings(
+        ratios=config.ratios, skip=tuple(config.skip), seed=config.seed, weight_decay=config.wd,
+        momentum=config.momentum, tpp_lr=config.tpp_lr, lw_opp=config.lw_opp,
+        tpp_reg_granularity=config.reg_granularity, tpp_update_reg_interval=config.update_reg_interval,
+        tpp_stabilize_iters=config.stabilize_reg_interval, tpp_zero_out_interval=config.zero_out_interval,
+        pre_iters=config.pre_iters, pre_lr=config.pre_lr, pre_scheme=config.pre_scheme,
+        kernorth_rule=config.kernorth_rule, penalty_weight=config.penalty_weight, ai_iters=config.ai_iters,
+        new_model=lambda widths: _new_model(config, data.num_classes, data.input_shape, widths=widths,
+                                            seed=config.seed + 1000))
 
 
-def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path, log):
-    """"X + L1": train with penalty X (weight ``lw_opp``, constant) for ``pre_iters`` iterations before L1
-    chooses the filters."""
-    from isotpp.methods import penalty_fn
-    from isotpp.train import reference_sgd
+def phase_runner(config: PruneConfig, data: RunData, out: Path, log) -> PhaseRunner:
+    """Runs a method's pre-removal :class:`~isotpp.methods.Phase` with the sharded trainer in ``out/pre``."""
 
-    steps = data.steps_per_epoch(config.batch_size)
-    log(f"{kind}: {config.pre_iters} iterations before pruning")
-    tx = reference_sgd(config.pre_lr, config.wd, config.momentum)
-    trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(config.pre_iters / steps),
-                        lr_schedule=None, seed=config.seed + 1, max_steps=config.pre_iters,
-                        penalties={kind: penalty_fn(kind, _kernel_names(base), rule=config.kernorth_rule)},
-                        weights={kind: config.lw_opp}, method=f"{kind}+L1")
-    return trainer.host_model()
+    def run(model, phase: Phase, plan):
+        steps = data.steps_per_epoch(config.batch_size)
+        log(f"{phase.name}: {phase.description or f'{phase.steps} iterations'}")
+        trainer, _ = _train(model, phase.tx, data, config, out / "pre", epochs=math.ceil(phase.steps / steps),
+                            lr_schedule=None, seed=config.seed + 1, max_steps=phase.steps, plan=plan,
+                            method=phase.name, penalties=dict(phase.penalties) or None,
+                            weights=dict(phase.weights) or None)
+        return trainer.host_model(), {}
+
+    return run
 
 
 def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
     """The network to retrain, after the method's phase, removal and post-processing."""
     from isotpp.checkpoint import load_model, save_model
-    from isotpp.methods import get_method
     from isotpp.models import widths_of
-    from isotpp.plan import Plan, hard_prune, l1_plan
+    from isotpp.plan import Plan
 
     path = out / "pruned.npz"
     if path.exists():
         model, header = load_model(path)
         return model, header["meta"]
     method = get_method(config.method)
-    skip = list(config.skip)
-    if method.pre == "tpp" or (method.pre and config.pre_scheme == "opp"):
-        plan = Plan.load(out / "plan.json") if (out / "plan.json").exists() else l1_plan(base, config.ratios, skip)
-        plan.save(out / "plan.json")
-        penalty = None if method.pre == "tpp" else method.pre
-        small = hard_prune(tpp_phase(config, data, base, plan, out, log, penalty=penalty), plan)
-    else:
-        start = penalty_phase(config, data, base, method.pre, out, log) if method.pre else base
-        plan = l1_plan(start, config.ratios, skip)
-        plan.save(out / "plan.json")
-        small = hard_prune(start, plan)
-    if method.post == "orthp":
-        from isotpp.orthp import orthp
+    plan_path = out / "plan.json"
 
-        orthp(small, act=_act(base))
-    elif method.post == "ai":
-        from flax import nnx
+    def on_plan(plan: Plan) -> Plan:  # a resumed phase keeps the plan it started with
+        plan = Plan.load(plan_path) if plan_path.exists() else plan
+        plan.save(plan_path)
+        return plan
 
-        from isotpp.groups import flat_arrays, map_named
-        from isotpp.isometry import approximate_isometry
-
-        names = set(_kernel_names(small))
-        params = nnx.state(small, nnx.Param)
-        new = approximate_isometry({k: v for k, v in flat_arrays(params).items() if k in names},
-                                   iters=config.ai_iters)
-        nnx.update(small, map_named(lambda n, x: new.get(n, x), params))
-    if method.scratch:
-        small = _new_model(config, data.num_classes, data.input_shape, widths=widths_of(small),
-                           seed=config.seed + 1000)
+    small = pruned_start(method, base, method_settings(config, data), run_phase=phase_runner(config, data, out, log),
+                         on_plan=on_plan)
     jsv = mean_jsv(small, data.probe(config.jsv_samples), config.jsv_bn)
     meta = {"stage": "pruned", "method": method.name, "jsv_after_prune": jsv}
     save_model(path, small, meta)
@@ -514,15 +472,13 @@ def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
 
 
 def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
-    from isotpp.methods import get_method, penalty_fn
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import jsv_hook
 
     method = get_method(config.method)
-    penalties, weights = {}, {}
-    if method.retrain_penalty:
-        penalties = {method.retrain_penalty: penalty_fn(method.retrain_penalty, _kernel_names(small))}
-        weights = {method.retrain_penalty: config.penalty_weight}
+    terms = method.retrain_penalties(_kernel_names(small), method_settings(config, data))
+    penalties = {k: fn for k, (fn, _) in terms.items()}
+    weights = {k: w for k, (_, w) in terms.items()}
     tx = reference_sgd(LRSchedule.parse(config.lr_schedule).initial, config.wd, config.momentum)
     hook = jsv_hook(data.probe(config.jsv_samples), bn=config.jsv_bn)
     return _train(small, tx, data, config, out / "retrain", epochs=config.epochs, lr_schedule=config.lr_schedule,

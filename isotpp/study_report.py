@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from isotpp.errors import UserError
 from isotpp.io import write_text
+from isotpp.methods import method_colour
 from isotpp.plots import save_figure, save_figures
 from isotpp.report import csv_text, markdown_table, mean_std, mean_std_fixed
 
@@ -296,14 +297,16 @@ _DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10":
 _MODEL_NAMES = {"mlp_7_linear": "MLP-7-Linear", "resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 
 
-def method_style(index: int) -> dict[str, Any]:
+def method_style(index: int, method: str | None = None) -> dict[str, Any]:
     """Colour, marker, line style and marker size of the ``index``-th method (the same in every panel).
 
-    Markers shrink with the index, and later methods are drawn on top: where
-    two methods coincide (L1 and L1+KernOrth right after pruning) the earlier
-    one's larger marker rings the later one's.
+    The colour is the method's in the registry (:func:`isotpp.methods.method_colour`: one colour per
+    method in every figure), else the index's. Markers shrink with the index, and later methods are
+    drawn on top: where two methods coincide (L1 and L1+KernOrth right after pruning) the earlier one's
+    larger marker rings the later one's.
     """
-    return {"color": f"C{index % 10}", "marker": _MARKERS[index % len(_MARKERS)],
+    colour = method_colour(method) if method is not None else None
+    return {"color": colour or f"C{index % 10}", "marker": _MARKERS[index % len(_MARKERS)],
             "linestyle": _LINESTYLES[index % len(_LINESTYLES)], "markersize": max(3.5, 8.5 - 1.2 * index)}
 
 
@@ -362,7 +365,7 @@ def draw_results_figure(results: Mapping[str, Any], *, ax=None) -> Figure:
     else:
         axes = np.asarray(ax, dtype=object).reshape(2, ncols)
         fig = axes[0][0].figure
-    styles = {m: method_style(i) for i, m in enumerate(runs)}
+    styles = {m: method_style(i, m) for i, m in enumerate(runs)}
     handles: dict[str, Any] = {}
 
     base = results.get("base") or {}

@@ -42,6 +42,16 @@ _CHEAP = ("--help", "--version", "--list-layers", "--dry-run")
 
 # doc command (whitespace collapsed) -> (mode, command executed instead or None for the same, why)
 DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
+    # docs/extending.md: a method registered by a plugin module the reader writes (my_methods)
+    "ISOTPP_PLUGINS=my_methods isotpp prune --method Random+L2 --model resnet56 --ratios '*layer*.conv1:0.5' "
+    "--out runs/random-resnet56": (
+        CHECK, "isotpp prune --method L1 --model resnet56 --ratios '*layer*.conv1:0.5' --out runs/random-resnet56",
+        "the reader's plugin module does not exist here: tests/test_extension.py loads a plugin through "
+        "ISOTPP_PLUGINS and runs a registered method through isotpp prune; the other arguments are validated"),
+    "ISOTPP_PLUGINS=my_methods isotpp reproduce mlp-linear --quick --methods L1,Random+L2 --out runs/random": (
+        CHECK, "isotpp reproduce mlp-linear --quick --methods L1,TPP --out runs/random",
+        "the reader's plugin module does not exist here: tests/test_extension.py runs a registered method "
+        "through the linear study; the other arguments are validated"),
     # pages merged from parallel branches (docs/fidelity.md, docs/reliability.md)
     "isotpp prune --dry-run --model resnet34 --ratios "
     "'layer1.[12].conv1:0.5,layer2.[12].conv1:0.6,layer3.[1-4].conv1:0.4'": (

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from isotpp.methods import method_aliases, method_names
+
 INT32_MAX = 2**31 - 1
 
 
@@ -397,14 +399,11 @@ class Choice(Domain):
 
 # --------------------------------------------------------------------------
 # Names the library defines, mirrored here so that building the parsers imports
-# no JAX (tests/test_cli_conventions.py checks they equal the library's).
+# no JAX (tests/test_cli_conventions.py checks they equal the library's). The
+# pruning methods are read from their registry (isotpp.methods, JAX-free).
 # --------------------------------------------------------------------------
 
 INIT_SCHEMES = ("default", "torch", "kaiming", "gaussian", "orthogonal", "delta-orthogonal")  # isotpp.models.init
-PRUNE_METHODS = ("Scratch", "L1", "L1+OrthP", "L1+KernOrth", "L1+OrthConv", "KernOrth+L1", "OrthConv+L1", "TPP",
-                 "L1+AI")  # isotpp.methods.METHODS
-METHOD_ALIASES = {"kernorth": "L1+KernOrth", "orthconv": "L1+OrthConv", "ai": "L1+AI",
-                  "orthp": "L1+OrthP"}  # isotpp.methods.ALIASES
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")  # isotpp.data.DATASET_INFO
 DATASET_ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
                    "cifar-10": "cifar10", "cifar-100": "cifar100"}  # isotpp.data._ALIASES
@@ -414,6 +413,11 @@ MODEL_NAMES = ("mlp", "mlp_7_linear", "mlp_7_relu", "lenet_300_100", "lenet5", "
 model_name = Choice(MODEL_NAMES, what="model")
 init_scheme = Choice(INIT_SCHEMES, what="init scheme")
 dataset = Choice(DATASETS, DATASET_ALIASES, what="dataset")
+
+
+def prune_method() -> Choice:
+    """One of the registered structured pruning methods (read when the parser is built)."""
+    return Choice(method_names(), method_aliases(), what="method")
 
 
 # --------------------------------------------------------------------------

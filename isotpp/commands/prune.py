@@ -79,8 +79,9 @@ def add_parser(sub) -> None:
                         "as JSON")
     run = p.add_argument_group("a full run (without --dry-run)")
     d = PruneConfig()
-    run.add_argument("--method", type=A.Choice(A.PRUNE_METHODS, A.METHOD_ALIASES, what="method"), default=d.method,
-                     metavar="METHOD", help=f"one of {', '.join(A.PRUNE_METHODS)}")
+    method = A.prune_method()
+    run.add_argument("--method", type=method, default=d.method, metavar="METHOD",
+                     help=f"one of {', '.join(method.names)} (isotpp.methods' registry)")
     run.add_argument("--dataset", "--data", dest="dataset", type=_DATASETS, default=d.dataset,
                      metavar="DATASET",
                      help=f"one of {', '.join(_DATASETS.names)}; imagenet is an ImageFolder tree under --data-dir")

@@ -3,7 +3,8 @@
 A CIFAR-style ResNet (ResNet-20, option A; narrowed by ``width_scale``) is
 trained on a slice of Fashion-MNIST (or CIFAR-10 when given), then ``*layer*.conv1``
 — the first conv of every residual block, the reference's convention — is
-pruned at a high ratio by L1, L1+OrthP and TPP, and each pruned network is
+pruned at a high ratio by each method (by default L1, L1+OrthP and TPP:
+``study_methods("convnet")`` of :mod:`isotpp.methods`), and each pruned network is
 retrained at two learning rates. Every run is an :mod:`isotpp.pruning_run`
 (``isotpp prune``) sharing one base model; the results file has the linear
 study's format, so :mod:`isotpp.study_report` draws its table and figure
@@ -20,11 +21,12 @@ from typing import Any
 
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+from isotpp.methods import get_method, study_methods
 
 logger = logging.getLogger(__name__)
 
 
-METHODS = ("L1", "L1+OrthP", "TPP")
+METHODS = study_methods("convnet")  # the default; any registered method is accepted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +53,6 @@ class ConvStudyConfig:
     quick: bool = False
 
     def validate(self) -> ConvStudyConfig:
-        from isotpp.methods import get_method
-
         if not (0.0 < self.ratio < 1.0):
             raise UserError(f"pruning ratio {self.ratio} is outside (0, 1): use e.g. 0.9")
         for m in self.methods:

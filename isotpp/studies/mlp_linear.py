@@ -3,16 +3,11 @@
 Train MLP-7-Linear (1024 → 100×5 → 10, identity activations) from scratch,
 prune 80 % of every hidden layer with each method, record the mean JSV right
 after pruning, retrain at two learning rates and record test accuracy and mean
-JSV per epoch. Methods:
-
-========== ==============================================================
-L1         L1 filter pruning, retrain
-L1+OrthP   L1, then OrthP (exact orthogonalisation) before retraining
-TPP        TPP's penalty phases from the trained model, then removal
-L1+KernOrth L1, retrain with KernOrth: 0.1 · Σ ‖MᵀM − I‖_F over every layer
-            (the reference's orth_reg_method CVPR17, lw_orth_reg 0.1)
-L1+AI      L1, then approximate isometry (data-free), then retrain
-========== ==============================================================
+JSV per epoch. The methods are :mod:`isotpp.methods`' registry (any
+registered method runs here); by default the study's five,
+``study_methods("mlp-linear")``: L1, L1+OrthP, TPP, L1+KernOrth (0.1 · Σ
+‖MᵀM − I‖_F over every layer while retraining) and L1+AI. Each method's
+pre-removal phase (TPP's, say) runs once per seed on the trained model.
 
 All retraining cells of a seed (methods × learning rates) share one
 architecture, so they train as one vmapped program over the same batches. Each
@@ -38,6 +33,13 @@ import numpy as np
 from isotpp import preemption
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
+from isotpp.methods import (
+    MethodSettings,
+    Phase,
+    get_method,
+    pruned_start,
+    study_methods,
+)
 from isotpp.progress import progress as progress_bar
 from isotpp.train import (
     LRSchedule,
@@ -55,19 +57,13 @@ logger = logging.getLogger(__name__)
 
 
 ARCH = "mlp_7_linear"
-METHODS = ("L1", "L1+OrthP", "TPP", "L1+KernOrth", "L1+AI")
-MAIN_METHODS = ("L1", "L1+OrthP", "TPP")
+METHODS = study_methods("mlp-linear")  # the default; any registered method is accepted
 PAPER_LRS = {"0.01": "0:0.01,30:0.001,60:0.0001", "0.001": "0:0.001,45:0.0001"}
 
 
 def canonical_method(name: str) -> str:
-    """The study's name for a method (aliases KernOrth, AI, OrthP accepted)."""
-    from isotpp.methods import get_method
-
-    method = get_method(name).name
-    if method not in METHODS:
-        raise UserError(f"method {method} is not part of the linear-network study: choose from {', '.join(METHODS)}")
-    return method
+    """The registry's name for a method (aliases KernOrth, AI, OrthP accepted)."""
+    return get_method(name).name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,95 +233,104 @@ def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, pro
     return trained, float(acc[0]), model_mean_jsv(trained)
 
 
-def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Recorder, progress: bool):
-    """TPP's penalty phases from the trained base; returns the model after physical removal."""
-    from isotpp.groups import channel_groups
-    from isotpp.models import layer_names
-    from isotpp.plan import hard_prune
-    from isotpp.tpp import DONE, describe, targets_for, tpp
+def method_settings(config: StudyConfig, seed: int) -> MethodSettings:
+    """What the methods' hooks read: 80 % of every hidden layer (the classifier kept), the study's schedules."""
+    from isotpp.models import create_model
 
-    cfg = config.tpp_config()
-    groups = channel_groups(base)
-    targets = targets_for(plan, groups, layer_names(base), cfg)
+    return MethodSettings(
+        ratios={"*": config.ratio}, skip=("net.12",), seed=seed, weight_decay=config.weight_decay,
+        tpp_lr=config.tpp_lr, tpp_reg_granularity=config.tpp_reg_granularity,
+        tpp_update_reg_interval=config.tpp_update_reg_interval, tpp_stabilize_iters=config.tpp_stabilize_iters,
+        tpp_zero_out_interval=config.tpp_zero_out_interval, penalty_weight=config.kernorth_weight,
+        ai_iters=config.ai_iters, ai_lr=config.ai_lr,
+        new_model=lambda widths: create_model(ARCH, widths=widths, init=config.init, seed=seed + 1000))
+
+
+def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, record: Recorder, progress: bool):
+    """A method's pre-removal phase (TPP's penalty phases, say) from the trained base, as a one-run group;
+    returns the trained (unpruned) model and the phase's summary."""
     fns, params, rest = ModelFns.from_model(base)
-    tx = tpp(reference_sgd(config.tpp_lr, weight_decay=config.weight_decay), plan, targets, cfg)
-    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(str(config.tpp_lr))])
+    weights = {k: np.asarray([w]) for k, w in phase.weights.items()}
+    group = RunGroup(fns, phase.tx, stack_runs([init_state(params, rest, phase.tx)]),
+                     [LRSchedule.parse(str(phase.lr))], weights, dict(phase.penalties))
     key = jax.random.fold_in(jax.random.key(seed), 2)
-    total = cfg.total_iters
+    total = phase.steps
     steps = -(-data.n_train // config.batch_size)
     n_epochs = -(-total // steps)
-    bar = _progress(n_epochs, f"seed {seed}: TPP", progress)
+    bar = _progress(n_epochs, f"seed {seed}: {phase.name}", progress)
     done = 0
     for epoch in range(n_epochs):
         batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
         batches = batches[: total - done]
         m = group.run_epoch(data.train_x, data.train_y, batches, 0)
         done += int(batches.shape[0])
-        check_finite(m["loss"], where=f"TPP, seed {seed}, iteration {done}")
+        check_finite(m["loss"], where=f"{phase.name}, seed {seed}, iteration {done}")
         preemption.check()
-        st = describe(unstack_run(group.state.opt_state, 0))
-        record(phase="tpp", seed=seed, iteration=done, loss=m["loss"][0], reg=st["reg"], tpp_phase=st["phase"],
-               gram_penalty=st["gram_penalty"])
-        bar.set_postfix(reg=f"{st['reg']:.3g}", phase=st["phase"])
+        info = phase.progress(unstack_run(group.state.opt_state, 0)) if phase.progress else {}
+        record(phase=phase.key, seed=seed, iteration=done, loss=m["loss"][0], **info)
+        bar.set_postfix(**{k: f"{v:.3g}" if isinstance(v, float) else v for k, v in info.items()})
         bar.update()
     bar.close()
     state = unstack_run(group.state.opt_state, 0)
-    if int(state.phase) != DONE:
-        raise AssertionError(f"TPP ended in phase {int(state.phase)} after {done} iterations")
-    model = fns.merge(unstack_run(group.state.params, 0), unstack_run(group.state.rest, 0))
-    return hard_prune(model, plan, groups), describe(state)
+    summary = phase.summary(state) if phase.summary else {"iteration": done}
+    return fns.merge(unstack_run(group.state.params, 0), unstack_run(group.state.rest, 0)), summary
 
 
-def pruned_start(method: str, config: StudyConfig, base, plan, tpp_model):
-    """The network each method retrains, and its KernOrth weight."""
-    import copy
+def start_piece(config: StudyConfig, data: Data, out: Path, base, method: str, seed: int, record: Recorder,
+                progress: bool, clock, log):
+    """The network ``method`` retrains at ``seed`` (:func:`isotpp.methods.pruned_start`). The pruned network
+    after a pre-removal phase (the expensive part) is committed as ``seed<s>/<key>.npz`` (TPP: ``tpp.npz``,
+    with ``tpp_state.json``) and reused by a rerun."""
+    from isotpp.checkpoint import load_model, save_model
+    from isotpp.rundir import Commit
 
-    from isotpp.methods import get_method
-    from isotpp.plan import hard_prune
+    method = get_method(method)
+    sdir = out / f"seed{seed}"
+    path = sdir / f"{method.key}.npz"
+    summaries = []
 
-    recipe = get_method(method)
-    if recipe.pre == "tpp":
-        return copy.deepcopy(tpp_model), 0.0
-    small = hard_prune(base, plan)
-    if recipe.post == "orthp":
-        from isotpp.orthp import orthp
+    def run(model, phase, plan):
+        trained, summary = run_phase(config, data, model, phase, seed, record, progress)
+        summaries.append(summary)
+        return trained, summary
 
-        orthp(small, act="linear")
-    elif recipe.post == "ai":
-        from flax import nnx
+    def removed(make):
+        if path.exists():
+            return load_model(path)[0]
+        small = make()
+        if summaries:  # a phase ran: keep its result
+            with Commit(out) as commit:
+                save_model(commit.path(path), small, {"seed": seed})
+                write_json(commit.path(sdir / f"{method.key}_state.json"), summaries[-1])
+            clock.tick()
+            log(f"seed {seed}: {method.name}'s pre-removal phase done after {summaries[-1].get('iteration')} "
+                "iterations")
+        return small
 
-        from isotpp.groups import flat_arrays, map_named
-        from isotpp.isometry import approximate_isometry
-
-        names = set(_kernel_names(small))
-        params = nnx.state(small, nnx.Param)
-        kernels = {k: v for k, v in flat_arrays(params).items() if k in names}
-        new = approximate_isometry(kernels, iters=config.ai_iters, lr=config.ai_lr)
-        nnx.update(small, map_named(lambda n, x: new.get(n, x), params))
-    weight = config.kernorth_weight if recipe.retrain_penalty == "kernorth" else 0.0
-    return small, weight
+    return pruned_start(method, base, method_settings(config, seed), run_phase=run, removed=removed)
 
 
 def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], starts: dict, seed: int,
             record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
-    """Retrain every (method, LR) cell of a seed as one vmapped group; per-cell results."""
-    from isotpp.methods import penalty_fn
-
+    """Retrain every (method, LR) cell of a seed as one vmapped group, each with its method's retraining
+    penalties (weight 0 in the other cells); per-cell results."""
     schedules = dict(config.lr_schedules)
     tx = reference_sgd(weight_decay=config.weight_decay)
-    states, lrs, kern_w, jsv0 = [], [], [], []
+    kernel_names = _kernel_names(starts[cells[0][0]])
+    settings = method_settings(config, seed)
+    terms = {m: get_method(m).retrain_penalties(kernel_names, settings) for m, _ in cells}
+    penalties = {k: fn for t in terms.values() for k, (fn, _) in t.items()}
+    weights = {k: np.asarray([terms[m][k][1] if k in terms[m] else 0.0 for m, _ in cells]) for k in penalties}
+    states, lrs, jsv0 = [], [], []
     fns = None
     for method, lr in cells:
-        model, kw = starts[method]
+        model = starts[method]
         f, params, rest = ModelFns.from_model(model)
         fns = fns or f
         states.append(init_state(params, rest, tx))
         lrs.append(LRSchedule.parse(schedules[lr]))
-        kern_w.append(kw)
         jsv0.append(model_mean_jsv(model))
-    kernel_names = _kernel_names(starts[cells[0][0]][0])
-    kernorth = penalty_fn("kernorth", kernel_names)
-    group = RunGroup(fns, tx, stack_runs(states), lrs, {"kernorth": np.asarray(kern_w)}, {"kernorth": kernorth})
+    group = RunGroup(fns, tx, stack_runs(states), lrs, weights, penalties)
     jsv = jax.jit(jax.vmap(mean_jsv_fn(kernel_names)))
     key = jax.random.fold_in(jax.random.key(seed), 3)
     acc_hist, jsv_hist = [], []
@@ -413,8 +418,6 @@ def _base_piece(config: StudyConfig, data: Data, out: Path, seed: int, record: R
 
 
 def _run(config: StudyConfig, data: Data, out: Path, progress: bool, log) -> dict[str, Any]:
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.plan import Plan, l1_plan
     from isotpp.rundir import Commit
     from isotpp.studies.clock import StudyClock
 
@@ -426,33 +429,12 @@ def _run(config: StudyConfig, data: Data, out: Path, progress: bool, log) -> dic
         f"seeds {list(config.seeds)}; methods {[m for m, _ in methods]}; out {out}")
     base_info = {}
     for seed in config.seeds:
-        sdir = out / f"seed{seed}"
         todo = [(m, lr) for m, _ in methods for lr in lr_keys if not _cell_path(out, seed, m, lr).exists()]
         base, base_info[seed] = _base_piece(config, data, out, seed, record, progress, clock, log)
         if not todo:
             continue
-        plan_path = sdir / "plan.json"
-        if plan_path.exists():
-            plan = Plan.load(plan_path)
-        else:
-            plan = l1_plan(base, {"*": config.ratio}, skip=["net.12"])
-            plan.save(plan_path)
-        # TPP's penalty phases (the expensive part), once per seed
-        tpp_model = None
-        if any(canonical_method(m) == "TPP" for m, _ in todo):
-            if (sdir / "tpp.npz").exists():
-                tpp_model, _ = load_model(sdir / "tpp.npz")
-            else:
-                tpp_model, state = run_tpp(config, data, base, plan, seed, record, progress)
-                with Commit(out) as commit:
-                    save_model(commit.path(sdir / "tpp.npz"), tpp_model, {"seed": seed})
-                    write_json(commit.path(sdir / "tpp_state.json"), state)
-                clock.tick()
-                log(f"seed {seed}: TPP done after {state['iteration']} iterations (reg {state['reg']:.3g})")
-        starts = {}
-        for m, canon in methods:
-            if any(c == m for c, _ in todo):
-                starts[m] = pruned_start(canon, config, base, plan, tpp_model)
+        starts = {m: start_piece(config, data, out, base, m, seed, record, progress, clock, log)
+                  for m, _ in methods if any(c == m for c, _ in todo)}
         results = retrain(config, data, todo, starts, seed, record, progress)
         with Commit(out) as commit:  # the cells of one vmapped group appear together
             for (m, lr), res in results.items():

@@ -3,8 +3,9 @@
 For every seed, LeNet-300-100 (784→300→100→10, ReLU, Kaiming-normal init) is
 pruned at initialisation by each method at each density, its mean JSV at
 initialisation is measured, and every masked network of the seed trains as one
-vmapped program (same batches for every run). Methods (each also "+ai":
-approximate isometry of the masked kernels before training):
+vmapped program (same batches for every run). Methods are the scores of
+:mod:`isotpp.pai.methods`' registry (each also "+ai": approximate isometry of
+the masked kernels before training); the built-in ones:
 
 ========== =================================================================
 random     a uniformly random subset (global ranking of i.i.d. scores)
@@ -47,7 +48,14 @@ from isotpp import preemption
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
 from isotpp.pai.masks import SCOPES, check_density, layer_densities, mask_density
-from isotpp.pai.methods import ONE_SHOT, all_methods, canonical, parse_method
+from isotpp.pai.methods import (
+    ScoreContext,
+    all_methods,
+    canonical,
+    get_score,
+    parse_method,
+    score_names,
+)
 from isotpp.progress import progress as progress_bar
 from isotpp.rundir import Commit
 from isotpp.train import LRSchedule
@@ -58,7 +66,7 @@ logger = logging.getLogger(__name__)
 ARCH = "lenet_300_100"
 TRANSFER_ARCH = "small_convnet"
 DEFAULT_DENSITIES = (0.1, 0.05, 0.02, 0.01, 0.005)
-TRANSFER_METHODS = ("random", "magnitude", "snip", "grasp", "synflow", "autosparse")
+TRANSFER_METHODS = score_names(transfer=True)  # the default; any registered score is accepted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +148,8 @@ class PaIConfig:
 
     @property
     def needs_scorer(self) -> bool:
-        return any(parse_method(m)[0] == "autosparse" for m in self.methods) or (
-            self.transfer and any(parse_method(m)[0] == "autosparse" for m in self.transfer_methods))
+        used = [*self.methods, *(self.transfer_methods if self.transfer else ())]
+        return any(get_score(parse_method(m)[0]).needs_scorer for m in used)
 
 
 def quick_config(**overrides) -> PaIConfig:
@@ -295,36 +303,35 @@ def _score_batch(data, n: int, seed: int):
 
 def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, *, scorer, out: Path, part: str,
                    log, progress: bool, record):
-    """``{(base method, density): masks}`` for every base method needed at this seed."""
+    """``{(score, density): masks}`` for every registered score needed at this seed (the score's
+    :meth:`~isotpp.pai.methods.Score.masks`, IRP trained here and kept as ``irp_d<density>.npz``)."""
     from isotpp.pai.irp import load_irp_record, make_record
-    from isotpp.pai.methods import one_shot_masks, scored_masks
 
-    order = ["random", "magnitude", "snip", "grasp", "synflow", "irp", "autosparse"]
-    bases = sorted({parse_method(m)[0] for m in methods}, key=order.index)
+    bases = sorted({parse_method(m)[0] for m in methods}, key=score_names().index)
     key = jax.random.fold_in(jax.random.key(seed), 11)
     x, y = _score_batch(data, config.score_examples, seed)
+
+    def irp(densities):  # one record per density, all densities as one vmapped group
+        paths = {d: out / part / f"seed{seed}" / f"irp_d{d:g}.npz" for d in densities}
+        by_d = {d: load_irp_record(p, arch=net.arch).final_masks() for d, p in paths.items() if p.exists()}
+        todo = [d for d in densities if d not in by_d]
+        if todo:
+            hist = _irp(config, data, [net] * len(todo), todo, jax.random.fold_in(key, 5),
+                        f"seed {seed}: IRP at {len(todo)} densities", progress)
+            with Commit(out) as commit:  # the records of one vmapped group appear together
+                for d, masks in zip(todo, hist):
+                    rec = make_record(net, masks, seed=seed, density=d, rewind=config.irp_rewind,
+                                      meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+                    rec.save(commit.path(paths[d]))
+                    by_d[d] = rec.final_masks()
+        return by_d
+
+    ctx = ScoreContext(key=key, x=x, y=y, scope=config.scope, grasp_temperature=config.grasp_temperature,
+                       synflow_rounds=config.synflow_rounds, data=data, scorer=scorer, irp=irp)
     out_masks = {}
     for base in bases:
         t0 = time.time()
-        if base in ONE_SHOT:
-            by_d = one_shot_masks(base, net, densities, key=key, x=x, y=y, grasp_temperature=config.grasp_temperature,
-                                  synflow_rounds=config.synflow_rounds, scope=config.scope)
-        elif base == "autosparse":
-            g0 = net.gradient_sum(data.train.x, data.train.y, scorer.batch_size)
-            by_d = scored_masks(scorer(net.kernels(), g0), densities, scope=config.scope)
-        else:  # irp: one record per density, all densities as one vmapped group
-            paths = {d: out / part / f"seed{seed}" / f"irp_d{d:g}.npz" for d in densities}
-            by_d = {d: load_irp_record(p, arch=net.arch).final_masks() for d, p in paths.items() if p.exists()}
-            todo = [d for d in densities if d not in by_d]
-            if todo:
-                hist = _irp(config, data, [net] * len(todo), todo, jax.random.fold_in(key, 5),
-                            f"seed {seed}: IRP at {len(todo)} densities", progress)
-                with Commit(out) as commit:  # the records of one vmapped group appear together
-                    for d, masks in zip(todo, hist):
-                        rec = make_record(net, masks, seed=seed, density=d, rewind=config.irp_rewind,
-                                          meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
-                        rec.save(commit.path(paths[d]))
-                        by_d[d] = rec.final_masks()
+        by_d = get_score(base).masks(net, densities, ctx)
         for d in densities:
             out_masks[(base, d)] = {n: jnp.asarray(m) for n, m in by_d[d].items()}
         record(phase="masks", part=part, seed=seed, method=base, wall_s=time.time() - t0)

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from isotpp.io import write_text
-from isotpp.pai.methods import display_name
 from isotpp.errors import UserError
+from isotpp.io import write_text
+from isotpp.pai.methods import colour, display_name
 from isotpp.plots import save_figures
 from isotpp.report import csv_text, markdown_table, mean_std, mean_std_fixed
 
@@ -124,13 +124,9 @@ def pai_tables(results: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------- figures
 
-_COLORS = {"random": "tab:gray", "magnitude": "tab:brown", "snip": "tab:blue", "grasp": "tab:orange",
-           "synflow": "tab:green", "irp": "tab:purple", "autosparse": "tab:red"}
-
-
 def _style(method: str) -> dict[str, Any]:
-    base, _, ai = method.partition("+")
-    return {"color": _COLORS.get(base, "black"), "linestyle": "--" if ai else "-",
+    ai = method.partition("+")[2]
+    return {"color": colour(method), "linestyle": "--" if ai else "-",
             "marker": "s" if ai else "o", "markersize": 4}
 
 
