@@ -299,6 +299,7 @@ def model_singular_values(
     ``progress(done, total)`` is called after each chunk. ``matvecs``: the
     stochastic method's J·Jᵀ products per sample (default 64); ``"auto"`` uses
     that method when the classes number at least 4 × ``matvecs``.
+    :func:`spectrum_estimate` returns the method used and its error as well.
 
     >>> from isotpp.models import create_model
     >>> model = create_model("mlp_7_linear", init="orthogonal", seed=0)
@@ -306,16 +307,81 @@ def model_singular_values(
     >>> s.shape, round(float(s.mean()), 4)  # an orthogonal linear network is an isometry
     ((1, 10), 1.0)
     """
+    return spectrum_estimate(model, x, method=method, bn=bn, chunk_size=chunk_size, progress=progress,
+                             matvecs=matvecs, memory_budget=memory_budget).values
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumEstimate:
+    """Singular values (N, k), the method that computed them and, for ``"stochastic"``, its estimate."""
+
+    values: np.ndarray
+    method: str
+    stochastic: stochastic.StochasticSpectrum | None = None
+
+
+def resolve_method(model: nnx.Module, x, method: Method, bn: BNMode, matvecs: int | None = None) -> str:
+    """The method ``"auto"`` stands for (``"linear"``, ``"stochastic"`` or ``"gram"``); others unchanged."""
     if method not in METHODS:
         raise UserError(f"unknown spectrum method {method!r}: choose one of {', '.join(METHODS)}")
     if bn not in ("eval", "batch"):
         raise UserError(f"unknown BatchNorm mode {bn!r}: choose 'eval' or 'batch'")
+    if matvecs is not None and (isinstance(matvecs, bool) or not isinstance(matvecs, int) or matvecs < 1):
+        raise UserError(f"matvecs must be a positive integer, got {matvecs!r}")
+    if method != "auto":
+        return method
     example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
-    if method == "auto":
-        method = "linear" if is_input_linear(model, example) else "gram"
-        if method == "gram" and bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
-            method = "stochastic"
+    if is_input_linear(model, example):
+        return "linear"
+    if bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
+        return "stochastic"
+    return "gram"
+
+
+def error_report(est: SpectrumEstimate) -> dict[str, float | int | str]:
+    """What the error of ``est``'s figures is: the stochastic estimate's standard errors and quadrature bracket,
+    or an exact method's resolution (relative to s_max) in its dtype."""
+    if est.stochastic is not None:
+        s = est.stochastic.summary()
+        return {"kind": "stochastic", "mean_stderr": s["mean_stderr"], "mean_lower": s["mean_lower"],
+                "mean_upper": s["mean"], "lambda_mean_stderr": s["lambda_mean_stderr"],
+                "max_ritz": s["max_ritz"], "min_ritz": s["min_ritz"], "matvecs": s["matvecs"],
+                "probes": s["probes"], "steps": s["steps"]}
+    eps = float(np.finfo(est.values.dtype).eps) if np.issubdtype(est.values.dtype, np.floating) else 0.0
+    single = est.values.dtype == np.float32
+    resolution = {"gram": GRAM_RESOLUTION if single else math.sqrt(eps),
+                  "jacobian": JACOBIAN_RESOLUTION if single else 10 * eps}.get(est.method, 10 * eps)
+    return {"kind": "exact", "resolution_relative_to_s_max": resolution}
+
+
+def pooled_estimate(estimates: Sequence[SpectrumEstimate]) -> SpectrumEstimate:
+    """One estimate over the samples of several (e.g. independent weight draws), computed by one method."""
+    if not estimates or len({e.method for e in estimates}) != 1:
+        raise UserError("pool estimates of one method: got " + ", ".join(e.method for e in estimates))
+    values = np.concatenate([e.values for e in estimates])
+    parts = [e.stochastic for e in estimates]
+    return SpectrumEstimate(values, estimates[0].method, None if any(p is None for p in parts) else stochastic.concatenate(parts))
+
+
+def spectrum_estimate(
+    model: nnx.Module,
+    x: jax.Array | np.ndarray | None = None,
+    *,
+    method: Method = "auto",
+    bn: BNMode = "eval",
+    chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    matvecs: int | None = None,
+    memory_budget: int | None = None,
+) -> SpectrumEstimate:
+    """:func:`model_singular_values` with the method ``"auto"`` chose and, for ``"stochastic"``, the estimate
+    (its means, their standard errors, :func:`error_report`)."""
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget <= 0):
+        raise UserError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    method = resolve_method(model, x, method, bn, matvecs)
     if method == "linear":
+        example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
         if not is_input_linear(model, example):
             raise UserError(
                 "method 'linear' needs a network whose logits are affine in its input (no activations): "
@@ -324,7 +390,7 @@ def model_singular_values(
         sv = linear_singular_values(model, example)
         if x is not None:
             sv = np.repeat(sv, len(x), axis=0)
-        return sv
+        return SpectrumEstimate(sv, method)
     if x is None:
         raise UserError(f"method {method!r} needs input samples: pass x (or use a dataset / random inputs)")
     if bn == "batch" and method != "gram":
@@ -335,7 +401,7 @@ def model_singular_values(
             memory_budget=memory_budget, progress=progress,
         )
         logger.info("stochastic spectrum: %s", est.summary())
-        return est.singular_values()
+        return SpectrumEstimate(est.singular_values(), method, est)
 
     graphdef, state = nnx.split(model)
     x = jnp.asarray(x)
@@ -364,7 +430,7 @@ def model_singular_values(
         out.append(sv)
         if progress is not None:
             progress(min(start + chunk_size, n), n)
-    return np.concatenate(out, axis=0)
+    return SpectrumEstimate(np.concatenate(out, axis=0), method)
 
 
 def _many_outputs(model: nnx.Module, x, matvecs: int | None) -> bool:
