@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from threadpoolctl import threadpool_limits
 
 from isotpp import memory
 from isotpp import spectrum_stochastic as stochastic
@@ -66,14 +67,27 @@ Method = Literal["gram", "jacobian", "linear", "stochastic", "auto"]
 BNMode = Literal["eval", "batch"]
 METHODS = ("gram", "jacobian", "linear", "stochastic", "auto")
 
-# Classes beyond this many are processed in chunks inside a lax.map, so that
-# ImageNet's 1000 classes do not unroll into 1000 VJPs in one program.
+# Classes beyond this many are processed in vmapped blocks of this many VJPs each (the blocks unrolled in
+# one program): on CPU a block of 32-50 vmapped VJPs costs per class what the unrolled ones do, while a
+# lax.map over the blocks (the former path) cost 2x per class and one vmap over all classes 4x
+# (LeNet5, 100 classes: benchmarks/bench_spectrum_classes.py).
 _UNROLL_CLASSES = 32
 # Default bound on the bytes of Jacobian rows held at once per chunk.
 _ROW_BYTES = 256 * 2**20
 # Chunks of ~64 samples measured fastest on CPU (ResNet56: 22 ms/sample at 32-64,
 # 25 ms at 128: the ten backward passes of a larger chunk spill out of cache).
 _MAX_CHUNK = 64
+
+
+def one_blas_thread():
+    """A context in which BLAS/LAPACK (OpenBLAS, which XLA's CPU ``eigvalsh`` and ``svd`` call) runs one thread.
+
+    OpenBLAS's own threads spin-wait for cores: on a busy 2-core machine (load
+    average 12-15) ``eigvalsh`` of four 100 × 100 Gram matrices took 0.11-0.15 s
+    with its default 2 threads and 0.002-0.006 s with one, 1000 × 1000 ones 14×
+    longer; the Jacobian rows, XLA's own work, are unaffected.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------
@@ -102,17 +116,13 @@ def jacobian_rows(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Arra
         # Unrolled: XLA schedules C independent backward passes in one program,
         # measurably faster on CPU than vmapping them into one wide batch.
         return rows_for(range(c))
-    chunk = _UNROLL_CLASSES
-    n_chunks = math.ceil(c / chunk)
+    block = _UNROLL_CLASSES
 
-    def chunk_rows(i):
-        ks = jnp.minimum(i * chunk + jnp.arange(chunk), c - 1)
-        g = jax.vmap(lambda k: vjp(jnp.broadcast_to(eye[k], (b, c)))[0])(ks)
-        return g.reshape(chunk, b, -1)
+    def block_rows(ks: jax.Array) -> jax.Array:  # (k,) -> (k, B, D)
+        return jax.vmap(lambda k: vjp(jnp.broadcast_to(eye[k], (b, c)))[0].reshape(b, -1))(ks)
 
-    rows = jax.lax.map(chunk_rows, jnp.arange(n_chunks))  # (n, chunk, B, D)
-    rows = rows.reshape(n_chunks * chunk, b, -1)[:c]
-    return jnp.swapaxes(rows, 0, 1)
+    rows = [block_rows(jnp.arange(i, min(c, i + block))) for i in range(0, c, block)]
+    return jnp.swapaxes(jnp.concatenate(rows, axis=0), 0, 1)
 
 
 def gram_singular_values(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
@@ -380,6 +390,11 @@ def spectrum_estimate(
                                       or memory_budget <= 0):
         raise UserError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     method = resolve_method(model, x, method, bn, matvecs)
+    with one_blas_thread():
+        return _spectrum_estimate(model, x, method, bn, chunk_size, progress, matvecs, memory_budget)
+
+
+def _spectrum_estimate(model, x, method, bn, chunk_size, progress, matvecs, memory_budget) -> SpectrumEstimate:
     if method == "linear":
         example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
         if not is_input_linear(model, example):
