@@ -284,18 +284,10 @@ def _check_gram(sv: np.ndarray, dtype, redo: Callable[[], np.ndarray]) -> np.nda
     return sv
 
 
-def model_singular_values(
-    model: nnx.Module,
-    x: jax.Array | np.ndarray | None = None,
-    *,
-    method: Method = "auto",
-    bn: BNMode = "eval",
-    chunk_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    matvecs: int | None = None,
-    memory_budget: int | None = None,
-) -> np.ndarray:
-    """Per-sample JSV of a Flax NNX model, shape (n_samples, min(C, D)).
+def model_singular_values(model: nnx.Module, x: jax.Array | np.ndarray | None = None, **options) -> np.ndarray:
+    """Per-sample JSV of a Flax NNX model, shape (n_samples, min(C, D)); ``options`` are
+    :func:`spectrum_estimate`'s (``method="auto"``, ``bn="eval"``, ``chunk_size``, ``progress``, ``matvecs``,
+    ``memory_budget``).
 
     ``x``: inputs (N, ...) in the model's input layout; it may be None only for
     ``method="linear"``, which returns one row (the input-free spectrum).
@@ -317,8 +309,7 @@ def model_singular_values(
     >>> s.shape, round(float(s.mean()), 4)  # an orthogonal linear network is an isometry
     ((1, 10), 1.0)
     """
-    return spectrum_estimate(model, x, method=method, bn=bn, chunk_size=chunk_size, progress=progress,
-                             matvecs=matvecs, memory_budget=memory_budget).values
+    return spectrum_estimate(model, x, **options).values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +361,8 @@ def pooled_estimate(estimates: Sequence[SpectrumEstimate]) -> SpectrumEstimate:
         raise UserError("pool estimates of one method: got " + ", ".join(e.method for e in estimates))
     values = np.concatenate([e.values for e in estimates])
     parts = [e.stochastic for e in estimates]
-    return SpectrumEstimate(values, estimates[0].method, None if any(p is None for p in parts) else stochastic.concatenate(parts))
+    pooled = None if any(p is None for p in parts) else stochastic.concatenate(parts)
+    return SpectrumEstimate(values, estimates[0].method, pooled)
 
 
 def spectrum_estimate(
