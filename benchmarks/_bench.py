@@ -55,14 +55,3 @@ def machine() -> str:
 
 def mib(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB"
-
-
-def plain_batchnorm(model) -> None:
-    """Swap isotpp's BatchNorm (hand-written batch-statistics VJP) for ``nnx.BatchNorm`` in place: the "before"."""
-    from flax import nnx
-
-    from isotpp.models.layers import BatchNorm
-
-    for _, m in nnx.iter_modules(model):
-        if isinstance(m, BatchNorm):
-            m.__class__ = nnx.BatchNorm

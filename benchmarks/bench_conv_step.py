@@ -13,8 +13,6 @@ rounds interleaved so the machine's drift hits all of them alike:
   inputs, YNNPACK on;
 * ``isotpp TPP``: the default formulation with TPP's optimiser wrapper
   (``*layer*.conv1`` at 0.5) — its overhead over the plain step;
-* ``nnx-BN``: the default with ``nnx.BatchNorm``'s autodiff backward instead of
-  isotpp's hand-written BatchNorm VJP (:class:`isotpp.models.layers.BatchNorm`);
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
@@ -41,7 +39,6 @@ VARIANTS = {
     "lax+ynn": {"defaults": False, "conv": "lax", "tpp": False},
     "lax": {"defaults": True, "conv": "lax", "tpp": False},
     "isotpp+ynn": {"defaults": False, "conv": "isotpp", "tpp": False},
-    "nnx-BN": {"defaults": True, "conv": "isotpp", "tpp": False, "nnx_bn": True},
 }
 
 
@@ -56,10 +53,6 @@ def worker(name: str, repeats: int) -> dict:
 
     conv_fn = jax.lax.conv_general_dilated if spec["conv"] == "lax" else None
     model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
-    if spec.get("nnx_bn"):
-        from _bench import plain_batchnorm
-
-        plain_batchnorm(model)
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(0.01, weight_decay=5e-4)
     if spec["tpp"]:

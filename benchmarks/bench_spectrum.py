@@ -35,7 +35,7 @@ from flax import nnx
 from isotpp import spectrum as sp
 from isotpp.models import create_model
 
-from _bench import emit, machine, mib, plain_batchnorm, run_worker
+from _bench import emit, machine, mib, run_worker
 
 
 def _median_time(fn, repeats):
@@ -137,7 +137,6 @@ ROWS = {
     "r56-gram": ("ResNet56", "gram", "eval", 64),
     "r56-jacobian": ("ResNet56", "jacobian", "eval", 64),
     "r56-gram-batch": ("ResNet56", "gram", "batch", 128),
-    "r56-gram-batch-nnxbn": ("ResNet56", "gram", "batch", 128),  # nnx.BatchNorm's autodiff backward: the before
 }
 TORCH_ROWS = {"torch-mlp": "MLP-7-Linear", "torch-r56": "ResNet56"}
 
@@ -161,8 +160,6 @@ def worker(name, repeats):
         return
     model_name, method, bn, chunk = ROWS[name]
     model, x = _inputs(model_name)
-    if name.endswith("-nnxbn"):
-        plain_batchnorm(model)
     (_, _, comp, ms), = bench_model(model_name, model, x, (method,), chunk, repeats, bn=bn)
     emit({"ms": ms, "compile_s": comp})
 
@@ -193,15 +190,15 @@ def main():
         return statistics.median(x[key] for x in results[n])
 
     ref = {TORCH_ROWS[n]: med(n, "ms") for n in names if n in TORCH_ROWS}
-    print(f"\n{'model':<14}{'method':<30}{'compile s':>10}{'ms/sample':>11}{'samples/s':>11}{'vs torch':>10}"
+    print(f"\n{'model':<14}{'method':<22}{'compile s':>10}{'ms/sample':>11}{'samples/s':>11}{'vs torch':>10}"
           f"{'peak':>12}  (median of {args.rounds} rounds)")
     for n in names:
         model_name, method = (TORCH_ROWS[n], "reference (torch)") if n in TORCH_ROWS else ROWS[n][:2]
         if n in ROWS and ROWS[n][2] == "batch":
-            method += " (bn=batch, nnx BN)" if n.endswith("-nnxbn") else " (bn=batch)"
+            method += " (bn=batch)"
         ms = med(n, "ms")
         rel = f"{ref[model_name] / ms:.2f}x" if model_name in ref and n not in TORCH_ROWS else "-"
-        print(f"{model_name:<14}{method:<30}{med(n, 'compile_s'):>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}{rel:>10}"
+        print(f"{model_name:<14}{method:<22}{med(n, 'compile_s'):>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}{rel:>10}"
               f"{mib(med(n, 'peak_bytes')):>12}")
 
     if not any(n in ROWS and ROWS[n][0] == "ResNet56" for n in names):

@@ -12,10 +12,13 @@ blocks of 32 vmapped VJPs inside a ``lax.map``, OpenBLAS's default threads for
 blocks, ``eigvalsh`` in one BLAS thread, :func:`isotpp.spectrum.one_blas_thread`),
 one after the other, each in its own process.
 
-Measured (2 vCPU shared with four other jobs, load average 17–18, so only the
-ratios within one run mean anything): LeNet5, 8 samples, 100 classes: before
-3.4 ms per sample per class, after 1.65 ms, 10 classes (unrolled) 1.4–2.5 ms;
-one vmap over all 100 classes 6.8 ms. See docs/speed.md for the full run.
+Measured (2 vCPU shared with four other engineers' jobs, load average 13–15,
+so only ratios mean anything; ``--samples 4 --repeats 2``), µs per sample per
+class: 10 classes 1,300; 100 classes now 1,654, blocks with OpenBLAS's default
+threads 3,450, before 3,866; 1,000 classes now 6,687, 4,604, before 5,077
+(within the noise: an earlier run gave now 3,673, before 5,592). At 1,000
+classes LeNet5's Gram matrix (2·C·D FLOPs per sample and class) outweighs its
+VJPs; the table and its reading are in docs/speed.md.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
-import functools
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -158,57 +157,6 @@ def out_features(layer: nnx.Module) -> int:
     return int(layer.out_features)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
-    """Normalise ``x`` (N, ..., C) with its own batch statistics, as Flax's BatchNorm does (fast variance)."""
-    return _batch_normalize_fwd(x, scale, bias, epsilon)[0]
-
-
-def _batch_normalize_fwd(x, scale, bias, epsilon):
-    axes = tuple(range(x.ndim - 1))
-    mu, mu2 = x.mean(axes), jnp.square(x).mean(axes)
-    var = jnp.maximum(0.0, mu2 - jnp.square(mu))
-    mul = jax.lax.rsqrt(var + epsilon)
-    centred = x - mu
-    y = centred * (mul * scale) + bias  # the same operations, in the same order, as flax's _normalize
-    return y, (centred * mul, mul, scale)
-
-
-def _batch_normalize_bwd(epsilon, res, g):
-    """One pass of two channel sums: d bias = Σg, d scale = Σg·x̂, dx = scale·r·(g − mean g − x̂·mean(g·x̂))."""
-    xhat, mul, scale = res
-    axes = tuple(range(g.ndim - 1))
-    n = g.size // g.shape[-1]
-    g_sum, gx_sum = g.sum(axes), (g * xhat).sum(axes)
-    dx = (scale * mul) * (g - g_sum / n - xhat * (gx_sum / n))
-    return dx, gx_sum, g_sum
-
-
-_batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
-
-
-class BatchNorm(nnx.BatchNorm):
-    """``nnx.BatchNorm`` (same variables, same forward values) whose batch-statistics mode has a hand-written
-    VJP: the backward of the normalisation is one fused pass with two channel sums, instead of the
-    autodiff of the mean / mean-of-squares / clip / rsqrt chain. Eval mode, masks, ``axis_name`` and
-    non-default axes or dtypes take nnx.BatchNorm's own path."""
-
-    def __call__(self, x, use_running_average=None, *, mask=None):
-        running = self.use_running_average if use_running_average is None else use_running_average
-        simple = (mask is None and self.axis_name is None and self.axis in (-1, x.ndim - 1) and self.dtype is None
-                  and self.use_fast_variance and self.use_scale and self.use_bias and running is False
-                  and x.dtype == self.scale.dtype and x.dtype == self.mean.dtype)
-        if not simple:
-            return super().__call__(x, use_running_average, mask=mask)
-        axes = tuple(range(x.ndim - 1))
-        stat_x = jax.lax.stop_gradient(x)
-        mu, mu2 = stat_x.mean(axes), jnp.square(stat_x).mean(axes)
-        var = jnp.maximum(0.0, mu2 - jnp.square(mu))
-        self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * mu
-        self.var[...] = self.momentum * self.var[...] + (1 - self.momentum) * var
-        return _batch_normalize(x, self.scale[...], self.bias[...], self.epsilon)
-
-
 @dataclasses.dataclass
 class LayerFactory:
     """Makes conv / dense / BN layers with the model-wide dtype and conv settings.
@@ -238,13 +186,13 @@ class LayerFactory:
         return nnx.Linear(fin, fout, use_bias=bias, dtype=self.dtype,
                           param_dtype=self.param_dtype, rngs=self.rngs)
 
-    def bn(self, features: int) -> BatchNorm:
+    def bn(self, features: int) -> nnx.BatchNorm:
         # momentum 0.9 here == momentum 0.1 in PyTorch (Flax keeps 0.9 of the old
         # running value, torch mixes in 0.1 of the batch). One known difference
         # remains: PyTorch updates running_var with the UNBIASED batch variance
         # (n / (n - 1) times larger), Flax with the biased one. Normalisation of
         # the batch itself uses the biased variance in both.
-        bn = BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+        bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                            param_dtype=self.param_dtype, rngs=self.rngs)
         # Flax keeps the running statistics in float32 whatever param_dtype is: a float64 model would
         # normalise with float32 statistics (and warn on every train-mode update). Keep them at least float32
