@@ -18,9 +18,6 @@ Both leave the values bit for bit the same. On other backends
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import jax
 import jax.numpy as jnp
 
@@ -40,23 +37,8 @@ def _on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-_MATERIALIZE = contextvars.ContextVar("isotpp_materialize_conv_inputs", default=True)
-
-
-@contextlib.contextmanager
-def without_materialize():
-    """Trace convolutions without :func:`materialize`: for programs with no weight-gradient convolutions
-    (Jacobian spectra), where the ``lax.cond`` per conv, transposed in every VJP, only costs (ResNet56
-    batch-statistics JSV on CPU: 188 against 333 ms/sample, docs/speed.md)."""
-    token = _MATERIALIZE.set(False)
-    try:
-        yield
-    finally:
-        _MATERIALIZE.reset(token)
-
-
 def conv_general_dilated(lhs, rhs, *args, **kwargs):
     """``lax.conv_general_dilated``, with its input materialised on CPU (see the module docstring)."""
-    if _on_cpu() and _MATERIALIZE.get() and lhs.size > 0:
+    if _on_cpu() and lhs.size > 0:
         lhs = materialize(lhs)
     return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)

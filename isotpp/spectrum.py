@@ -57,7 +57,7 @@ import numpy as np
 from flax import nnx
 from threadpoolctl import threadpool_limits
 
-from isotpp import memory, ops
+from isotpp import memory
 from isotpp import spectrum_stochastic as stochastic
 from isotpp.errors import UserError
 
@@ -231,10 +231,9 @@ def _apply_fn(graphdef, bn: BNMode):
 @functools.partial(jax.jit, static_argnames=("graphdef", "method", "bn"))
 def _chunk_sv(graphdef, state, x, *, method: str, bn: BNMode):
     f = functools.partial(_apply_fn(graphdef, bn), state)
-    with ops.without_materialize():  # no weight gradients here: the conv inputs' fusion boundary only costs
-        if method == "gram":
-            return gram_singular_values(f, x)
-        return explicit_singular_values(f, x)
+    if method == "gram":
+        return gram_singular_values(f, x)
+    return explicit_singular_values(f, x)
 
 
 # Gram's relative resolution in float32 (√ε), and the explicit Jacobian's (a few ε).
