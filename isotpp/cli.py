@@ -58,8 +58,16 @@ def _add_spectrum(sub) -> None:
     p.add_argument("--nets", type=A.Int(1, 10_000), default=1,
                    help="independent weight draws (seeds seed, seed+1, ...), spectra pooled")
     p.add_argument("--seed", type=A.seed, default=0, help="seed for the weights (inputs use seed+1)")
-    p.add_argument("--method", choices=("auto", "gram", "jacobian", "linear"), default="auto",
-                   help="auto: exact kernel product for linear MLPs, else gram (J·Jᵀ from VJPs)")
+    p.add_argument("--method", choices=A.SPECTRUM_METHODS, default="auto",
+                   help="auto: exact kernel product for linear MLPs, stochastic when the classes number at least 4x "
+                        "--matvecs (BatchNorm eval), else gram (exact: J·Jᵀ from one VJP per class); jacobian: the "
+                        "explicit Jacobian's SVD; stochastic: Hutchinson + Lanczos estimate with its error in the JSON")
+    p.add_argument("--matvecs", type=A.Int(1, 100_000, what="a number of products"), default=None,
+                   help="stochastic: J·Jᵀ products per sample, each one VJP + one JVP (unset: 64); more: smaller "
+                        "error")
+    p.add_argument("--memory-budget", type=A.byte_size, default=None, metavar="SIZE",
+                   help="bytes a chunk of samples may use (e.g. 2GiB): the chunk size is fitted to it from XLA's "
+                        "memory analysis (unset: chosen from the model size)")
     p.add_argument("--jsv-bn", "--bn", dest="bn", choices=("eval", "batch"), default="eval",
                    help="BatchNorm statistics: running (eval) or of each batch (batch, as the reference)")
     p.add_argument("--float64", action="store_true", help="compute in float64 (badly conditioned spectra)")
@@ -113,6 +121,8 @@ def _run_spectrum(args) -> int:
         data=args.data,
         data_dir=args.data_dir,
         chunk_size=args.chunk_size,
+        matvecs=args.matvecs,
+        memory_budget=args.memory_budget,
         values=args.values,
         json_path=args.json,
         plot_path=args.plot,

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from threadpoolctl import threadpool_limits
 
 from isotpp import memory
 from isotpp import spectrum_stochastic as stochastic
@@ -66,14 +67,27 @@ Method = Literal["gram", "jacobian", "linear", "stochastic", "auto"]
 BNMode = Literal["eval", "batch"]
 METHODS = ("gram", "jacobian", "linear", "stochastic", "auto")
 
-# Classes beyond this many are processed in chunks inside a lax.map, so that
-# ImageNet's 1000 classes do not unroll into 1000 VJPs in one program.
+# Classes beyond this many are processed in vmapped blocks of this many VJPs each (the blocks unrolled in
+# one program): on CPU a block of 32-50 vmapped VJPs costs per class what the unrolled ones do, while a
+# lax.map over the blocks (the former path) cost 2x per class and one vmap over all classes 4x
+# (LeNet5, 100 classes: benchmarks/bench_spectrum_classes.py).
 _UNROLL_CLASSES = 32
 # Default bound on the bytes of Jacobian rows held at once per chunk.
 _ROW_BYTES = 256 * 2**20
 # Chunks of ~64 samples measured fastest on CPU (ResNet56: 22 ms/sample at 32-64,
 # 25 ms at 128: the ten backward passes of a larger chunk spill out of cache).
 _MAX_CHUNK = 64
+
+
+def one_blas_thread():
+    """A context in which BLAS/LAPACK (OpenBLAS, which XLA's CPU ``eigvalsh`` and ``svd`` call) runs one thread.
+
+    OpenBLAS's own threads spin-wait for cores: on a busy 2-core machine (load
+    average 12-15) ``eigvalsh`` of four 100 × 100 Gram matrices took 0.11-0.15 s
+    with its default 2 threads and 0.002-0.006 s with one, 1000 × 1000 ones 14×
+    longer; the Jacobian rows, XLA's own work, are unaffected.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------
@@ -102,17 +116,13 @@ def jacobian_rows(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Arra
         # Unrolled: XLA schedules C independent backward passes in one program,
         # measurably faster on CPU than vmapping them into one wide batch.
         return rows_for(range(c))
-    chunk = _UNROLL_CLASSES
-    n_chunks = math.ceil(c / chunk)
+    block = _UNROLL_CLASSES
 
-    def chunk_rows(i):
-        ks = jnp.minimum(i * chunk + jnp.arange(chunk), c - 1)
-        g = jax.vmap(lambda k: vjp(jnp.broadcast_to(eye[k], (b, c)))[0])(ks)
-        return g.reshape(chunk, b, -1)
+    def block_rows(ks: jax.Array) -> jax.Array:  # (k,) -> (k, B, D)
+        return jax.vmap(lambda k: vjp(jnp.broadcast_to(eye[k], (b, c)))[0].reshape(b, -1))(ks)
 
-    rows = jax.lax.map(chunk_rows, jnp.arange(n_chunks))  # (n, chunk, B, D)
-    rows = rows.reshape(n_chunks * chunk, b, -1)[:c]
-    return jnp.swapaxes(rows, 0, 1)
+    rows = [block_rows(jnp.arange(i, min(c, i + block))) for i in range(0, c, block)]
+    return jnp.swapaxes(jnp.concatenate(rows, axis=0), 0, 1)
 
 
 def gram_singular_values(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
@@ -274,18 +284,10 @@ def _check_gram(sv: np.ndarray, dtype, redo: Callable[[], np.ndarray]) -> np.nda
     return sv
 
 
-def model_singular_values(
-    model: nnx.Module,
-    x: jax.Array | np.ndarray | None = None,
-    *,
-    method: Method = "auto",
-    bn: BNMode = "eval",
-    chunk_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    matvecs: int | None = None,
-    memory_budget: int | None = None,
-) -> np.ndarray:
-    """Per-sample JSV of a Flax NNX model, shape (n_samples, min(C, D)).
+def model_singular_values(model: nnx.Module, x: jax.Array | np.ndarray | None = None, **options) -> np.ndarray:
+    """Per-sample JSV of a Flax NNX model, shape (n_samples, min(C, D)); ``options`` are
+    :func:`spectrum_estimate`'s (``method="auto"``, ``bn="eval"``, ``chunk_size``, ``progress``, ``matvecs``,
+    ``memory_budget``).
 
     ``x``: inputs (N, ...) in the model's input layout; it may be None only for
     ``method="linear"``, which returns one row (the input-free spectrum).
@@ -299,6 +301,7 @@ def model_singular_values(
     ``progress(done, total)`` is called after each chunk. ``matvecs``: the
     stochastic method's J·Jᵀ products per sample (default 64); ``"auto"`` uses
     that method when the classes number at least 4 × ``matvecs``.
+    :func:`spectrum_estimate` returns the method used and its error as well.
 
     >>> from isotpp.models import create_model
     >>> model = create_model("mlp_7_linear", init="orthogonal", seed=0)
@@ -306,16 +309,86 @@ def model_singular_values(
     >>> s.shape, round(float(s.mean()), 4)  # an orthogonal linear network is an isometry
     ((1, 10), 1.0)
     """
+    return spectrum_estimate(model, x, **options).values
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumEstimate:
+    """Singular values (N, k), the method that computed them and, for ``"stochastic"``, its estimate."""
+
+    values: np.ndarray
+    method: str
+    stochastic: stochastic.StochasticSpectrum | None = None
+
+
+def resolve_method(model: nnx.Module, x, method: Method, bn: BNMode, matvecs: int | None = None) -> str:
+    """The method ``"auto"`` stands for (``"linear"``, ``"stochastic"`` or ``"gram"``); others unchanged."""
     if method not in METHODS:
         raise UserError(f"unknown spectrum method {method!r}: choose one of {', '.join(METHODS)}")
     if bn not in ("eval", "batch"):
         raise UserError(f"unknown BatchNorm mode {bn!r}: choose 'eval' or 'batch'")
+    if matvecs is not None and (isinstance(matvecs, bool) or not isinstance(matvecs, int) or matvecs < 1):
+        raise UserError(f"matvecs must be a positive integer, got {matvecs!r}")
+    if method != "auto":
+        return method
     example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
-    if method == "auto":
-        method = "linear" if is_input_linear(model, example) else "gram"
-        if method == "gram" and bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
-            method = "stochastic"
+    if is_input_linear(model, example):
+        return "linear"
+    if bn == "eval" and x is not None and _many_outputs(model, x, matvecs):
+        return "stochastic"
+    return "gram"
+
+
+def error_report(est: SpectrumEstimate) -> dict[str, float | int | str]:
+    """What the error of ``est``'s figures is: the stochastic estimate's standard errors and quadrature bracket,
+    or an exact method's resolution (relative to s_max) in its dtype."""
+    if est.stochastic is not None:
+        s = est.stochastic.summary()
+        return {"kind": "stochastic", "mean_stderr": s["mean_stderr"], "mean_lower": s["mean_lower"],
+                "mean_upper": s["mean"], "lambda_mean_stderr": s["lambda_mean_stderr"],
+                "max_ritz": s["max_ritz"], "min_ritz": s["min_ritz"], "matvecs": s["matvecs"],
+                "probes": s["probes"], "steps": s["steps"]}
+    eps = float(np.finfo(est.values.dtype).eps) if np.issubdtype(est.values.dtype, np.floating) else 0.0
+    single = est.values.dtype == np.float32
+    resolution = {"gram": GRAM_RESOLUTION if single else math.sqrt(eps),
+                  "jacobian": JACOBIAN_RESOLUTION if single else 10 * eps}.get(est.method, 10 * eps)
+    return {"kind": "exact", "resolution_relative_to_s_max": resolution}
+
+
+def pooled_estimate(estimates: Sequence[SpectrumEstimate]) -> SpectrumEstimate:
+    """One estimate over the samples of several (e.g. independent weight draws), computed by one method."""
+    if not estimates or len({e.method for e in estimates}) != 1:
+        raise UserError("pool estimates of one method: got " + ", ".join(e.method for e in estimates))
+    values = np.concatenate([e.values for e in estimates])
+    parts = [e.stochastic for e in estimates]
+    pooled = None if any(p is None for p in parts) else stochastic.concatenate(parts)
+    return SpectrumEstimate(values, estimates[0].method, pooled)
+
+
+def spectrum_estimate(
+    model: nnx.Module,
+    x: jax.Array | np.ndarray | None = None,
+    *,
+    method: Method = "auto",
+    bn: BNMode = "eval",
+    chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    matvecs: int | None = None,
+    memory_budget: int | None = None,
+) -> SpectrumEstimate:
+    """:func:`model_singular_values` with the method ``"auto"`` chose and, for ``"stochastic"``, the estimate
+    (its means, their standard errors, :func:`error_report`)."""
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget <= 0):
+        raise UserError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    method = resolve_method(model, x, method, bn, matvecs)
+    with one_blas_thread():
+        return _spectrum_estimate(model, x, method, bn, chunk_size, progress, matvecs, memory_budget)
+
+
+def _spectrum_estimate(model, x, method, bn, chunk_size, progress, matvecs, memory_budget) -> SpectrumEstimate:
     if method == "linear":
+        example = None if x is None else jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
         if not is_input_linear(model, example):
             raise UserError(
                 "method 'linear' needs a network whose logits are affine in its input (no activations): "
@@ -324,7 +397,7 @@ def model_singular_values(
         sv = linear_singular_values(model, example)
         if x is not None:
             sv = np.repeat(sv, len(x), axis=0)
-        return sv
+        return SpectrumEstimate(sv, method)
     if x is None:
         raise UserError(f"method {method!r} needs input samples: pass x (or use a dataset / random inputs)")
     if bn == "batch" and method != "gram":
@@ -335,7 +408,7 @@ def model_singular_values(
             memory_budget=memory_budget, progress=progress,
         )
         logger.info("stochastic spectrum: %s", est.summary())
-        return est.singular_values()
+        return SpectrumEstimate(est.singular_values(), method, est)
 
     graphdef, state = nnx.split(model)
     x = jnp.asarray(x)
@@ -364,7 +437,7 @@ def model_singular_values(
         out.append(sv)
         if progress is not None:
             progress(min(start + chunk_size, n), n)
-    return np.concatenate(out, axis=0)
+    return SpectrumEstimate(np.concatenate(out, axis=0), method)
 
 
 def _many_outputs(model: nnx.Module, x, matvecs: int | None) -> bool:

@@ -286,6 +286,20 @@ class StochasticSpectrum:
         }
 
 
+def concatenate(estimates: list[StochasticSpectrum]) -> StochasticSpectrum:
+    """One estimate over the samples of several (same classes and budget), e.g. of independent weight draws."""
+    first = estimates[0]
+    if any(e.num_classes != first.num_classes or e.nodes.shape[1:] != first.nodes.shape[1:] for e in estimates):
+        raise UserError("stochastic spectra to pool must have the same classes, probes and steps")
+
+    def cat(name):
+        parts = [getattr(e, name) for e in estimates]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+
+    return StochasticSpectrum(cat("nodes"), cat("weights"), first.num_classes, first.matvecs,
+                              cat("radau_nodes"), cat("radau_weights"))
+
+
 def wasserstein1(u_values, v_values, u_weights=None, v_weights=None) -> float:
     """W₁ distance between two weighted 1-D distributions (∫|F_u − F_v|)."""
     u = np.asarray(u_values, np.float64).ravel()

@@ -124,6 +124,33 @@ class Float(Domain):
         return value
 
 
+class ByteSize(Domain):
+    """A size in bytes: a positive number with an optional unit (B; KiB, MiB, GiB, TiB or K, M, G, T: powers of
+    1024; KB, MB, GB, TB: powers of 1000), e.g. ``2GiB``, ``512M``, ``1.5e9``; returns whole bytes."""
+
+    _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
+              "t": 2**40, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+    def __init__(self, lo: int = 1, hi: int = 2**60, what: str = "a size"):
+        self.lo, self.hi = lo, hi
+        self.describe = f"{what} in bytes, e.g. 2GiB, 512MiB, 1.5GB"
+
+    def __call__(self, text: str) -> int:
+        m = re.fullmatch(r"\s*([0-9][0-9_.eE+]*)\s*([A-Za-z]*)\s*", str(text))
+        unit = m and self._UNITS.get(m.group(2).lower())
+        try:
+            number = float(m.group(1).replace("_", "")) if m and unit else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"expected {self.describe}, got {text!r}")
+        value = int(number * unit)
+        if not self.lo <= value <= self.hi:
+            raise argparse.ArgumentTypeError(f"{str(text).strip()} is {value} bytes, outside [{self.lo}, {self.hi}]: "
+                                             f"expected {self.describe}")
+        return value
+
+
 positive_int = Int(1, what="a positive integer")
 count = Int(1, 1_000_000_000, what="a count")
 seed = Int(0, INT32_MAX, what="a seed")
@@ -131,6 +158,7 @@ positive_float = Float(0.0, lo_open=True, what="a positive finite number")
 nonnegative_float = Float(0.0, what="a non-negative finite number")
 fraction = Float(0.0, 1.0, hi_open=True, what="a fraction")  # pruning ratios, momentum
 open_fraction = Float(0.0, 1.0, lo_open=True, hi_open=True, what="a fraction")
+byte_size = ByteSize()
 
 
 # --------------------------------------------------------------------------
@@ -407,6 +435,7 @@ INIT_SCHEMES = ("default", "torch", "kaiming", "gaussian", "orthogonal", "delta-
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")  # isotpp.data.DATASET_INFO
 DATASET_ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
                    "cifar-10": "cifar10", "cifar-100": "cifar100"}  # isotpp.data._ALIASES
+SPECTRUM_METHODS = ("auto", "gram", "jacobian", "linear", "stochastic")  # isotpp.spectrum.METHODS
 MODEL_NAMES = ("mlp", "mlp_7_linear", "mlp_7_relu", "lenet_300_100", "lenet5", "resnet20", "resnet32", "resnet44",
                "resnet56", "resnet110", "resnet20_B", "resnet32_B", "resnet44_B", "resnet56_B", "resnet110_B", "vgg11",
                "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50")  # isotpp.models.MODEL_NAMES

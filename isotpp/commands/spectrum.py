@@ -83,6 +83,8 @@ def run_spectrum(
     data: str | None = None,
     data_dir: str | None = None,
     chunk_size: int | None = None,
+    matvecs: int | None = None,
+    memory_budget: int | None = None,
     values: bool = False,
     json_path: str | None = None,
     plot_path: str | None = None,
@@ -101,7 +103,10 @@ def run_spectrum(
     For a nonlinear MLP without ``data`` the inputs sit at the mean-field fixed
     point: |x|^2 / N_0 = E[phi(h)^2], h ~ N(0, q*). ``plot_formats`` (e.g.
     ``("png", "pdf")``) writes the figure once per format, ``plot_path`` with
-    each extension; by default its own extension decides.
+    each extension; by default its own extension decides. ``method="stochastic"`` (or ``"auto"`` with at
+    least 4 × ``matvecs`` classes) estimates the spectrum from ``matvecs`` J·Jᵀ products per sample; ``mean``
+    and ``lambda_mean`` are then the estimator's, and ``error`` says how far off they may be (for the exact
+    methods: their resolution). ``memory_budget`` (bytes) fits the chunk of samples to it.
     """
     import jax
 
@@ -150,6 +155,8 @@ def run_spectrum(
         require(samples * int(np.prod(input_shape)) * (8 if float64 else 4), f"{samples:,} input samples",
                 "lower --jsv-samples")
     input_linear = sp.is_input_linear(net)
+    n_in = int(np.prod(input_shape))
+    n_out = int(getattr(net, "num_classes", 0) or (num_classes or 10))
     resolved = method
     if method == "auto":
         resolved = "linear" if input_linear else "gram"
@@ -157,8 +164,6 @@ def run_spectrum(
     # MLP's exact kernel product costs nothing in float64
     float64_auto = is_mlp and not float64 and (depth >= FLOAT64_DEPTH or resolved == "linear")
     float64 = float64 or float64_auto
-    n_in = int(np.prod(input_shape))
-    n_out = int(getattr(net, "num_classes", 0) or (num_classes or 10))
 
     # theory first: it fixes the inputs of a nonlinear MLP (the mean-field fixed point)
     th, note, q_in = None, None, None
@@ -175,6 +180,11 @@ def run_spectrum(
     else:
         note = f"no theory for {model_name}: the free-probability theory covers fully connected networks (mlp)"
 
+    # many classes: the stochastic estimate, unless a theory's density is compared (that needs the exact one)
+    if (method == "auto" and resolved == "gram" and th is None and bn == "eval"
+            and sp.stochastic.prefer_stochastic(n_out, n_in, matvecs)):
+        resolved = "stochastic"
+
     def inputs(k: int):
         if input_linear:
             return None if resolved == "linear" else np.zeros((1, *input_shape), np.float32), "none (J does not depend on x)"
@@ -190,7 +200,7 @@ def run_spectrum(
 
         bar = progress_bar(total, "spectrum", unit="sample")
 
-    rows, source, elapsed = [], None, 0.0
+    rows, estimates, source, elapsed = [], [], None, 0.0
     # x64 only for this computation (a context, so a library caller's session keeps its own setting)
     with jax.enable_x64(True) if float64 else contextlib.nullcontext():
         for k in range(nets):
@@ -209,9 +219,11 @@ def run_spectrum(
                     bar.refresh()
 
             t0 = time.perf_counter()
-            sv = sp.model_singular_values(net, x, method=resolved, bn=bn, chunk_size=chunk_size, progress=on_chunk)
+            est = sp.spectrum_estimate(net, x, method=resolved, bn=bn, chunk_size=chunk_size, progress=on_chunk,
+                                       matvecs=matvecs, memory_budget=memory_budget)
             elapsed += time.perf_counter() - t0
-            rows.append(np.asarray(sv, dtype=np.float64))
+            rows.append(np.asarray(est.values, dtype=np.float64))
+            estimates.append(est)
     if bar is not None:
         bar.close()
     sv = np.concatenate(rows, axis=0)
@@ -222,6 +234,10 @@ def run_spectrum(
     result: dict[str, Any] = summary.as_dict()
     lam = sv**2
     result["lambda_mean"] = float(lam.mean())
+    pooled = sp.pooled_estimate(estimates)
+    result["error"] = sp.error_report(pooled)
+    if pooled.stochastic is not None:  # the estimator's means, which its error describes
+        result["mean"], result["lambda_mean"] = pooled.stochastic.sv_mean()[0], pooled.stochastic.lambda_mean()[0]
     result["lambda_var_over_mean_sq"] = float(lam.var() / lam.mean() ** 2) if lam.mean() > 0 else float("nan")
     result.update(
         model=model_name,
