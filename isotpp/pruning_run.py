@@ -583,15 +583,15 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
             runs.append(stack.enter_context(open_run(
                 shared, {k: v for k, v in settings.items() if k not in RETRAINING},
                 kind="set of shared pruning stages", reusable=REUSABLE, defaults=defaults)))
-        data = load_data(config)  # also for a finished run: its data must be those it was run on
+        if (out / "summary.json").exists():  # finished: shown again, nothing computed (no data needed)
+            return read_json(out / "summary.json")
+        data = load_data(config)
         for run in runs:
             run.check_data(data_identity(config.dataset, **data.splits()))
-        finished = (out / "summary.json").exists()
-        if not finished:
-            check_inputs(config, data)
+        check_inputs(config, data)
         for run in runs:
             run.record()
-        return read_json(out / "summary.json") if finished else _run_stages(config, data, out, shared, log)
+        return _run_stages(config, data, out, shared, log)
 
 
 def _run_stages(config: PruneConfig, data: RunData, out: Path, shared: Path, log) -> dict[str, Any]:
