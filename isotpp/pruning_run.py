@@ -180,6 +180,9 @@ class _Data:
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.num_train // batch_size)  # InMemoryData tops the last batch up
 
+    def splits(self) -> dict[str, Any]:
+        return {"train": self.train, "test": self.test}
+
     def source(self, config: PruneConfig, seed: int, augment: bool):
         from isotpp.data.pipeline import InMemoryData
 
@@ -241,6 +244,9 @@ class _FolderData:
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_train // batch_size  # the Grain loader drops the last incomplete batch
+
+    def splits(self) -> dict[str, Any]:
+        return {"train": self.train, "val": self.val}
 
     def source(self, config: PruneConfig, seed: int, augment: bool):
         from isotpp.data.imagefolder import imagefolder_train_source
@@ -517,23 +523,27 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
     calling again with the same config finishes it.
     """
     log = log or logger.info  # the command line passes print
+    from isotpp.data.identity import data_identity
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import check_path, open_run
 
     config = config.validate()
     out = check_path(config.out)
     shared = check_path(config.shared, "shared directory") if config.shared else out
-    settings = config.to_dict()
+    settings, defaults = config.to_dict(), PruneConfig().to_dict()
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_stops(RESUME_HINT))
-        runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE))]
+        runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE,
+                                             defaults=defaults))]
         if shared.absolute() != out.absolute():
             runs.append(stack.enter_context(open_run(
                 shared, {k: v for k, v in settings.items() if k not in RETRAINING},
-                kind="set of shared pruning stages", reusable=REUSABLE)))
-        if (out / "summary.json").exists():
+                kind="set of shared pruning stages", reusable=REUSABLE, defaults=defaults)))
+        if (out / "summary.json").exists():  # finished: shown again, nothing computed (no data needed)
             return read_json(out / "summary.json")
         data = load_data(config)
+        for run in runs:
+            run.check_data(data_identity(config.dataset, **data.splits()))
         check_inputs(config, data)
         for run in runs:
             run.record()

@@ -12,12 +12,17 @@ opens it with :func:`open_run`, which
 3. finishes or discards what an interrupted run left half-committed
    (:class:`Commit`);
 4. compares the settings with those the directory recorded
-   (``config.json``) and refuses different ones, naming them;
-5. hands the caller a :class:`RunDir` whose :meth:`RunDir.record` writes the
-   settings: the caller validates everything else (data present, patterns
-   against the model) first, so a refused run writes nothing. If the call
-   fails before anything was recorded, the directories it created are removed
-   again, and a directory that existed is left as it was.
+   (``config.json``) and refuses different ones, naming them; a setting the
+   record lacks (a directory of an older isotpp, before the setting existed)
+   counts as its default;
+5. hands the caller a :class:`RunDir`: once the data are loaded,
+   :meth:`RunDir.check_data` refuses data other than those the run was started
+   on (the data directory may move, the data may not change); then
+   :meth:`RunDir.record` writes the complete settings. The caller validates
+   everything else (data present, patterns against the model) first, so a
+   refused run writes nothing. If the call fails before anything was recorded,
+   the directories it created are removed again, and a directory that existed
+   is left as it was.
 
 A piece of work made of several files (a model and its summary, every cell of
 a vmapped group) is written through a :class:`Commit`: the files are staged
@@ -45,11 +50,13 @@ from pathlib import Path
 from typing import Any, Self
 
 from isotpp import faults
+from isotpp.data.identity import describe_identity
 from isotpp.errors import UserError
 from isotpp.io import read_json, storage_error, write_json
 
 LOCK_NAME = ".isotpp.lock"
 SETTINGS_NAME = "config.json"
+DATA_KEY = "data"  # the settings' record of the data loaded (isotpp.data.identity), added by RunDir.check_data
 STAGING_NAME = ".staging"
 _COMMITTED = ".committed"
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp|\..+\.[0-9a-f]{32}\.tmp")  # isotpp.io, isotpp.plots
@@ -267,12 +274,25 @@ def _show(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any], reusable: Sequence[str] = ()) -> list[str]:
-    """``key (X there, Y here)`` for every setting outside ``reusable`` that differs (or exists on one side only)."""
-    new = json.loads(json.dumps(new))  # tuples as lists, keys as strings: what the file holds
+def _as_recorded(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples as lists, keys as strings: what the file holds
+
+
+def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any], reusable: Sequence[str] = (),
+                        defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``key (X there, Y here)`` for every setting outside ``reusable`` that differs (or exists on one side only).
+
+    A setting ``old`` lacks while ``new`` holds its value in ``defaults`` is no
+    difference: the record was written before the setting existed, when the
+    run behaved as the default does now.
+    """
+    new = _as_recorded(new)
+    defaults = _as_recorded(defaults or {})
     out = []
     for k in sorted(set(old) | set(new)):
         if k in reusable:
+            continue
+        if k not in old and k in new and k in defaults and new[k] == defaults[k]:
             continue
         if k not in old or k not in new or old[k] != new[k]:
             there = _show(old[k]) if k in old else "absent"
@@ -296,16 +316,33 @@ def _mkdir(path: Path) -> Path | None:
 
 
 class RunDir:
-    """An opened run directory (see :func:`open_run`)."""
+    """An opened run directory (see :func:`open_run`); ``settings`` is what :meth:`record` writes."""
 
-    def __init__(self, path: Path, settings: Mapping[str, Any], section: str | None, main: bool):
+    def __init__(self, path: Path, settings: Mapping[str, Any], section: str | None, main: bool, *,
+                 kind: str = "run", recorded: Mapping[str, Any] | None = None):
         self.path, self.settings, self.section, self.main = path, dict(settings), section, main
+        self.kind, self.recorded = kind, recorded  # recorded: the settings config.json held (None: a new run)
         self.had_settings = (path / SETTINGS_NAME).exists()
+
+    def check_data(self, identity: Mapping[str, Any]) -> None:
+        """Refuse data other than those the run was started on; ``identity``
+        (:func:`isotpp.data.identity.data_identity`) joins the settings :meth:`record` writes.
+
+        The same data read from another directory are accepted; a record
+        without data (an older isotpp's) accepts any and is completed.
+        """
+        identity = _as_recorded(identity)
+        old = (self.recorded or {}).get(DATA_KEY)
+        if old is not None and old != identity:
+            raise UserError(f"{self.path} holds a {self.kind} started on other data ({describe_identity(old)} there, "
+                            f"{describe_identity(identity)} here): give it the data it was started on (data_dir), "
+                            "use another directory, or delete it to start afresh")
+        self.settings[DATA_KEY] = identity
 
     def record(self) -> None:
         """Write the settings (``config.json``; process 0): call it once every check has passed, before any
         other write. If the call fails before anything else is written, :func:`open_run` removes it again."""
-        if self.main:
+        if self.main and self.recorded != _as_recorded(self.settings):  # a finished run's record stays untouched
             write_json(self.path / SETTINGS_NAME, {self.section: self.settings} if self.section else self.settings)
 
     def rollback(self) -> None:
@@ -329,11 +366,14 @@ def _remove_created(top: Path | None, path: Path) -> None:
 
 @contextlib.contextmanager
 def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kind: str,
-             reusable: Sequence[str] = (), section: str | None = None) -> Iterator[RunDir]:
+             reusable: Sequence[str] = (), section: str | None = None,
+             defaults: Mapping[str, Any] | None = None) -> Iterator[RunDir]:
     """Lock ``path``, repair what an interrupted run left, and refuse it if it holds other settings.
 
     ``settings``: the JSON-able settings of this run; ``reusable``: those that
     may differ between calls (a moved data directory, a progress bar);
+    ``defaults``: each setting's default, which a record without the setting
+    is taken to hold (a directory written before the setting existed);
     ``section``: compare with (and record under) this key of ``config.json``
     (``isotpp train`` shares the file with the trainer's own record); ``kind``
     names the run in messages ("pruning run", "study"). Only process 0 of a
@@ -352,6 +392,7 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
             if main:
                 recover(path)
             settings_file = path / SETTINGS_NAME
+            old = None
             if settings_file.exists():
                 old = read_json(settings_file)
                 if section is not None:
@@ -359,12 +400,12 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
                 if not isinstance(old, dict):
                     raise UserError(f"{path} holds something other than a {kind} ({settings_file} has no "
                                     "settings of one): use another directory")
-                diff = settings_difference(old, settings, reusable)
+                diff = settings_difference(old, settings, (*reusable, DATA_KEY), defaults)  # data: check_data
                 if diff:
                     shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
                     raise UserError(f"{path} holds a {kind} with a different {shown}: use another directory, "
                                     "or delete it to start afresh")
-            run = RunDir(path, settings, section, main)
+            run = RunDir(path, settings, section, main, kind=kind, recorded=old)
             yield run
         except BaseException:
             if main:  # still under the lock: leave the directory as this call found it, if nothing was made

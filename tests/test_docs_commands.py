@@ -57,19 +57,6 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
     "'layer1.[12].conv1:0.5,layer2.[12].conv1:0.6,layer3.[1-4].conv1:0.4'": (
         CHECK, None, "a dry run whose brackets are glob classes, not placeholders; ResNet-34 at ImageNet size "
                      "is traced for seconds, so its arguments (patterns against the model) are validated here"),
-    "isotpp prune --model mlp --dataset synthetic --ratios '*:0.5' --skip net.12 --method L1 --width-scale 0.25 "
-    "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
-    "--train-limit 128 --out runs/tiny": (
-        CHECK, None, "the reliability page's tiny run; tests/test_faults.py runs these settings and interrupts them"),
-    "isotpp prune --model mlp --dataset synthetic --ratios '*:0.8' --skip net.12 --method TPP --width-scale 0.25 "
-    "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
-    "--train-limit 128 --out runs/tiny": (
-        CHECK, None, "the same directory with other settings: tests/test_faults.py checks the refusal; arguments validated"),
-    "until isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
-    "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume": (
-        CHECK, "isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
-               "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume",
-        "a shell loop around a resumable run: the command inside it, arguments validated"),
     ".venv/bin/isotpp demo --out runs/demo": (
         CHECK, None, "the quick study trains 11 networks (≈ 30 s); tests/test_study_mlp.py runs it at a smaller size"),
     "isotpp spectrum --model mlp --depth L --width N --act linear --input-dim D --num-classes C --init "
@@ -125,9 +112,13 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
         RUN, None, "small as shown"),
     "isotpp prune --model lenet5 --dataset synthetic --train-limit 256 --batch-size 64 --ratios '*conv*:0.5' "
     "--method L1 --base-epochs 1 --epochs 1 --jsv-samples 8 --out runs/lenet5-l1": (
-        CHECK, None, "trains two networks (≈ 30 s on 2 cores); tests/test_prune_run.py runs full prune runs"),
+        CHECK, None, "trains two LeNet-5s and takes JSVs (≈ 14 s of CPU even at --train-limit 64, most of it "
+                     "compilation); tests/test_prune_run.py runs full prune runs"),
     "isotpp train --model resnet20 --dataset synthetic --epochs 1 --train-limit 256 --batch-size 64 --width-scale "
-    "0.25 --out runs/smoke": (CHECK, None, "≈ 30 s on 2 cores; tests/test_trainer.py trains through the same code"),
+    "0.25 --out runs/smoke": (CHECK, None, "ResNet-20's compilation alone is ≈ 15 s of CPU: tests/test_faults.py::"
+                               "test_isotpp_train_as_documented_on_real_data_then_again_then_resumed_then_other_data "
+                               "runs this command through the installed entry point on the shipped Fashion-MNIST "
+                               "subset (--train-limit 128), again, and with --resume"),
     "isotpp reproduce mlp-linear --quick --seeds 1 --methods L1,TPP --out runs/mlp-quick": (
         CHECK, None, "minutes; tests/test_study_mlp.py runs the study at a reduced size"),
     "isotpp reproduce convnet --quick --out runs/convnet-quick": (
@@ -145,18 +136,21 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
     "isotpp prune --model mlp --dataset synthetic --ratios '*:0.5' --skip net.12 --method L1 --width-scale 0.25 "
     "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
     "--train-limit 128 --out runs/tiny": (
-        CHECK, None, "12 s of CPU; tests/test_faults.py runs this very run (killed, stopped, resumed)"),
+        CHECK, None, "12 s of CPU in a fresh process: tests/test_faults.py runs this very command through the "
+                     "installed entry point (PRUNE_ARGS, another --out; killed, stopped, resumed, compared with an "
+                     "uninterrupted run), so it is only validated here"),
     "isotpp prune --model mlp --dataset synthetic --ratios '*:0.8' --skip net.12 --method TPP --width-scale 0.25 "
     "--batch-size 64 --base-epochs 1 --base-lr-schedule 0:0.01 --epochs 2 --lr-schedule 0:0.002 --jsv-samples 4 "
     "--train-limit 128 --out runs/tiny": (
-        CHECK, None, "shows the refusal of other settings in runs/tiny, which tests/test_faults.py "
-                     "(test_other_settings_in_a_finished_run_are_refused_and_nothing_changes) checks"),
+        CHECK, None, "shows the refusal of other settings in runs/tiny, which needs the run above: tests/"
+                     "test_faults.py::test_other_settings_in_a_finished_run_are_refused_and_nothing_changes runs "
+                     "this very command into that run and checks the one line"),
     "until isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 --limit 64 "
     "--batch-size 32 --workdir runs/tiny-train --resume": (
-        CHECK, "isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
-               "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume",
-        "the command inside a shell loop on exit 75; tests/test_faults.py runs isotpp train as documented and "
-        "SIGTERM -> 75 -> resume"),
+        RUN, "isotpp train --model mlp --dataset synthetic --epochs 2 --lr-schedule 0:0.01 --width-scale 0.1 "
+             "--limit 64 --batch-size 32 --workdir runs/tiny-train --resume",
+        "the command inside a shell loop on exit 75, run as shown (a second or two); tests/test_faults.py "
+        "stops runs with SIGTERM (exit 75) and resumes them"),
 }
 # Lines that show a launcher around a command given in full elsewhere on the page (its arguments elided).
 ELIDED = ("...", "srun ", "gcloud ")
@@ -306,6 +300,8 @@ def test_every_documented_command_runs(sandbox, capsys, monkeypatch):
     assert orthogonal["mean"] == pytest.approx(1.0, abs=1e-5) and orthogonal["std"] < 1e-5
     assert (sandbox / "spectra" / "relu.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((sandbox / "cost" / "resnet20-0.5.json").read_text())["sparsity"] > 0
+    tiny = json.loads((sandbox / "runs" / "tiny-train" / "results.json").read_text())  # docs/reliability.md
+    assert tiny["steps"] == 4 and tiny["epochs"] == 2  # 64 examples in batches of 32, two epochs
     cost = json.loads((sandbox / "cost.json").read_text())
     assert cost["params"] > cost["params_pruned"] and "layer1.0.conv1" not in cost["layers"]  # skipped
 

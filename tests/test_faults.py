@@ -5,8 +5,12 @@ resume), two runs into one directory, a full disk, other settings, failed calls 
 Kills are real (a subprocess told where to die through the test-only ISOTPP_FAULT hook, isotpp.faults);
 the reruns, the SIGTERM runs and the references run in this process (tiny models, synthetic data)."""
 
+import contextlib
+import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from isotpp.cli import main as cli_main
+from isotpp.data.bundled import SUBSET_DIR
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
 from isotpp.preemption import Preempted
@@ -30,6 +36,26 @@ PRUNE_ARGS = ["--model", "mlp", "--dataset", "synthetic", "--ratios", "*:0.5", "
               "--width-scale", "0.25", "--batch-size", "64", "--base-epochs", "1", "--base-lr-schedule", "0:0.01",
               "--epochs", "2", "--lr-schedule", "0:0.002", "--jsv-samples", "4", "--train-limit", "128"]
 QUIET = {"log": lambda s: None}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for this module's runs, in this process and in the subprocesses
+    (``_env``): a rerun or a killed run compiles nothing an earlier run compiled. The programs are the same,
+    so are the results; the suite's other modules are left without it."""
+    import jax
+    from jax._src import compilation_cache
+
+    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.getbasetemp() / "jax-cache"),
+                "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
+    before = {k: getattr(jax.config, k) for k in settings}
+    for k, v in settings.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()  # read the settings again at the next compilation
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
 
 
 def _env(tmp_path, fault=None):
@@ -49,6 +75,20 @@ def _isotpp(tmp_path, *args, fault=None):
 def _python(tmp_path, code, *args, fault=None):
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=_env(tmp_path, fault),
                           capture_output=True, text=True, timeout=600, check=False)
+
+
+PROGRESS = re.compile(r"isotpp: epoch 1/1: [12]/2 step \(\d+ %\), .*")  # progress lines (no terminal)
+
+
+def _in_process(*argv) -> tuple[int, str]:
+    """``isotpp ARGV`` through the entry point's target in this process (JAX already imported): (status, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = cli_main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, err.getvalue()
 
 
 def _one_line(stderr: str) -> str:
@@ -131,9 +171,9 @@ def test_other_settings_in_a_finished_run_are_refused_and_nothing_changes(refere
     before = _snapshot(ref_dir)
     args = list(PRUNE_ARGS)
     args[args.index("--method") + 1], args[args.index("--ratios") + 1] = "TPP", "*:0.8"
-    r = _isotpp(tmp_path, "prune", *args, "--out", ref_dir)
-    assert r.returncode == 2
-    line = _one_line(r.stderr)
+    code, err = _in_process("prune", *args, "--out", ref_dir)  # refused before any data or model (no subprocess)
+    assert code == 2
+    line = _one_line(err)
     assert line.startswith(f"isotpp prune: error: {ref_dir} holds a pruning run with a different method ('L1' there, "
                            "'TPP' here); ratios ('*:0.5' there, '*:0.8' here)"), line
     assert _snapshot(ref_dir) == before
@@ -239,27 +279,51 @@ def test_results_files_follow_the_umask(tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_isotpp_train_as_documented_then_again_then_with_other_settings(tmp_path):
-    work = tmp_path / "runs" / "r56"
-    args = ["train", "--model", "mlp", "--width-scale", "0.1", "--dataset", "synthetic", "--limit", "64",
-            "--epochs", "2", "--lr-schedule", "0:0.1,1:0.01", "--batch-size", "64", "--workdir", work]
-    first = _isotpp(tmp_path, *args, "--resume", "--no-progress")
+def test_isotpp_train_as_documented_on_real_data_then_again_then_resumed_then_other_data(tmp_path,
+                                                                                     fashion_mnist_dir):
+    """docs/cli.md's `isotpp train` on the shipped Fashion-MNIST subset, small: orbax checkpoints on real data
+    and a clean stderr in a real process (orbax's "cannot schedule new futures after shutdown" was the old end);
+    the same command again is refused (one line, nothing changed); with --resume it continues; other data
+    (the full set) or other settings are refused, the same data elsewhere accepted."""
+    work = tmp_path / "runs" / "smoke"
+    args = ["train", "--model", "resnet20", "--dataset", "fashion_mnist", "--data-dir", SUBSET_DIR, "--epochs", "1",
+            "--train-limit", "128", "--batch-size", "64", "--width-scale", "0.25", "--out", work]
+    first = _isotpp(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert _one_line(first.stderr) == "isotpp: no checkpoint to resume from: starting from scratch"
+    noise = [line for line in first.stderr.splitlines() if line.strip() and not PROGRESS.fullmatch(line)]
+    assert not noise, first.stderr[-3000:]  # progress lines at most (time-based, without a terminal)
+    assert first.stdout.startswith("final test accuracy ") and first.stdout.endswith(f"model: {work / 'model.npz'}\n")
     config = read_json(work / "config.json")["args"]
-    assert config["epochs"] == 2 and "func" not in config
+    assert config["epochs"] == 1 and "func" not in config and config["data"]["examples"] == {"train": 128, "test": 2000}
     results = read_json(work / "results.json")
-    resumed = _isotpp(tmp_path, *args, "--resume", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
-    assert _one_line(resumed.stderr) == "isotpp: resuming from step 2 (epoch 2, step 0 of it)"
+    assert results["steps"] == 2 and sorted(p.name for p in (work / "checkpoints").iterdir()) == ["2"]
+    before = _snapshot(work)
+    code, err = _in_process(*args)
+    assert code == 2 and _one_line(err) == (f"isotpp train: error: {work / 'checkpoints'} already holds checkpoints "
+                                            "(step 2): pass --resume to continue or use another workdir")
+    assert _snapshot(work) == before
+    resumed = _isotpp(tmp_path, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _one_line(resumed.stderr) == "isotpp: resuming from step 2 (epoch 1, step 0 of it)"  # nothing else
     assert read_json(work / "results.json") == results
     before = _snapshot(work)
-    other = _isotpp(tmp_path, *[a if a != "0:0.1,1:0.01" else "0:0.2" for a in args], "--resume")
-    assert other.returncode == 2
-    assert _one_line(other.stderr) == (f"isotpp train: error: {work} holds a training run with a different "
-                                       "lr_schedule ('0:0.1,1:0.01' there, '0:0.2' here): use another directory, "
-                                       "or delete it to start afresh")
+    full = [a if a != SUBSET_DIR else fashion_mnist_dir for a in args]
+    code, err = _in_process(*full, "--resume")
+    assert code == 2 and _one_line(err).startswith(
+        f"isotpp train: error: {work} holds a training run started on other data (fashion_mnist: 128 train / "
+        "2,000 test examples, fingerprint "), err
+    assert "fashion_mnist: 128 train / 10,000 test examples" in err
+    other = [a if a != "1" else "2" for a in args]
+    code, err = _in_process(*other, "--resume")
+    assert code == 2 and _one_line(err) == (f"isotpp train: error: {work} holds a training run with a different "
+                                            "epochs (1 there, 2 here): use another directory, or delete it to "
+                                            "start afresh")
     assert _snapshot(work) == before
+    moved = shutil.copytree(SUBSET_DIR, tmp_path / "moved")
+    code, err = _in_process(*[a if a != SUBSET_DIR else moved for a in args], "--resume")
+    assert code == 0, err
+    assert read_json(work / "results.json") == results and read_json(work / "config.json")["args"]["data_dir"] == str(
+        moved)
 
 
 # --------------------------------------------------------------------------
@@ -321,3 +385,59 @@ def test_pai_study_killed_between_two_cells_of_a_group_completes_them_without_tr
     again = pai.run_study(config, out, progress=False, **QUIET)
     assert (out / "metrics.jsonl").read_text().count('"phase": "train"') == trained  # completed, not retrained
     assert _study_results(again) == _study_results(ref)
+
+
+CONVNET = {"dataset": "synthetic", "train_limit": 64, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
+           "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"),), "batch_size": 64, "methods": ("L1",),
+           "jsv_samples": 2, "ratio": 0.5}
+# In place of the Jacobian spectrum (seconds of tracing per call on ResNet-20; checked in
+# tests/test_study_convnet.py): a cheap deterministic function of the weights, so that the results still say
+# which weights each piece was computed from. What is under test is which pieces are kept, completed or redone.
+STAND_IN = """
+import jax, numpy as np
+from flax import nnx
+import isotpp.spectrum
+def _weights_as_spectrum(model, x, **kw):
+    return np.array([float(np.abs(np.asarray(v)).sum()) for v in jax.tree.leaves(nnx.state(model, nnx.Param))])
+isotpp.spectrum.model_singular_values = _weights_as_spectrum
+"""
+CONVNET_STUDY = STAND_IN + """
+import json, sys
+from isotpp.studies import convnet
+settings = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+            for k, v in json.loads(sys.argv[1]).items()}
+convnet.run_convnet_study(convnet.quick_config(**settings), sys.argv[2], log=lambda s: None)
+"""
+
+
+def test_convnet_study_killed_between_the_files_of_its_pieces_and_stopped_by_sigterm(tmp_path, monkeypatch):
+    """The ConvNet study (one method, one learning rate, ResNet-20 at a quarter width, one epoch each) killed
+    between its base model and base.json, stopped by SIGTERM after base.json, killed before the pruned network
+    is written: the rerun's results and final weights equal an uninterrupted study's."""
+    import isotpp.spectrum
+    from isotpp.studies import convnet
+
+    stand_in = {}
+    exec(STAND_IN, stand_in)  # noqa: S102 - the subprocesses' stand-in, the same text
+    monkeypatch.setattr(isotpp.spectrum, "model_singular_values", stand_in["_weights_as_spectrum"])
+    config = convnet.quick_config(**CONVNET)
+    ref = convnet.run_convnet_study(config, tmp_path / "ref", **QUIET)
+    out, cell = tmp_path / "run", Path("seed0", "L1", "lr0.01")
+
+    dead = _python(tmp_path, CONVNET_STUDY, json.dumps(CONVNET), out, fault="kill:after:seed0/base/model.npz")
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    assert (out / "seed0" / "base" / "model.npz").exists() and not (out / "seed0" / "base.json").exists()
+    monkeypatch.setenv("ISOTPP_FAULT", "term:after:seed0/base.json")
+    with pytest.raises(Preempted) as stop:
+        convnet.run_convnet_study(config, out, **QUIET)
+    assert stop.value.exit_code == 75 and str(stop.value) == (
+        f"stopped by SIGTERM: finished stages are kept in {out / 'seed0' / 'L1'}; run the same command again to "
+        "continue")
+    assert (out / "seed0" / "base.json").exists() and not (out / "seed0" / "L1" / "plan.json").exists()
+    monkeypatch.delenv("ISOTPP_FAULT")
+    dead = _python(tmp_path, CONVNET_STUDY, json.dumps(CONVNET), out, fault="kill:before:seed0/L1/pruned.npz")
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    assert (out / "seed0" / "L1" / "plan.json").exists() and not (out / "seed0" / "L1" / "pruned.npz").exists()
+    again = convnet.run_convnet_study(config, out, **QUIET)
+    assert _study_results(again) == _study_results(ref)
+    _same_arrays(out / cell / "final.npz", tmp_path / "ref" / cell / "final.npz")

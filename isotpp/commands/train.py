@@ -170,19 +170,25 @@ REUSABLE = ("workdir", "resume", "distributed", "data_dir", "checkpoint_every", 
 
 
 @contextlib.contextmanager
-def training_run(args):
+def training_run(args, parser: argparse.ArgumentParser | None = None):
     """The workdir of a training command, opened: locked, its settings checked, SIGTERM -> checkpoint + 75.
 
-    Call after :func:`isotpp.parallel.initialize`. The trainer records the
-    settings (config.json's ``args``) when it starts; a workdir of a run with
-    other settings is refused, a run that fails before that leaves nothing.
+    Call after :func:`isotpp.parallel.initialize`; yields the
+    :class:`isotpp.rundir.RunDir` (check the data with its ``check_data``,
+    pass its ``settings`` as the trainer's ``args`` record). The trainer
+    records the settings (config.json's ``args``) when it starts; a workdir
+    of a run with other settings is refused, a run that fails before that
+    leaves nothing. ``parser``: the command's, whose defaults stand for the
+    options an older isotpp's record lacks.
     """
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
 
-    with sigterm_stops(), open_run(args.workdir, A.recorded(args), kind="training run", reusable=REUSABLE,
-                                   section="args"):
-        yield
+    settings = A.recorded(args)
+    defaults = {k: parser.get_default(k) for k in settings} if parser is not None else None
+    with sigterm_stops(), open_run(args.workdir, settings, kind="training run", reusable=REUSABLE,
+                                   section="args", defaults=defaults) as run:
+        yield run
 
 
 def run(args, hooks=()) -> int:
@@ -192,16 +198,18 @@ def run(args, hooks=()) -> int:
 
     from isotpp.commands.prune import check_batch
     from isotpp.data import DATASET_INFO, load_dataset
+    from isotpp.data.identity import data_identity
     from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill
     from isotpp.train import LRSchedule, reference_sgd
     from isotpp.trainer import Trainer
 
     check_batch(args.batch_size, args.limit, DATASET_INFO.get(args.dataset))
-    with training_run(args):
+    with training_run(args, build_parser()) as run:
         schedule = LRSchedule.parse(args.lr_schedule)
         mesh = parallel.make_mesh()
         train = load_dataset(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
         test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        run.check_data(data_identity(train.name, train=train, test=test))
         info = DATASET_INFO[train.name]
         model = make_model(args, train.num_classes, train.input_shape)
         tx = reference_sgd(schedule.initial, args.wd, args.momentum)
@@ -209,7 +217,7 @@ def run(args, hooks=()) -> int:
                             augment=not args.no_augment, fill=pad_fill(info.mean, info.std))
         evaluation = InMemoryEval(test.images, test.labels, mesh, batch_size=args.eval_batch_size or 1000)
         trainer = Trainer(model, tx, data, train_config(args), args.workdir, eval_data=evaluation, hooks=hooks,
-                          extra_config={"args": A.recorded(args)})
+                          extra_config={"args": run.settings})
         history, _ = trainer.fit(resume=args.resume)
         finish(args, trainer, history)
     return 0

@@ -114,13 +114,16 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log: Callable[[s
     with :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
     log = log or logger.info  # the command line passes print
+    from isotpp.data.identity import data_identity
     from isotpp.preemption import sigterm_stops
     from isotpp.pruning_run import RESUME_HINT, load_data
     from isotpp.rundir import open_run
 
     cfg = cfg.validate()
-    with sigterm_stops(RESUME_HINT), open_run(out, cfg.to_dict(), kind="study", reusable=_REUSABLE) as run:
+    with sigterm_stops(RESUME_HINT), open_run(out, cfg.to_dict(), kind="study", reusable=_REUSABLE,
+                                              defaults=ConvStudyConfig().to_dict()) as run:
         data = load_data(_prune_config(cfg, 0))  # the same for every seed
+        run.check_data(data_identity(cfg.dataset, **data.splits()))
         run.record()
         return _run(cfg, data, run.path, log)
 

@@ -385,13 +385,16 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     and the same call finishes the study.
     """
     log = log or logger.info  # the command line passes print
+    from isotpp.data.identity import data_identity
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
 
     config = config.validate()
-    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study",
-                                              reusable=StudyConfig._REUSABLE) as run:
+    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study", reusable=StudyConfig._REUSABLE,
+                                              defaults=StudyConfig().to_dict()) as run:
         data = load_data(config)
+        run.check_data(data_identity(config.dataset, train=(data.train_x, data.train_y),
+                                     test=(data.test_x, data.test_y)))
         run.record()
         return _run(config, data, run.path, progress, log)
 

@@ -434,14 +434,18 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
     """
     log = log or logger.info  # the command line passes print
     from isotpp.preemption import sigterm_stops
+    from isotpp.data.identity import data_identity
     from isotpp.rundir import open_run
     from isotpp.studies.mlp_linear import RESUME_HINT
 
     config = config.validate()
     reusable = (*PaIConfig._REUSABLE, "scorer_path", "irp_record_path")
-    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study", reusable=reusable) as run:
+    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study", reusable=reusable,
+                                              defaults=PaIConfig().to_dict()) as run:
         _check_files(config)
         data = load_data(config)
+        run.check_data(data_identity(config.dataset, train=(data.train.x, data.train.y),
+                                     val=(data.val.x, data.val.y), test=(data.test.x, data.test.y)))
         run.record()
         return _run(config, data, run.path, progress, log)
 
