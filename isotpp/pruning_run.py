@@ -66,7 +66,7 @@ class PruneConfig:
     epochs: int = 120
     lr_schedule: str = RETRAIN_LR
     batch_size: int = 128
-    wd: float = 5e-4
+    weight_decay: float = 5e-4
     momentum: float = 0.9
     seed: int = 0
     init: str = "kaiming"
@@ -74,7 +74,7 @@ class PruneConfig:
     lw_opp: float = 1000.0  # TPP's Gram penalty and the constant weight of "X + L1" (the reference's --lw_opp)
     reg_granularity: float = 1e-4
     update_reg_interval: int = 10
-    stabilize_reg_interval: int = 10_000
+    stabilize_iters: int = 10_000  # TPP: iterations at the final penalty (the reference's stabilize_reg_interval)
     zero_out_interval: int = 100
     pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
     pre_scheme: str = "penalty"  # "X + L1": X alone ("penalty") or inside the reference's opp loop ("opp")
@@ -108,7 +108,7 @@ class PruneConfig:
         parse_ratios(self.ratios)
         LRSchedule.parse(self.lr_schedule)
         LRSchedule.parse(self.base_lr_schedule)
-        for name in ("epochs", "base_epochs", "batch_size", "update_reg_interval", "stabilize_reg_interval",
+        for name in ("epochs", "base_epochs", "batch_size", "update_reg_interval", "stabilize_iters",
                      "zero_out_interval", "pre_iters", "jsv_samples", "image_size", "resize"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -409,7 +409,7 @@ def base_model(config: PruneConfig, data: RunData, out: Path, log):
         return load_model(path)[0]
     log(f"training the base {config.model} for {config.base_epochs} epochs ({config.base_lr_schedule})")
     model = _new_model(config, data.num_classes, data.input_shape)
-    tx = reference_sgd(LRSchedule.parse(config.base_lr_schedule).initial, config.wd, config.momentum)
+    tx = reference_sgd(LRSchedule.parse(config.base_lr_schedule).initial, config.weight_decay, config.momentum)
     trainer, history = _train(model, tx, data, config, out / "base", epochs=config.base_epochs,
                               lr_schedule=config.base_lr_schedule, seed=config.seed, method="base")
     model = trainer.host_model()
@@ -435,10 +435,10 @@ def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log, *,
         extra = {"penalties": {penalty: penalty_fn(penalty, _kernel_names(base), rule=config.kernorth_rule)},
                  "weights": {penalty: config.lw_opp}}
     cfg = TPPConfig(lw_opp=0.0 if penalty else config.lw_opp, reg_granularity=config.reg_granularity,
-                    update_reg_interval=config.update_reg_interval, stabilize_iters=config.stabilize_reg_interval,
+                    update_reg_interval=config.update_reg_interval, stabilize_iters=config.stabilize_iters,
                     zero_out_interval=config.zero_out_interval)
     targets = targets_for(plan, channel_groups(base), layer_names(base), cfg)
-    tx = tpp(reference_sgd(config.tpp_lr, config.wd, config.momentum), plan, targets, cfg)
+    tx = tpp(reference_sgd(config.tpp_lr, config.weight_decay, config.momentum), plan, targets, cfg)
     steps = data.steps_per_epoch(config.batch_size)
     log(f"{f'{penalty}+L1 (opp loop)' if penalty else 'TPP'}: {cfg.total_iters} iterations (reg to {cfg.reg_cap} "
         f"by {cfg.update_iters}, then "
@@ -457,7 +457,7 @@ def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path
 
     steps = data.steps_per_epoch(config.batch_size)
     log(f"{kind}: {config.pre_iters} iterations before pruning")
-    tx = reference_sgd(config.pre_lr, config.wd, config.momentum)
+    tx = reference_sgd(config.pre_lr, config.weight_decay, config.momentum)
     trainer, _ = _train(base, tx, data, config, out / "pre", epochs=math.ceil(config.pre_iters / steps),
                         lr_schedule=None, seed=config.seed + 1, max_steps=config.pre_iters,
                         penalties={kind: penalty_fn(kind, _kernel_names(base), rule=config.kernorth_rule)},
@@ -523,7 +523,7 @@ def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
     if method.retrain_penalty:
         penalties = {method.retrain_penalty: penalty_fn(method.retrain_penalty, _kernel_names(small))}
         weights = {method.retrain_penalty: config.penalty_weight}
-    tx = reference_sgd(LRSchedule.parse(config.lr_schedule).initial, config.wd, config.momentum)
+    tx = reference_sgd(LRSchedule.parse(config.lr_schedule).initial, config.weight_decay, config.momentum)
     hook = jsv_hook(data.probe(config.jsv_samples), bn=config.jsv_bn)
     return _train(small, tx, data, config, out / "retrain", epochs=config.epochs, lr_schedule=config.lr_schedule,
                   seed=config.seed + 2, penalties=penalties, weights=weights, hooks=[hook], method=method.name)
@@ -531,6 +531,7 @@ def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
 
 # Settings that may change between the calls that finish one run (they do not change its results).
 REUSABLE = ("data_dir", "out", "shared", "progress", "workers", "checkpoint_every")
+RENAMED = {"wd": "weight_decay", "stabilize_reg_interval": "stabilize_iters"}  # settings keys of isotpp 0.1
 RETRAINING = ("epochs", "lr_schedule")  # what runs sharing their earlier stages (``shared``) may differ in
 RESUME_HINT = "run the same command again to continue"
 
@@ -570,11 +571,12 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
     settings = config.to_dict()
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_stops(RESUME_HINT))
-        runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE))]
+        runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE,
+                                                     renamed=RENAMED))]
         if shared.absolute() != out.absolute():
             runs.append(stack.enter_context(open_run(
                 shared, {k: v for k, v in settings.items() if k not in RETRAINING},
-                kind="set of shared pruning stages", reusable=REUSABLE)))
+                kind="set of shared pruning stages", reusable=REUSABLE, renamed=RENAMED)))
         if (out / "summary.json").exists():
             return read_json(out / "summary.json")
         data = load_data(config)

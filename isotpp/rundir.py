@@ -281,6 +281,11 @@ def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any], reusable
     return out
 
 
+def renamed_keys(old: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+    """``old`` with every key of ``renamed`` (an older version's name) under its new name."""
+    return {renamed.get(k, k): v for k, v in old.items()}
+
+
 def _mkdir(path: Path) -> Path | None:
     """Create ``path`` and its parents; returns the topmost directory created (None if it existed)."""
     top = None
@@ -329,14 +334,17 @@ def _remove_created(top: Path | None, path: Path) -> None:
 
 @contextlib.contextmanager
 def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kind: str,
-             reusable: Sequence[str] = (), section: str | None = None) -> Iterator[RunDir]:
+             reusable: Sequence[str] = (), section: str | None = None,
+             renamed: Mapping[str, str] | None = None) -> Iterator[RunDir]:
     """Lock ``path``, repair what an interrupted run left, and refuse it if it holds other settings.
 
     ``settings``: the JSON-able settings of this run; ``reusable``: those that
     may differ between calls (a moved data directory, a progress bar);
     ``section``: compare with (and record under) this key of ``config.json``
     (``isotpp train`` shares the file with the trainer's own record); ``kind``
-    names the run in messages ("pruning run", "study"). Only process 0 of a
+    names the run in messages ("pruning run", "study"); ``renamed`` maps the
+    settings keys of older isotpp versions to today's (their directories
+    still resume, and are recorded with today's keys). Only process 0 of a
     multi-host job locks and repairs (the others only compare).
     """
     from isotpp import parallel
@@ -359,7 +367,7 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
                 if not isinstance(old, dict):
                     raise UserError(f"{path} holds something other than a {kind} ({settings_file} has no "
                                     "settings of one): use another directory")
-                diff = settings_difference(old, settings, reusable)
+                diff = settings_difference(renamed_keys(old, renamed or {}), settings, reusable)
                 if diff:
                     shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
                     raise UserError(f"{path} holds a {kind} with a different {shown}: use another directory, "

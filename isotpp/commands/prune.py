@@ -105,7 +105,8 @@ def add_parser(sub) -> None:
                      help="retraining LR, epoch:lr pieces")
     run.add_argument("--batch-size", type=A.Int(1, 1_000_000), default=d.batch_size,
                      help="global training batch (at most the number of training examples)")
-    run.add_argument("--wd", type=A.nonnegative_float, default=d.wd, help="weight decay (added to the gradient)")
+    run.add_argument("--weight-decay", "--wd", dest="weight_decay", type=A.nonnegative_float, default=d.weight_decay,
+                     help="weight decay (added to the gradient)")
     run.add_argument("--seed", type=A.seed, default=0, help="seed of the base model, data order and methods")
     run.add_argument("--init", type=A.init_scheme, default=d.init, metavar=A.init_scheme.describe,
                      help="init of trained-from-scratch models")
@@ -120,7 +121,8 @@ def add_parser(sub) -> None:
                      help="TPP: increase of the penalty factor every --update-reg-interval iterations")
     run.add_argument("--update-reg-interval", type=A.positive_int, default=d.update_reg_interval,
                      help="TPP: iterations between increases of the penalty factor")
-    run.add_argument("--stabilize-reg-interval", type=A.positive_int, default=d.stabilize_reg_interval,
+    run.add_argument("--stabilize-iters", "--stabilize-reg-interval", dest="stabilize_iters", type=A.positive_int,
+                     default=d.stabilize_iters,
                      help="TPP: iterations at the final penalty before the filters are removed")
     run.add_argument("--zero-out-interval", type=A.positive_int, default=d.zero_out_interval,
                      help="TPP: iterations between zeroings of the penalised weights")
@@ -171,8 +173,8 @@ def config_from_args(args):
     if not args.out:
         raise UserError("a full run needs --out DIR (or add --dry-run for the cost only)")
     keys = ("method", "dataset", "data_dir", "base", "base_epochs", "base_lr_schedule", "epochs", "lr_schedule",
-            "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
-            "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
+            "batch_size", "weight_decay", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
+            "stabilize_iters", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
             "width_scale", "bf16", "out", "workers", "image_size", "resize", "penalty_weight", "kernorth_rule",
             "pre_scheme")
     return PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),

@@ -24,21 +24,30 @@ missing.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isotpp import preemption
+from isotpp.checkpoint import load_model, save_model
+from isotpp.data import load_dataset
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
+from isotpp.groups import channel_groups, flat_arrays
+from isotpp.io import write_json
+from isotpp.methods import get_method, penalty_fn
+from isotpp.models import create_model, layer_names
+from isotpp.plan import Plan, hard_prune, l1_plan
 from isotpp.progress import progress as progress_bar
+from isotpp.spectrum import kernel_product_singular_values, model_singular_values
+from isotpp.studies import scaffold
+from isotpp.studies.scaffold import Recorder, Study, StudySettings, slug
+from isotpp.study_report import write_report
+from isotpp.tpp import DONE, TPPConfig, describe, targets_for, tpp
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -56,14 +65,11 @@ logger = logging.getLogger(__name__)
 
 ARCH = "mlp_7_linear"
 METHODS = ("L1", "L1+OrthP", "TPP", "L1+KernOrth", "L1+AI")
-MAIN_METHODS = ("L1", "L1+OrthP", "TPP")
 PAPER_LRS = {"0.01": "0:0.01,30:0.001,60:0.0001", "0.001": "0:0.001,45:0.0001"}
 
 
 def canonical_method(name: str) -> str:
     """The study's name for a method (aliases KernOrth, AI, OrthP accepted)."""
-    from isotpp.methods import get_method
-
     method = get_method(name).name
     if method not in METHODS:
         raise UserError(f"method {method} is not part of the linear-network study: choose from {', '.join(METHODS)}")
@@ -71,7 +77,7 @@ def canonical_method(name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(StudySettings):
     """Everything that defines a study; the defaults are the paper's schedule."""
 
     dataset: str = "fashion_mnist"
@@ -83,7 +89,7 @@ class StudyConfig:
     weight_decay: float = 1e-4  # the reference's default --wd
     init: str = "torch"  # the reference trains from PyTorch's default init
     base_epochs: int = 90
-    base_lr: str = "0:0.01,30:0.001,60:0.0001"
+    base_lr_schedule: str = "0:0.01,30:0.001,60:0.0001"
     retrain_epochs: int = 90
     lr_schedules: tuple[tuple[str, str], ...] = tuple(PAPER_LRS.items())
     tpp_lr: float = 1e-3
@@ -97,46 +103,30 @@ class StudyConfig:
     train_limit: int | None = None  # first n training examples (tests)
     quick: bool = False
 
-    # fields that may differ between runs sharing one directory
-    _REUSABLE = ("seeds", "methods", "data_dir")
+    # a reduced schedule that shows the mechanism in a few minutes on a 2-core CPU
+    QUICK: ClassVar[Mapping[str, Any]] = {
+        "base_epochs": 10, "base_lr_schedule": "0:0.01,6:0.001",
+        "retrain_epochs": 10, "lr_schedules": (("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
+        "tpp_reg_granularity": 1e-3, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 700,
+        "ai_iters": 2000,
+    }
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "base_epochs", "retrain_epochs", "tpp_update_reg_interval",
+                                           "tpp_stabilize_iters", "tpp_zero_out_interval")
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("lr_schedules", "base_lr_schedule")
+    RENAMED: ClassVar[Mapping[str, str]] = {"base_lr": "base_lr_schedule"}
 
-    def validate(self) -> StudyConfig:
+    def check(self) -> None:
         if not (0.0 < self.ratio < 1.0):
             raise UserError(f"pruning ratio {self.ratio} is outside (0, 1): use e.g. 0.8")
-        if not self.seeds:
-            raise UserError("no seeds: pass --seeds N with N >= 1")
         for m in self.methods:
             canonical_method(m)
-        for _, text in self.lr_schedules:
-            LRSchedule.parse(text)
-        LRSchedule.parse(self.base_lr)
-        for name in ("batch_size", "base_epochs", "retrain_epochs", "tpp_update_reg_interval",
-                     "tpp_stabilize_iters", "tpp_zero_out_interval"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        return self
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_schedules"] = dict(self.lr_schedules)
-        return d
-
-    def tpp_config(self):
-        from isotpp.tpp import TPPConfig
-
+    def tpp_config(self) -> TPPConfig:
         return TPPConfig(reg_granularity=self.tpp_reg_granularity, update_reg_interval=self.tpp_update_reg_interval,
                          stabilize_iters=self.tpp_stabilize_iters, zero_out_interval=self.tpp_zero_out_interval)
 
 
-def quick_config(**overrides) -> StudyConfig:
-    """A reduced schedule that shows the mechanism in a few minutes on a 2-core CPU."""
-    base = {
-        "base_epochs": 10, "base_lr": "0:0.01,6:0.001",
-        "retrain_epochs": 10, "lr_schedules": (("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
-        "tpp_reg_granularity": 1e-3, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 700,
-        "ai_iters": 2000, "quick": True,
-    }
-    return StudyConfig(**(base | overrides))
+quick_config = StudyConfig.quick_config
 
 
 # --------------------------------------------------------------------------
@@ -157,8 +147,6 @@ class Data:
 
 
 def load_data(config: StudyConfig) -> Data:
-    from isotpp.data import load_dataset
-
     train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     if train.images.shape[1:] != (32, 32, 1):
@@ -168,9 +156,6 @@ def load_data(config: StudyConfig) -> Data:
 
 def mean_jsv_fn(layer_kernels: Sequence[str]) -> Callable:
     """Params → mean JSV of the (linear) network, exact; vmappable over runs."""
-    from isotpp.groups import flat_arrays
-    from isotpp.spectrum import kernel_product_singular_values
-
     def f(params):
         flat = flat_arrays(params)
         return jnp.mean(kernel_product_singular_values([flat[k] for k in layer_kernels]))
@@ -179,24 +164,7 @@ def mean_jsv_fn(layer_kernels: Sequence[str]) -> Callable:
 
 
 def model_mean_jsv(model) -> float:
-    from isotpp.spectrum import model_singular_values
-
     return float(np.mean(model_singular_values(model, None, method="linear")))
-
-
-class Recorder:
-    """Appends metrics as JSON lines to DIR/metrics.jsonl (one line per event)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, **record):
-        from isotpp.io import _jsonable
-
-        record = {"time": round(time.time(), 3), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -204,19 +172,15 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _kernel_names(model) -> list[str]:
-    from isotpp.models import layer_names
-
     return [f"{n}.kernel" for n in layer_names(model)]
 
 
 def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, progress: bool):
     """MLP-7-Linear from scratch; returns (model, test accuracy, mean JSV)."""
-    from isotpp.models import create_model
-
     model = create_model(ARCH, init=config.init, seed=seed)
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(weight_decay=config.weight_decay)
-    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(config.base_lr)])
+    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(config.base_lr_schedule)])
     jsv = jax.jit(jax.vmap(mean_jsv_fn(_kernel_names(model))))
     key = jax.random.fold_in(jax.random.key(seed), 1)
     bar = _progress(config.base_epochs, f"seed {seed}: base", progress)
@@ -239,11 +203,6 @@ def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, pro
 
 def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Recorder, progress: bool):
     """TPP's penalty phases from the trained base; returns the model after physical removal."""
-    from isotpp.groups import channel_groups
-    from isotpp.models import layer_names
-    from isotpp.plan import hard_prune
-    from isotpp.tpp import DONE, describe, targets_for, tpp
-
     cfg = config.tpp_config()
     groups = channel_groups(base)
     targets = targets_for(plan, groups, layer_names(base), cfg)
@@ -309,8 +268,6 @@ def pruned_start(method: str, config: StudyConfig, base, plan, tpp_model):
 def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], starts: dict, seed: int,
             record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
     """Retrain every (method, LR) cell of a seed as one vmapped group; per-cell results."""
-    from isotpp.methods import penalty_fn
-
     schedules = dict(config.lr_schedules)
     tx = reference_sgd(weight_decay=config.weight_decay)
     states, lrs, kern_w, jsv0 = [], [], [], []
@@ -361,11 +318,7 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
 
 
 def _cell_path(out: Path, seed: int, method: str, lr: str) -> Path:
-    safe = method.replace("+", "_plus_").replace("/", "_")
-    return out / f"seed{seed}" / "cells" / f"{safe}__lr{lr}.json"
-
-
-RESUME_HINT = "run the same command again to continue"
+    return out / f"seed{seed}" / "cells" / f"{slug(method)}__lr{lr}.json"
 
 
 def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
@@ -373,62 +326,55 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     """Run (or complete) the study in ``out``; returns the results dict (also written as results.json).
 
     ``out`` is locked while the study runs and refused if it holds a study
-    with other settings (``StudyConfig._REUSABLE`` may differ); the data are
-    loaded before anything is written. Each piece (a base model, TPP, a
-    group of retraining cells) is committed whole (:class:`isotpp.rundir.Commit`);
-    SIGTERM stops at the next epoch with :class:`~isotpp.preemption.Preempted`
-    and the same call finishes the study.
+    with other settings (``StudyConfig.REUSABLE`` may differ); the data are
+    loaded before anything is written (:func:`isotpp.studies.scaffold.run_study`).
+    Each piece (a base model, TPP, a group of retraining cells) is committed
+    whole (:class:`isotpp.rundir.Commit`); SIGTERM stops at the next epoch with
+    :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
-    log = log or logger.info  # the command line passes print
-    from isotpp.preemption import sigterm_stops
-    from isotpp.rundir import open_run
-
-    config = config.validate()
-    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study",
-                                              reusable=StudyConfig._REUSABLE) as run:
-        data = load_data(config)
-        run.record()
-        return _run(config, data, run.path, progress, log)
+    return scaffold.run_study(config, out, load_data=load_data, body=_run, progress=progress, log=log)
 
 
-def _base_piece(config: StudyConfig, data: Data, out: Path, seed: int, record: Recorder, progress: bool, clock, log):
+def _base_piece(study: Study, data: Data, seed: int):
     """The trained base model of ``seed`` and its {acc, jsv}: from ``seed<s>/base.npz`` or trained and committed."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.rundir import Commit
-
-    sdir = out / f"seed{seed}"
+    sdir = study.out / f"seed{seed}"
     if (sdir / "base.npz").exists():
         base, header = load_model(sdir / "base.npz")
-        if (sdir / "base.json").exists():
-            return base, read_json(sdir / "base.json")
-        return base, {k: header["meta"][k] for k in ("acc", "jsv")}  # a directory of an older isotpp
-    base, acc, jsv = train_base(config, data, seed, record, progress)
+        info = study.cell(sdir / "base.json")
+        return base, info or {k: header["meta"][k] for k in ("acc", "jsv")}  # or a directory of an older isotpp
+    base, acc, jsv = train_base(study.config, data, seed, study.record, study.progress)
     info = {"acc": acc, "jsv": jsv}
-    with Commit(out) as commit:
+    with study.commit() as commit:
         save_model(commit.path(sdir / "base.npz"), base, {"seed": seed, **info})
         write_json(commit.path(sdir / "base.json"), info)
-    clock.tick()
-    log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
+    study.log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
     return base, info
 
 
-def _run(config: StudyConfig, data: Data, out: Path, progress: bool, log) -> dict[str, Any]:
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.plan import Plan, l1_plan
-    from isotpp.rundir import Commit
-    from isotpp.studies.clock import StudyClock
+def _tpp_piece(study: Study, data: Data, base, plan, seed: int):
+    """TPP's penalty phases (the expensive part), once per seed: from ``seed<s>/tpp.npz`` or run and committed."""
+    sdir = study.out / f"seed{seed}"
+    if (sdir / "tpp.npz").exists():
+        return load_model(sdir / "tpp.npz")[0]
+    tpp_model, state = run_tpp(study.config, data, base, plan, seed, study.record, study.progress)
+    with study.commit() as commit:
+        save_model(commit.path(sdir / "tpp.npz"), tpp_model, {"seed": seed})
+        write_json(commit.path(sdir / "tpp_state.json"), state)
+    study.log(f"seed {seed}: TPP done after {state['iteration']} iterations (reg {state['reg']:.3g})")
+    return tpp_model
 
-    record = Recorder(out / "metrics.jsonl")
-    clock = StudyClock(out)
+
+def _run(study: Study, data: Data) -> dict[str, Any]:
+    config, out = study.config, study.out
     methods = [(m, canonical_method(m)) for m in config.methods]
     lr_keys = [k for k, _ in config.lr_schedules]
-    log(f"{config.dataset}: {data.n_train} train / {int(data.test_x.shape[0])} test examples; "
-        f"seeds {list(config.seeds)}; methods {[m for m, _ in methods]}; out {out}")
+    study.log(f"{config.dataset}: {data.n_train} train / {int(data.test_x.shape[0])} test examples; "
+              f"seeds {list(config.seeds)}; methods {[m for m, _ in methods]}; out {out}")
     base_info = {}
     for seed in config.seeds:
         sdir = out / f"seed{seed}"
         todo = [(m, lr) for m, _ in methods for lr in lr_keys if not _cell_path(out, seed, m, lr).exists()]
-        base, base_info[seed] = _base_piece(config, data, out, seed, record, progress, clock, log)
+        base, base_info[seed] = _base_piece(study, data, seed)
         if not todo:
             continue
         plan_path = sdir / "plan.json"
@@ -437,41 +383,21 @@ def _run(config: StudyConfig, data: Data, out: Path, progress: bool, log) -> dic
         else:
             plan = l1_plan(base, {"*": config.ratio}, skip=["net.12"])
             plan.save(plan_path)
-        # TPP's penalty phases (the expensive part), once per seed
-        tpp_model = None
-        if any(canonical_method(m) == "TPP" for m, _ in todo):
-            if (sdir / "tpp.npz").exists():
-                tpp_model, _ = load_model(sdir / "tpp.npz")
-            else:
-                tpp_model, state = run_tpp(config, data, base, plan, seed, record, progress)
-                with Commit(out) as commit:
-                    save_model(commit.path(sdir / "tpp.npz"), tpp_model, {"seed": seed})
-                    write_json(commit.path(sdir / "tpp_state.json"), state)
-                clock.tick()
-                log(f"seed {seed}: TPP done after {state['iteration']} iterations (reg {state['reg']:.3g})")
+        tpp_model = _tpp_piece(study, data, base, plan, seed) if any(
+            canonical_method(m) == "TPP" for m, _ in todo) else None
         starts = {}
         for m, canon in methods:
             if any(c == m for c, _ in todo):
                 starts[m] = pruned_start(canon, config, base, plan, tpp_model)
-        results = retrain(config, data, todo, starts, seed, record, progress)
-        with Commit(out) as commit:  # the cells of one vmapped group appear together
-            for (m, lr), res in results.items():
-                write_json(commit.path(_cell_path(out, seed, m, lr)), res)
-        clock.tick()
-        log(f"seed {seed}: retrained {len(todo)} cells")
-
-    results = collect(out, config, base_info, wall_s=clock.tick())  # over every call that worked on it
-    results["invocation_s"] = clock.invocation_s
-    write_json(out / "results.json", results)
-    from isotpp.study_report import write_report
-
-    paths = write_report(results, out)
-    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
-    return results
+        results = retrain(config, data, todo, starts, seed, study.record, study.progress)
+        study.save({_cell_path(out, seed, m, lr): res for (m, lr), res in results.items()})
+        study.log(f"seed {seed}: retrained {len(todo)} cells")
+    return study.finish(collect(study, base_info), write_report)
 
 
-def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> dict[str, Any]:
+def collect(study: Study, base_info: dict) -> dict[str, Any]:
     """results.json from the per-cell files of the configured seeds."""
+    config = study.config
     runs: dict[str, dict[str, dict[str, list]]] = {}
     keys = ("best_acc", "final_acc", "jsv_after_prune", "acc_per_epoch", "jsv_per_epoch")
     for m in config.methods:
@@ -479,9 +405,8 @@ def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> d
         for lr, _ in config.lr_schedules:
             cell = {k: [] for k in keys}
             for seed in config.seeds:
-                path = _cell_path(out, seed, m, lr)
-                if path.exists():
-                    res = read_json(path)
+                res = study.cell(_cell_path(study.out, seed, m, lr))
+                if res is not None:
                     for k in keys:
                         cell[k].append(res[k])
             runs[m][lr] = cell
@@ -490,5 +415,4 @@ def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> d
         "config": config.to_dict(),
         "runs": runs,
         "base": {"acc": [base_info[s]["acc"] for s in seeds], "jsv": [base_info[s]["jsv"] for s in seeds]},
-        "wall_s": wall_s,
     }
