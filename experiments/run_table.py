@@ -10,6 +10,7 @@ OUT/cells/<cell>; rerunning continues where it stopped.
 import argparse
 import sys
 
+import isotpp
 from isotpp.errors import UserError
 from isotpp.preemption import Preempted
 from isotpp.tables import commands, load_spec, run_table
@@ -23,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--list", action="store_true", help="print the unfinished cells' command lines and stop")
     args = ap.parse_args(argv)
+    isotpp.configure_cpu()  # before the runs start JAX
     try:
         spec = load_spec(args.config)
         if args.list:

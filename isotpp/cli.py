@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from isotpp import configure_cpu
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
 
@@ -398,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (one line; the traceback goes to a file it names, or to stderr with
     ISOTPP_TRACEBACK=1).
     """
+    configure_cpu()  # before any command starts JAX
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = " ".join(["isotpp", args.command] + ([args.study] if getattr(args, "study", None) else []))

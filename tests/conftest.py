@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import isotpp
 from isotpp.progress import configure_logging
+
+isotpp.configure_cpu()  # the XLA settings the `isotpp` command uses, before any test starts JAX
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

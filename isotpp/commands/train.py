@@ -22,6 +22,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
+from isotpp import configure_cpu
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
 from isotpp.commands.args import positive_float as _positive_float  # noqa: F401 (experiments/train_imagenet.py)
@@ -217,6 +218,7 @@ def run(args, hooks=()) -> int:
 
 def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run) -> int:
     """Parse, run, and turn user errors and preemption into exit codes (2, 75; see :func:`isotpp.cli.main`)."""
+    configure_cpu()  # before the run starts JAX
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     A.check_after_parsing(parser.prog, args)
