@@ -33,116 +33,51 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from isotpp import parallel
+from isotpp.checkpoint import load_model, read_header, save_model
+from isotpp.convert import load_torch_checkpoint
+from isotpp.cost import widths_after, widths_cost
+from isotpp.data import DATASET_INFO, load_dataset
+from isotpp.data.imagefolder import (
+    EvalTransform,
+    ImageFolder,
+    imagefolder_eval_source,
+    imagefolder_train_source,
+    scan_imagefolder,
+)
+from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill
 from isotpp.errors import UserError
+from isotpp.groups import channel_groups, flat_arrays, map_named
 from isotpp.io import read_json, write_json
+from isotpp.isometry import approximate_isometry
+from isotpp.methods import get_method, penalty_fn
+from isotpp.models import BuildConfig, create_model, layer_names, widths_of
+from isotpp.orthp import orthp
+from isotpp.plan import Plan, hard_prune, l1_plan
+from isotpp.preemption import check, sigterm_stops
+from isotpp.prune_config import PruneConfig, is_imagenet
+from isotpp.rundir import check_path, open_run
+from isotpp.spectrum import model_singular_values
+from isotpp.tpp import TPPConfig, targets_for, tpp
+from isotpp.train import LRSchedule, ModelFns, make_eval_fn, reference_sgd
+from isotpp.trainer import TrainConfig, Trainer, jsv_hook
 
 logger = logging.getLogger(__name__)
 
 
-BASE_LR = "0:0.1,100:0.01,150:0.001"  # the paper's CIFAR base recipe (200 epochs)
-RETRAIN_LR = "0:0.01,60:0.001,90:0.0001"
-
-
-@dataclasses.dataclass
-class PruneConfig:
-    """Everything one run needs; the defaults are the paper's ResNet56 / CIFAR-10 settings."""
-
-    model: str = "resnet56"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    method: str = "TPP"
-    ratios: str = "*layer*.conv1:0.5"
-    skip: tuple[str, ...] = ()
-    base: str | None = None  # model file (.npz isotpp, .pth PyTorch); None: train one
-    base_epochs: int = 200
-    base_lr_schedule: str = BASE_LR
-    epochs: int = 120
-    lr_schedule: str = RETRAIN_LR
-    batch_size: int = 128
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    seed: int = 0
-    init: str = "kaiming"
-    tpp_lr: float = 1e-3
-    lw_opp: float = 1000.0  # TPP's Gram penalty and the constant weight of "X + L1" (the reference's --lw_opp)
-    reg_granularity: float = 1e-4
-    update_reg_interval: int = 10
-    stabilize_iters: int = 10_000  # TPP: iterations at the final penalty (the reference's stabilize_reg_interval)
-    zero_out_interval: int = 100
-    pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
-    pre_scheme: str = "penalty"  # "X + L1": X alone ("penalty") or inside the reference's opp loop ("opp")
-    pre_lr: float = 1e-3
-    penalty_weight: float = 0.1  # "L1 + X": the reference's --lw_orth_reg
-    kernorth_rule: str = "c_in"  # KernOrth+L1's transpose rule: "c_in" (the reference's) or "fan_in" (intended)
-    ai_iters: int = 10_000
-    jsv_samples: int = 100
-    jsv_bn: str = "eval"
-    train_limit: int | None = None
-    width_scale: float = 1.0
-    augment: bool | None = None  # None: on for CIFAR and ImageNet, off otherwise
-    workers: int | None = None  # ImageNet only: Grain decoding processes (None: min(16, CPUs))
-    image_size: int = 224  # ImageNet only: the training crop and the eval centre crop
-    resize: int = 256  # ImageNet only: the eval transform's shorter side before the centre crop
-    bf16: bool = False
-    checkpoint_every: int | None = 1000
-    progress: bool = True
-    out: str = "runs/prune"
-    shared: str | None = None  # where base/, pre/, plan.json, pruned.npz live (default: out); runs that
-    # differ only in retraining (e.g. two learning rates) share them
-
-    def validate(self) -> PruneConfig:
-        from isotpp.groups import parse_ratios
-        from isotpp.methods import get_method
-        from isotpp.models import model_spec
-        from isotpp.train import LRSchedule
-
-        model_spec(self.model)
-        get_method(self.method)
-        parse_ratios(self.ratios)
-        LRSchedule.parse(self.lr_schedule)
-        LRSchedule.parse(self.base_lr_schedule)
-        for name in ("epochs", "base_epochs", "batch_size", "update_reg_interval", "stabilize_iters",
-                     "zero_out_interval", "pre_iters", "jsv_samples", "image_size", "resize"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.workers is not None and self.workers < 0:
-            raise UserError(f"workers must be at least 0, got {self.workers}")
-        if _is_imagenet(self.dataset) and self.resize < self.image_size:
-            raise UserError(f"resize {self.resize} is smaller than image-size {self.image_size}: the centre crop "
-                            "would not fit (use e.g. --image-size 224 --resize 256)")
-        if self.pre_scheme not in ("penalty", "opp"):
-            raise UserError(f"pre_scheme must be 'penalty' or 'opp', got {self.pre_scheme!r}")
-        if self.kernorth_rule not in ("c_in", "fan_in"):
-            raise UserError(f"kernorth_rule must be 'c_in' (the reference's) or 'fan_in', got {self.kernorth_rule!r}")
-        if self.jsv_bn not in ("eval", "batch"):
-            raise UserError(f"jsv-bn must be 'eval' or 'batch', got {self.jsv_bn!r}")
-        if self.base is not None and not Path(self.base).exists():
-            raise UserError(f"base model {self.base} does not exist: check the path or leave --base out to train one")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------
-# Pieces.
-# --------------------------------------------------------------------------
-
-
-def _is_imagenet(dataset: str) -> bool:
-    return str(dataset).lower() == "imagenet"
-
-
 def default_workers() -> int:
     """Grain decoding processes when none are given: min(16, CPUs)."""
-    import os
 
     return min(16, os.cpu_count() or 1)
 
@@ -178,14 +113,10 @@ class _Data:
         return -(-self.num_train // batch_size)  # InMemoryData tops the last batch up
 
     def source(self, config: PruneConfig, seed: int, augment: bool):
-        from isotpp.data.pipeline import InMemoryData
-
         return InMemoryData(self.train.images, self.train.labels, batch_size=config.batch_size, mesh=self.mesh,
                             seed=seed, augment=augment, fill=self.fill)
 
     def evaluation(self):
-        from isotpp.data.pipeline import InMemoryEval
-
         return InMemoryEval(self.test.images, self.test.labels, self.mesh, batch_size=1000)
 
     def probe(self, n: int) -> np.ndarray:
@@ -194,10 +125,7 @@ class _Data:
 
     def accuracy(self, model) -> float:
         """Test accuracy (%) of a model in eval mode."""
-        import jax
-        import jax.numpy as jnp
 
-        from isotpp.train import ModelFns, make_eval_fn
 
         fns, params, rest = ModelFns.from_model(model)
         acc, _ = jax.jit(make_eval_fn(fns, batch_size=500))(params, rest, jnp.asarray(self.test.images),
@@ -240,21 +168,16 @@ class _FolderData:
         return self.num_train // batch_size  # the Grain loader drops the last incomplete batch
 
     def source(self, config: PruneConfig, seed: int, augment: bool):
-        from isotpp.data.imagefolder import imagefolder_train_source
-
         return imagefolder_train_source(self.train, global_batch_size=config.batch_size, mesh=self.mesh, seed=seed,
                                         workers=self.workers, size=self.image_size, resize=self.resize,
                                         augment=augment)
 
     def evaluation(self):
-        from isotpp.data.imagefolder import imagefolder_eval_source
-
         return imagefolder_eval_source(self.val, batch_size=self.eval_batch_size, mesh=self.mesh,
                                        workers=self.workers, size=self.image_size, resize=self.resize)
 
     def probe(self, n: int) -> np.ndarray:
         """The first ``n`` validation images under the eval transform: the JSV inputs, (n, size, size, 3)."""
-        from isotpp.data.imagefolder import EvalTransform
 
         n = min(n, len(self.val))
         if self._probe is None or self._probe.shape[0] < n:
@@ -264,11 +187,7 @@ class _FolderData:
 
     def accuracy(self, model) -> float:
         """Validation accuracy (%) of a model in eval mode, streamed from the eval source."""
-        import jax
-        import jax.numpy as jnp
 
-        from isotpp import parallel
-        from isotpp.train import ModelFns
 
         fns, params, rest = ModelFns.from_model(model)
         params, rest = parallel.put_replicated((params, rest), self.mesh)
@@ -291,8 +210,6 @@ RunData = _Data | _FolderData  # what the stages read their data from
 
 def _load_folder(config: PruneConfig) -> _FolderData:
     """The ImageFolder tree of ``config.data_dir``; one-line UserErrors for a missing or empty tree."""
-    from isotpp import parallel
-    from isotpp.data.imagefolder import ImageFolder, scan_imagefolder
 
     if not config.data_dir:
         raise UserError(f"--dataset {config.dataset} needs --data-dir DIR: the ImageFolder tree holding "
@@ -316,11 +233,8 @@ def _load_folder(config: PruneConfig) -> _FolderData:
 
 def load_data(config: PruneConfig) -> RunData:
     """The run's data (train/test arrays, or ImageNet's Grain pipelines) as ``config`` names it."""
-    from isotpp import parallel
-    from isotpp.data import DATASET_INFO, load_dataset
-    from isotpp.data.pipeline import pad_fill
 
-    if _is_imagenet(config.dataset):
+    if is_imagenet(config.dataset):
         return _load_folder(config)
     train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
@@ -331,7 +245,7 @@ def load_data(config: PruneConfig) -> RunData:
 def _augment(config: PruneConfig) -> bool:
     if config.augment is not None:
         return config.augment
-    return config.dataset.startswith("cifar") or _is_imagenet(config.dataset)
+    return config.dataset.startswith("cifar") or is_imagenet(config.dataset)
 
 
 def _act(model) -> str:
@@ -339,12 +253,7 @@ def _act(model) -> str:
 
 
 def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, seed=None):
-    import jax.numpy as jnp
-
-    from isotpp.models import create_model
-
     if widths is None and config.width_scale != 1.0:
-        from isotpp.models import widths_of
 
         canonical = widths_of(create_model(config.model, num_classes=num_classes, input_shape=input_shape)
                               .build_config.create(abstract=True))
@@ -358,8 +267,6 @@ def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, 
 def _train(model, tx, data: RunData, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
            seed: int, max_steps: int | None = None, penalties=None, weights=None, hooks=(), plan=None,
            method: str | None = None):
-    from isotpp.trainer import TrainConfig, Trainer
-
     tc = TrainConfig(epochs=epochs, lr_schedule=lr_schedule, seed=seed, penalty_weights=weights or {},
                      checkpoint_every_steps=config.checkpoint_every, progress=config.progress, method=method,
                      max_steps=max_steps)
@@ -373,14 +280,11 @@ def _train(model, tx, data: RunData, config: PruneConfig, workdir: Path, *, epoc
 def mean_jsv(model, x, bn: str) -> float:
     """Mean Jacobian singular value of ``model`` over the samples ``x``; ``bn`` is "batch" (BatchNorm
     with the probe's batch statistics, the reference's measurement) or "eval" (running statistics)."""
-    from isotpp.spectrum import model_singular_values
 
     return float(np.mean(model_singular_values(model, x, method="auto", bn=bn)))
 
 
 def _kernel_names(model) -> list[str]:
-    from isotpp.models import layer_names
-
     return [f"{n}.kernel" for n in layer_names(model)]
 
 
@@ -391,12 +295,9 @@ def _kernel_names(model) -> list[str]:
 
 def base_model(config: PruneConfig, data: RunData, out: Path, log):
     """The trained model the method starts from."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.train import LRSchedule, reference_sgd
 
     if config.base is not None:
         if str(config.base).endswith((".pth", ".pt")):
-            from isotpp.convert import load_torch_checkpoint
 
             return load_torch_checkpoint(config.base, config.model, num_classes=data.num_classes)
         model, _ = load_model(config.base)
@@ -424,11 +325,6 @@ def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log, *,
     the same L2 ramp, BatchNorm L2 and zero-out on the L1-chosen filters, with TPP's Gram term replaced by
     ``lw_opp`` (constant) times the penalty ``penalty`` over every layer.
     """
-    from isotpp.groups import channel_groups
-    from isotpp.methods import penalty_fn
-    from isotpp.models import layer_names
-    from isotpp.tpp import TPPConfig, targets_for, tpp
-    from isotpp.train import reference_sgd
 
     extra = {}
     if penalty is not None:
@@ -452,8 +348,6 @@ def tpp_phase(config: PruneConfig, data: RunData, base, plan, out: Path, log, *,
 def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path, log):
     """"X + L1": train with penalty X (weight ``lw_opp``, constant) for ``pre_iters`` iterations before L1
     chooses the filters."""
-    from isotpp.methods import penalty_fn
-    from isotpp.train import reference_sgd
 
     steps = data.steps_per_epoch(config.batch_size)
     log(f"{kind}: {config.pre_iters} iterations before pruning")
@@ -467,10 +361,6 @@ def penalty_phase(config: PruneConfig, data: RunData, base, kind: str, out: Path
 
 def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
     """The network to retrain, after the method's phase, removal and post-processing."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.methods import get_method
-    from isotpp.models import widths_of
-    from isotpp.plan import Plan, hard_prune, l1_plan
 
     path = out / "pruned.npz"
     if path.exists():
@@ -489,14 +379,10 @@ def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
         plan.save(out / "plan.json")
         small = hard_prune(start, plan)
     if method.post == "orthp":
-        from isotpp.orthp import orthp
 
         orthp(small, act=_act(base))
     elif method.post == "ai":
-        from flax import nnx
 
-        from isotpp.groups import flat_arrays, map_named
-        from isotpp.isometry import approximate_isometry
 
         names = set(_kernel_names(small))
         params = nnx.state(small, nnx.Param)
@@ -514,10 +400,6 @@ def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
 
 
 def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
-    from isotpp.methods import get_method, penalty_fn
-    from isotpp.train import LRSchedule, reference_sgd
-    from isotpp.trainer import jsv_hook
-
     method = get_method(config.method)
     penalties, weights = {}, {}
     if method.retrain_penalty:
@@ -539,9 +421,6 @@ RESUME_HINT = "run the same command again to continue"
 def check_inputs(config: PruneConfig, data: RunData) -> None:
     """Refuse ratio or skip patterns that match no layer of the model, and an isotpp base model file of
     another architecture, before anything is trained or written."""
-    from isotpp.checkpoint import read_header
-    from isotpp.cost import widths_after
-    from isotpp.models import BuildConfig
 
     abstract = BuildConfig(config.model, data.num_classes, tuple(data.input_shape)).create(abstract=True)
     widths_after(abstract, config.ratios, config.skip)
@@ -562,8 +441,6 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
     calling again with the same config finishes it.
     """
     log = log or logger.info  # the command line passes print
-    from isotpp.preemption import sigterm_stops
-    from isotpp.rundir import check_path, open_run
 
     config = config.validate()
     out = check_path(config.out)
@@ -587,12 +464,6 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
 
 
 def _run_stages(config: PruneConfig, data: RunData, out: Path, shared: Path, log) -> dict[str, Any]:
-    from isotpp import parallel
-    from isotpp.checkpoint import save_model
-    from isotpp.cost import widths_cost
-    from isotpp.models import widths_of
-    from isotpp.preemption import check
-
     t0 = time.time()
     main = parallel.is_main_process()
     kept = f"finished stages are kept in {shared}"

@@ -47,7 +47,7 @@ _EXAMPLES = """examples:
 def add_parser(sub) -> None:
     """Register ``isotpp prune`` on ``sub`` (an argparse sub-parsers object made
     with ``parser_class=isotpp.commands.args.Parser``, so bad arguments exit 2 with one line)."""
-    from isotpp.pruning_run import PruneConfig  # numpy only: --help stays free of JAX
+    from isotpp.prune_config import PruneConfig  # no JAX: --help stays fast
 
     p = sub.add_parser(
         "prune",
