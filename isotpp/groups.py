@@ -123,7 +123,7 @@ _CACHE_SIZE = 32
 
 
 def _trace(model: nnx.Module, x=None):
-    from isotpp.group_trace import example_input, trace_groups
+    from isotpp.group_trace import example_input, trace_groups  # cycle: group_trace builds on Slot and Group
 
     spec = example_input(model, x)
     graphdef, state = nnx.split(model)

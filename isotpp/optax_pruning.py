@@ -37,6 +37,7 @@ from isotpp.groups import (
     program_layers,
     resolve_ratios,
 )
+from isotpp.methods import LW_OPP, LW_ORTH_REG, penalty_fn
 from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
 from isotpp.tpp import (
     DONE,
@@ -160,7 +161,6 @@ def _penalty_then_l1(inner, groups: Sequence[Group], layers: Sequence[str], rati
                      steps: int, weight: float | None = None) -> optax.GradientTransformation:
     """"X + L1": ``weight`` (lw_opp) · X on every kernel for ``steps - 1`` iterations, then the L1 filters of
     the weights reached are chosen (inside the jitted update) and zeroed; TPP's wrapper, done, holds them."""
-    from isotpp.methods import LW_OPP, penalty_fn
 
     weight = LW_OPP if weight is None else weight
     chosen = [g for g in groups if g.prunable and n_pruned(ratios.get(g.name, 0.0), g.size) > 0]
@@ -218,7 +218,6 @@ def kept_penalty(kind: str, groups: Sequence[Group], plan: Plan, layers: Sequenc
                  weight: float | None = None) -> optax.GradientTransformation:
     """Adds ∇ of ``weight`` (lw_orth_reg) · KernOrth / OrthConv (REFERENCE §3, "L1 + X") over the *kept*
     part of every conv / dense kernel: the penalty the physically pruned network would get while retraining."""
-    from isotpp.methods import LW_ORTH_REG, penalty_fn
 
     weight = LW_ORTH_REG if weight is None else weight
     kernels = [f"{layer}.kernel" for layer in layers]

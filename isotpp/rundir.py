@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from isotpp import faults
+from isotpp import faults, parallel
 from isotpp.errors import UserError
 from isotpp.io import read_json, storage_error, write_json
 
@@ -347,7 +347,6 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
     still resume, and are recorded with today's keys). Only process 0 of a
     multi-host job locks and repairs (the others only compare).
     """
-    from isotpp import parallel
 
     path = check_path(path)
     main = parallel.is_main_process()

@@ -60,17 +60,29 @@ def _required_modules() -> set[str]:
 
 
 def _local_imports(path: Path):
-    """(line, top-level module, has a comment) for each import inside a function of ``path``."""
+    """(line, top-level module, has a comment) for each import inside a function of ``path``; the
+    comment may be on the import, on the line above it, or on any import of its block (the imports
+    that follow one another)."""
     lines = path.read_text().splitlines()
     tree = ast.parse("\n".join(lines))
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        for node in ast.walk(fn):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                module = node.names[0].name if isinstance(node, ast.Import) else (node.module or "")
-                # the comment: on the import's lines or the line above
-                yield node.lineno, module.split(".")[0], "#" in "".join(lines[node.lineno - 2: node.end_lineno])
+        for body in (getattr(node, f, None) for node in ast.walk(fn) for f in ("body", "orelse", "handlers",
+                                                                               "finalbody")):
+            if not isinstance(body, list):
+                continue
+            block: list[ast.stmt] = []
+            for stmt in [*body, None]:
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    block.append(stmt)
+                    continue
+                if block:
+                    commented = "#" in "".join(lines[block[0].lineno - 2: block[-1].end_lineno])
+                    for node in block:
+                        module = node.names[0].name if isinstance(node, ast.Import) else (node.module or "")
+                        yield node.lineno, module.split(".")[0], commented
+                block = []
 
 
 def test_function_local_imports_are_rare_and_say_why():

@@ -191,6 +191,7 @@ class Checked(Domain):
         self.check, self.describe = check, describe
 
     def __call__(self, value: str) -> str:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.errors import UserError
 
         value = text(value)
@@ -202,18 +203,21 @@ class Checked(Domain):
 
 
 def _lr_schedule(value: str) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.train import LRSchedule
 
     LRSchedule.parse(value)
 
 
 def _ratios(value: str) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.groups import parse_ratios
 
     parse_ratios(value)
 
 
 def _densities(value: str) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pai.masks import parse_densities
 
     parse_densities(value)
@@ -337,6 +341,7 @@ def later_input_file(value: str) -> str:
 def check_after_parsing(prog: str, args: argparse.Namespace) -> None:
     """Checks made once the whole command line is parsed, reported like argparse's (one line, exit 2):
     ``--data-dir`` exists (the message names the dataset it should hold), a base model exists."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import sys
 
     base = getattr(args, "base", None)  # prune: the base model may be written by an earlier job of a grid
@@ -371,6 +376,7 @@ def input_dir(value: str) -> str:
 
 def version_action(parser: argparse.ArgumentParser) -> None:
     """``--version``: the installed isotpp's version."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
@@ -447,6 +453,7 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
     interrupted; 70: an internal error, whose traceback goes to a file the line
     names (or to stderr with ``ISOTPP_TRACEBACK=1``).
     """
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import sys
 
     from isotpp.errors import UserError
@@ -482,6 +489,7 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
 
 def _internal_error(prog: str, exc: BaseException) -> int:
     """A bug, not the user's input: one line naming a file with the traceback (exit 70)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import sys
     import tempfile
     import traceback

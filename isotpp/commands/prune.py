@@ -151,6 +151,7 @@ _WIDTH_SCALE = A.Float(1 / 64, 64.0, what="a width factor")
 def run_prune_args(args) -> int:
     """The ``func`` of the parsed ``prune`` arguments: run, print, return 0."""
     if args.list_layers:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.cli import _list_layers
 
         return _list_layers(args.model, args.num_classes, args.base, {})
@@ -168,6 +169,7 @@ def run_prune_args(args) -> int:
 
 def config_from_args(args):
     """The :class:`~isotpp.pruning_run.PruneConfig` of parsed ``prune`` arguments (a full run)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pruning_run import PruneConfig
 
     if not args.out:
@@ -184,6 +186,7 @@ def config_from_args(args):
 def preflight(args) -> None:
     """What a full run can check before it writes or trains anything: the patterns against the
     architecture, the width scale, the batch against the training examples."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.train import check_width_scale
     from isotpp.cost import widths_after
     from isotpp.data import DATASET_INFO
@@ -210,6 +213,7 @@ def check_batch(batch_size: int, limit: int | None, info) -> None:
 
 
 def _full_run(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pruning_run import run_pruning
     from isotpp.report import fmt_number, markdown_table
 
@@ -230,6 +234,7 @@ def _full_run(args) -> int:
 @functools.lru_cache(maxsize=8)
 def _abstract_model(name: str, num_classes: int):
     """The unpruned architecture, shapes only; only read here, so repeated dry runs share it."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.models import BuildConfig
 
     return BuildConfig(name, num_classes, None).create(abstract=True)
@@ -256,6 +261,7 @@ def run_prune(
     (printable) and ``json`` (the path written, if any)."""
     if not dry_run:
         raise UserError("run_prune reports costs only: use isotpp.pruning_run.run_pruning for a full run")
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.cost import ratios_cost
     from isotpp.groups import parse_ratios
     from isotpp.models import model_spec
@@ -305,6 +311,7 @@ def run_prune(
     out["as_published"] = pub  # returned and printed; the JSON file keeps the contract's keys
     out["table"] = table
     if json_path:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.io import write_json
 
         out["json"] = str(write_json(json_path, record))

@@ -102,6 +102,7 @@ def scaled_widths(name: str, num_classes: int, input_shape, scale: float) -> dic
     """Every conv/dense width times ``scale`` (at least 1), the classifier kept."""
     if scale == 1.0:
         return None
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from flax import nnx
 
     from isotpp.models import create_model, widths_of
@@ -121,6 +122,7 @@ def check_width_scale(widths: dict[str, int], scale: float, keep: str) -> None:
 
 
 def make_model(args, num_classes: int, input_shape):
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import jax.numpy as jnp
     from flax import nnx
 
@@ -136,6 +138,7 @@ def make_model(args, num_classes: int, input_shape):
 
 
 def train_config(args, **kwargs):
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.trainer import TrainConfig
 
     return TrainConfig(epochs=args.epochs, lr_schedule=args.lr_schedule, seed=args.seed,
@@ -145,6 +148,7 @@ def train_config(args, **kwargs):
 
 def finish(args, trainer, history) -> None:
     """model.npz and results.json (process 0)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from pathlib import Path
 
     from isotpp import parallel
@@ -178,6 +182,7 @@ def training_run(args):
     settings (config.json's ``args``) when it starts; a workdir of a run with
     other settings is refused, a run that fails before that leaves nothing.
     """
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
 
@@ -187,10 +192,12 @@ def training_run(args):
 
 
 def run(args, hooks=()) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp import parallel
 
     parallel.initialize(True if args.distributed else None)  # before anything touches a device
 
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.prune import check_batch
     from isotpp.data import DATASET_INFO, load_dataset
     from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill

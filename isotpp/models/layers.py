@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
+from isotpp.ops import conv_general_dilated
 
 # --------------------------------------------------------------------------
 # Containers and parameter-free layers
@@ -173,8 +174,6 @@ class LayerFactory:
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1,
              padding: int = 0, *, bias: bool = False) -> nnx.Conv:
-        from isotpp.ops import conv_general_dilated
-
         extra = {"conv_general_dilated": self.conv_fn or conv_general_dilated}
         return nnx.Conv(
             cin, cout, (kernel, kernel), strides=(stride, stride),

@@ -23,6 +23,7 @@ missing.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -32,15 +33,18 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from isotpp import preemption
 from isotpp.checkpoint import load_model, save_model
 from isotpp.data import load_dataset
 from isotpp.errors import UserError
-from isotpp.groups import channel_groups, flat_arrays
+from isotpp.groups import channel_groups, flat_arrays, map_named
 from isotpp.io import write_json
+from isotpp.isometry import approximate_isometry
 from isotpp.methods import get_method, penalty_fn
 from isotpp.models import create_model, layer_names
+from isotpp.orthp import orthp
 from isotpp.plan import Plan, hard_prune, l1_plan
 from isotpp.progress import progress as progress_bar
 from isotpp.spectrum import kernel_product_singular_values, model_singular_values
@@ -237,24 +241,17 @@ def run_tpp(config: StudyConfig, data: Data, base, plan, seed: int, record: Reco
 
 def pruned_start(method: str, config: StudyConfig, base, plan, tpp_model):
     """The network each method retrains, and its KernOrth weight."""
-    import copy
 
-    from isotpp.methods import get_method
-    from isotpp.plan import hard_prune
 
     recipe = get_method(method)
     if recipe.pre == "tpp":
         return copy.deepcopy(tpp_model), 0.0
     small = hard_prune(base, plan)
     if recipe.post == "orthp":
-        from isotpp.orthp import orthp
 
         orthp(small, act="linear")
     elif recipe.post == "ai":
-        from flax import nnx
 
-        from isotpp.groups import flat_arrays, map_named
-        from isotpp.isometry import approximate_isometry
 
         names = set(_kernel_names(small))
         params = nnx.state(small, nnx.Param)
