@@ -87,11 +87,6 @@ class Group:
 # --------------------------------------------------------------------------
 
 
-def split_path(name: str) -> tuple[Any, ...]:
-    """``"layer1.0.conv1"`` -> ``("layer1", 0, "conv1")`` (list indices as ints)."""
-    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
-
-
 def leaf_name(path: Sequence[Any]) -> str:
     """Dotted name of a pytree path from ``jax.tree_util`` over an ``nnx.State``."""
     parts = []

@@ -363,17 +363,6 @@ def check_after_parsing(prog: str, args: argparse.Namespace) -> None:
         raise SystemExit(2)
 
 
-def input_dir(value: str) -> str:
-    """An existing, readable directory."""
-    path = _path_text(value, "a directory")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{path} {'is not a directory' if path.exists() else 'does not exist'}: pass the directory holding the data")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"directory {path} is not readable: check its permissions")
-    return str(value)
-
-
 def version_action(parser: argparse.ArgumentParser) -> None:
     """``--version``: the installed isotpp's version."""
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast

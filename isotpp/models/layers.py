@@ -104,17 +104,6 @@ class MaxPool(nnx.Module):
         return nnx.max_pool(x, self.window, strides=self.strides, padding=self.padding)
 
 
-class AvgPool(nnx.Module):
-    """2-D average pooling over NHWC (no padding, like torch's default)."""
-
-    def __init__(self, window: int, stride: int | None = None):
-        self.window = (window, window)
-        self.strides = (stride or window,) * 2
-
-    def __call__(self, x):
-        return nnx.avg_pool(x, self.window, strides=self.strides, padding="VALID")
-
-
 class GlobalAvgPool(nnx.Module):
     """(B, H, W, C) -> (B, C): mean over the spatial axes."""
 

@@ -87,10 +87,6 @@ class IRPRecord:
     def final_masks(self) -> dict[str, np.ndarray]:
         return {n: self.masks[n][-1] for n in self.names}
 
-    def round_masks(self, j: int) -> dict[str, np.ndarray]:
-        """The mask after round j (1-based)."""
-        return {n: self.masks[n][j - 1] for n in self.names}
-
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(self.w0[n].shape) for n in self.names}
 
