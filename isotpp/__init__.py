@@ -59,14 +59,17 @@ def configure_cpu() -> None:
             return  # unknown flags abort XLA: only pass what this jaxlib is known to accept
     except PackageNotFoundError:  # no metadata: be conservative
         return
+    old = os.environ.get("XLA_FLAGS", "")
+    flags = old
+    for flag in _CPU_FLAGS:
+        if flag.split("=")[0] not in flags:
+            flags = f"{flags} {flag}".strip()
+    if flags == old:
+        return
     bridge = sys.modules.get("jax._src.xla_bridge")
     if bridge is not None and bridge.backends_are_initialized():
         _logger.warning("isotpp.configure_cpu() was called after JAX started its backends: the CPU flags take "
                         "effect in the next process; call it before the first JAX computation")
-    flags = os.environ.get("XLA_FLAGS", "")
-    for flag in _CPU_FLAGS:
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
     os.environ["XLA_FLAGS"] = flags
 
 
