@@ -115,3 +115,13 @@ def test_a_pruning_run_reads_its_old_settings_keys(tmp_path):
 
 
 RENAMED_BACK = {"weight_decay": "wd", "stabilize_iters": "stabilize_reg_interval"}
+
+
+def test_the_architecture_pages_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    exec(compile(code, "docs/architecture.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "{'L1': [2, 12], 'L1+OrthP': [8, 18]}"
