@@ -6,7 +6,7 @@ Each formulation runs in its own process (XLA flags are fixed per process),
 rounds interleaved so the machine's drift hits all of them alike:
 
 * ``isotpp``: the default — conv inputs materialised (``isotpp.ops``) and
-  XLA's YNNPACK conv fusions off (``isotpp.xla_defaults``);
+  XLA's YNNPACK conv fusions off (``isotpp.configure_cpu``);
 * ``lax+ynn``: plain ``lax.conv_general_dilated`` with XLA's defaults (the
   "first Flax version");
 * ``lax``: plain conv, YNNPACK fusions off; ``isotpp+ynn``: materialised
@@ -51,8 +51,10 @@ VARIANTS = {
 
 def worker(name: str, repeats: int) -> dict:
     spec = VARIANTS[name]
-    if not spec["defaults"]:
-        os.environ["ISOTPP_XLA_DEFAULTS"] = "0"
+    if spec["defaults"]:
+        import isotpp
+
+        isotpp.configure_cpu()
     import jax
 
     from isotpp.models import create_model

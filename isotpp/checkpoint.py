@@ -29,7 +29,11 @@ from flax import nnx
 
 from isotpp.errors import DataError, UserError
 from isotpp.files import Npz, json_header, open_npz
+from isotpp.group_trace import example_input
+from isotpp.groups import channel_groups
 from isotpp.io import atomic_write
+from isotpp.models import BuildConfig, widths_of
+from isotpp.plan import Plan, hard_prune
 
 _HEADER = "__isotpp__"
 FORMAT_VERSION = 1
@@ -61,9 +65,6 @@ def _import_path(constructor: Callable[[], nnx.Module]) -> dict[str, Any] | None
 
 
 def _custom_header(model: nnx.Module, constructor, x) -> dict[str, Any]:
-    from isotpp.group_trace import example_input
-    from isotpp.groups import channel_groups
-
     spec = example_input(model, x)
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -87,7 +88,6 @@ def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None 
     config = getattr(model, "build_config", None)
     header: dict[str, Any] = {"format": FORMAT_VERSION, "meta": meta or {}}
     if config is not None:
-        from isotpp.models import widths_of
 
         header |= {"build": config.to_dict(), "widths": widths_of(model)}
     else:
@@ -152,7 +152,6 @@ def load_model(path: str | Path, constructor: Callable[[], nnx.Module] | None = 
             info = {"arch": name, "input_shape": header["custom"].get("input_shape"),
                     "widths": header["custom"].get("group_widths"), "meta": header.get("meta", {})}
         else:
-            from isotpp.models import BuildConfig
 
             config = BuildConfig.from_dict(header.get("build", {}))
             model = config.create(widths=header.get("widths") or None, abstract=True)
@@ -176,9 +175,6 @@ def _fill(path, data, model: nnx.Module, name: str) -> None:
 
 
 def _rebuild_custom(path, custom: dict[str, Any], constructor) -> tuple[nnx.Module, str]:
-    from isotpp.groups import channel_groups
-    from isotpp.plan import Plan, hard_prune
-
     name = str(custom.get("class", "model")).rpartition(".")[2]
     if constructor is None:
         recorded = custom.get("constructor")

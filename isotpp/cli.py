@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from isotpp import configure_cpu
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
 from isotpp.methods import load_plugins, study_methods
@@ -95,6 +96,7 @@ _SPECTRUM_INPUTS = A.Choice((*A.DATASETS, "gaussian"), {**A.DATASET_ALIASES, "ra
 
 
 def _run_spectrum(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.spectrum import run_spectrum
 
     if args.list_layers:
@@ -234,6 +236,7 @@ def _add_reproduce_pai(studies) -> None:
 
 
 def _run_reproduce_pai(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pai.masks import parse_densities
     from isotpp.studies import pai as study
     from isotpp.studies.pai_report import pai_tables, write_report
@@ -278,6 +281,7 @@ def _study_args(p, default_seeds: int) -> None:
 
 
 def _study_config(args, seeds: int):
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.studies import mlp_linear as study
 
     methods = args.methods or study.METHODS
@@ -294,6 +298,7 @@ def _study_config(args, seeds: int):
 
 
 def _print_study(results, args) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.study_report import results_table, write_report
 
     _redraw(results, args.out, args.format, write_report)
@@ -305,6 +310,7 @@ def _print_study(results, args) -> None:
 
 
 def _run_reproduce_mlp(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.studies import mlp_linear as study
 
     results = study.run_study(_study_config(args, args.seeds), args.out, log=print)
@@ -313,6 +319,7 @@ def _run_reproduce_mlp(args) -> int:
 
 
 def _run_reproduce_convnet(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.studies import convnet
 
     kw = {"dataset": args.dataset, "data_dir": args.data_dir, "seeds": tuple(range(args.seeds))}
@@ -342,6 +349,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.data.bundled import demo_data_dir
     from isotpp.studies import mlp_linear as study
 
@@ -354,9 +362,11 @@ def _run_demo(args) -> int:
 
 def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, arch_kwargs: dict) -> int:
     """``--list-layers`` of ``spectrum`` and ``prune``: the layer table, nothing computed or written."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.layers import layers_table
 
     if checkpoint is not None:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.checkpoint import read_header
         from isotpp.models import BuildConfig
 
@@ -364,6 +374,7 @@ def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, ar
         net = BuildConfig.from_dict(header["build"]).create(widths=header.get("widths") or None, abstract=True)
         title = f"{checkpoint} ({net.build_config.name})"
     else:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.models import BuildConfig
 
         net = BuildConfig(model, num_classes, None, tuple(sorted(arch_kwargs.items()))).create(abstract=True)
@@ -375,12 +386,14 @@ def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, ar
 # --------------------------------------------------------------------------
 
 def _add_prune(sub) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.prune import add_parser
 
     add_parser(sub)
 
 
 def _add_train(sub) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.train import add_parser
 
     add_parser(sub)
@@ -417,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (one line; the traceback goes to a file it names, or to stderr with
     ISOTPP_TRACEBACK=1).
     """
+    configure_cpu()  # before any command starts JAX
     status = A.guarded("isotpp", _load_plugins)
     if status:
         return status
@@ -426,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     A.check_after_parsing(prog, args)
     if A.checked_only(prog, args):
         return 0
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.progress import configure_logging
 
     configure_logging()

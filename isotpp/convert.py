@@ -46,8 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isotpp.checkpoint import save_model
 from isotpp.errors import UserError
 from isotpp.groups import flat_arrays
+from isotpp.models import BuildConfig, create_model, iter_modules, layer_names
+from isotpp.models.layers import Flatten
+from isotpp.models.resnet_cifar import ZeroPadShortcut
 
 __all__ = [
     "convert_file",
@@ -101,22 +105,17 @@ def _is_abstract(x) -> bool:
 
 
 def _modules(model) -> list[tuple[str, nnx.Module]]:
-    from isotpp.models import iter_modules
-
     return iter_modules(model)
 
 
 def _fixed_maps(model) -> list[tuple[str, nnx.Module]]:
     """Option-A shortcuts: modules holding a fixed channel map (not in torch)."""
-    from isotpp.models.resnet_cifar import ZeroPadShortcut
 
     return [(n, m) for n, m in _modules(model) if isinstance(m, ZeroPadShortcut)]
 
 
 def _plan(model) -> list[_Entry]:
     """Every variable of ``model`` (option-A maps aside) with its torch key, in forward order."""
-    from isotpp.models.layers import Flatten
-    from isotpp.models.resnet_cifar import ZeroPadShortcut
 
     modules = _modules(model)
     dense_names = [n for n, m in modules if isinstance(m, nnx.Conv | nnx.Linear)]
@@ -344,8 +343,6 @@ def to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=32)
 def _layer_names_cached(arch: str, kwargs: tuple) -> tuple[str, ...]:
-    from isotpp.models import create_model, layer_names
-
     return tuple(layer_names(nnx.eval_shape(lambda: create_model(arch, **dict(kwargs)))))
 
 
@@ -355,7 +352,6 @@ def _layer_names(arch: str, **arch_kwargs: Any) -> list[str]:
         key = tuple(sorted(arch_kwargs.items()))
         hash(key)
     except TypeError:  # unhashable arch_kwargs: no cache
-        from isotpp.models import create_model, layer_names
 
         return layer_names(nnx.eval_shape(lambda: create_model(arch, **arch_kwargs)))
     return list(_layer_names_cached(arch, key))
@@ -397,6 +393,7 @@ def _num_classes(arch: str, sd: Mapping[str, Any], **arch_kwargs: Any) -> int:
 
 def _import_torch():
     try:
+        # optional dependency: pip install isotpp[torch]
         import torch
     except ImportError:
         raise UserError("reading PyTorch .pth checkpoints needs PyTorch: pip install isotpp[torch] "
@@ -437,7 +434,6 @@ def load_torch_checkpoint(path: str | Path, arch: str, num_classes: int | None =
     MLPs trained on other input sizes). The model carries a ``build_config``,
     so :func:`isotpp.checkpoint.save_model` can store it.
     """
-    from isotpp.models import BuildConfig
 
     sd = _normalize(_read_pth(path))
     widths = infer_widths(arch, sd, **arch_kwargs)
@@ -455,7 +451,6 @@ def convert_file(src: str | Path, arch: str, dst: str | Path, *, num_classes: in
     """Convert the torch checkpoint ``src`` of architecture ``arch`` into the
     isotpp model file ``dst`` (``.npz``, read back by
     :func:`isotpp.checkpoint.load_model`); returns ``dst``."""
-    from isotpp.checkpoint import save_model
 
     model = load_torch_checkpoint(src, arch, num_classes, input_shape=input_shape, **arch_kwargs)
     return save_model(dst, model, meta={"converted_from": str(src)})

@@ -69,6 +69,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
+from isotpp.groups import channel_groups, resolve_ratios
+from isotpp.models import count_params, iter_layers, widths_of
+from isotpp.plan import n_pruned
 
 # The TPP paper computes its tables' sparsity and speedup from counts rounded to this many
 # decimals, in millions of parameters and GFLOPs (see the module docstring).
@@ -192,7 +195,6 @@ def _recorder(name: str, fn, seen: dict[str, list[tuple[int, ...]]], rhs_arg: in
 def _trace_layers(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, list]:
     """Per conv/dense layer, the (kernel shape, output shape) of every call in
     one abstract forward pass of a batch of one."""
-    from isotpp.models import iter_layers
 
     graphdef, state = nnx.split(model)
     seen: dict[str, list] = {}
@@ -227,7 +229,6 @@ def count_cost(model: nnx.Module, input_shape: Sequence[int] | None = None) -> C
     device. A layer called several times counts every call; one never called
     costs no FLOPs.
     """
-    from isotpp.models import iter_layers
 
     input_shape = _input_shape(model, input_shape)
     seen = _trace_layers(model, input_shape)
@@ -258,8 +259,6 @@ def _layer_cost(layer, positions: int, out_shape) -> LayerCost:
 
 
 def _total(model, input_shape, layers) -> Cost:
-    from isotpp.models import count_params
-
     return Cost(
         params=count_params(model),
         flops=sum(c.flops for c in layers.values()),
@@ -274,7 +273,6 @@ def _narrowed_cost(model: nnx.Module, like: Cost) -> Cost:
     tracing it again: widths never change a layer's output positions (those
     depend on input size, kernel, stride and padding only), so each layer's
     FLOPs are its new kernel size times the positions traced for ``like``."""
-    from isotpp.models import iter_layers
 
     layers = {}
     for name, layer in iter_layers(model):
@@ -295,8 +293,6 @@ def _structure_cost(config, widths: tuple[tuple[str, int], ...], input_shape: tu
 
 
 def _unpruned_cost(model, config, input_shape: tuple[int, ...]) -> Cost:
-    from isotpp.models import widths_of
-
     try:
         hash(config)
     except TypeError:  # an unhashable arch kwarg: no caching
@@ -310,14 +306,11 @@ def _unpruned_cost(model, config, input_shape: tuple[int, ...]) -> Cost:
 
 
 def _groups(model, groups):
-    from isotpp.groups import channel_groups
-
     return list(groups) if groups is not None else channel_groups(model)
 
 
 def pruned_widths(model: nnx.Module, plan, groups=None) -> dict[str, int]:
     """Widths of every conv/dense layer after applying ``plan`` (its kept counts)."""
-    from isotpp.models import widths_of
 
     by = {g.name: g for g in _groups(model, groups)}
     widths = widths_of(model)
@@ -340,9 +333,6 @@ def widths_after(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Seq
     ``n − n_pruned(ratio, n)`` (the count any selector, L1 included, prunes).
     Raises UserError for patterns that match nothing or would prune the
     classifier or a residual-stream conv."""
-    from isotpp.groups import resolve_ratios
-    from isotpp.models import widths_of
-    from isotpp.plan import n_pruned
 
     groups = _groups(model, groups)
     per_group = resolve_ratios(groups, ratios, skip)
@@ -357,7 +347,6 @@ def widths_after(model: nnx.Module, ratios: Mapping[str, float] | str, skip: Seq
 def widths_cost(model: nnx.Module, widths: Mapping[str, int],
                 input_shape: Sequence[int] | None = None) -> PlanCost:
     """Cost of ``model`` and of the same architecture at ``widths``, built abstractly."""
-    from isotpp.models import widths_of
 
     config = getattr(model, "build_config", None)
     if config is None:

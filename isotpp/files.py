@@ -199,7 +199,7 @@ def open_npz(path: str | Path, *, what: str = "file", fix: str = "write it again
     try:
         members, total = {}, 0
         for info in zf.infolist():
-            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            name = info.filename.removesuffix(".npy")
             total += info.file_size
             if total > limit:
                 raise DataError(f"{what} {path} expands to more than {fmt_bytes(limit)}: {fix}")

@@ -38,9 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax._src import source_info_util
 from jax.extend.core import Literal
 
 from isotpp.errors import UserError
+from isotpp.groups import Group, Slot, leaf_name
 
 CLASSIFIER = "it is the classifier (its outputs are the classes)"
 
@@ -154,7 +156,6 @@ class Traced:
 def _where(eqn) -> str:
     """The innermost source line outside JAX and Flax that made this operation (file:line (function))."""
     try:
-        from jax._src import source_info_util
 
         for f in source_info_util.user_frames(eqn.source_info.traceback):
             if "/flax/" not in f.file_name:
@@ -639,7 +640,6 @@ def example_input(model: nnx.Module, x=None, batch: int = 2):
 
 def forward_jaxpr(model: nnx.Module, spec: jax.ShapeDtypeStruct):
     """The jaxpr of ``model(x)`` in eval mode over (every state leaf, x): (closed jaxpr, leaf names, leaf shapes)."""
-    from isotpp.groups import leaf_name
 
     graphdef, state = nnx.split(model)
     leaves_p, treedef = jax.tree_util.tree_flatten_with_path(state)
@@ -671,7 +671,6 @@ def _stage(layer: str, zoo: bool) -> str:
 
 def trace_groups(model: nnx.Module, x=None) -> Traced:
     """Trace ``model(x)`` in eval mode and return its channel groups (see the module docstring)."""
-    from isotpp.groups import Group, Slot
 
     spec = example_input(model, x)
     closed, names, leaves = forward_jaxpr(model, spec)

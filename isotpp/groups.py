@@ -87,11 +87,6 @@ class Group:
 # --------------------------------------------------------------------------
 
 
-def split_path(name: str) -> tuple[Any, ...]:
-    """``"layer1.0.conv1"`` -> ``("layer1", 0, "conv1")`` (list indices as ints)."""
-    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
-
-
 def leaf_name(path: Sequence[Any]) -> str:
     """Dotted name of a pytree path from ``jax.tree_util`` over an ``nnx.State``."""
     parts = []
@@ -123,7 +118,10 @@ _CACHE_SIZE = 32
 
 
 def _trace(model: nnx.Module, x=None):
-    from isotpp.group_trace import example_input, trace_groups
+    from isotpp.group_trace import (  # cycle: group_trace builds on Slot and Group
+        example_input,
+        trace_groups,
+    )
 
     spec = example_input(model, x)
     graphdef, state = nnx.split(model)

@@ -71,14 +71,14 @@ def atomic_write(path: str | os.PathLike, *, mkdir: bool = True) -> Iterator[Bin
     faults.at("after", path)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Numpy/JAX scalars and arrays to plain Python; NaN/inf to None (strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):
@@ -88,7 +88,7 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as strict JSON, atomically."""
-    data = json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
+    data = json.dumps(jsonable(obj), indent=indent, allow_nan=False)
     with atomic_write(path) as f:
         f.write(data.encode() + b"\n")
     return Path(path)

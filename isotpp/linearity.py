@@ -15,6 +15,8 @@ from __future__ import annotations
 from flax import nnx
 from jax.extend.core import Literal
 
+from isotpp.group_trace import example_input, forward_jaxpr
+
 CONST, AFFINE, OTHER = 0, 1, 2
 
 _ADDITIVE = frozenset((
@@ -80,7 +82,6 @@ def is_affine(model: nnx.Module, x=None) -> bool:
     ``x``: an example batch (or ``jax.ShapeDtypeStruct``); models with
     ``input_shape`` need none.
     """
-    from isotpp.group_trace import example_input, forward_jaxpr
 
     closed, _, leaves = forward_jaxpr(model, example_input(model, x))
     ins = [CONST] * len(leaves) + [AFFINE]

@@ -10,7 +10,7 @@ Two things cost a ResNet56 training step on CPU most (jax 0.10):
   is written once and read by the conv and its gradient.
 * The YNNPACK "individual convolution" fusions run weight-gradient
   convolutions (a 32×32 "kernel" of output gradients) 2–5× slower than XLA's
-  Eigen path: :func:`isotpp.xla_defaults` turns them off.
+  Eigen path: :func:`isotpp.configure_cpu` turns them off.
 
 Both leave the values bit for bit the same. On other backends
 :func:`conv_general_dilated` is plain ``lax.conv_general_dilated``.

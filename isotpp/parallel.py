@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -187,7 +188,6 @@ def create_model_replicated(make_model: Callable[[], Any], mesh: Mesh):
 
     Non-array attributes (``build_config``) are taken from an abstract build.
     """
-    from flax import nnx
 
     abstract = nnx.eval_shape(make_model)
     graphdef, _ = nnx.split(abstract)

@@ -33,6 +33,8 @@ from isotpp.groups import (
     map_named,
     resolve_ratios,
 )
+from isotpp.io import read_json, write_json
+from isotpp.models import widths_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +94,10 @@ class Plan:
             raise UserError(f"not a pruning plan ({e}): expected {{'sizes': ..., 'pruned': ...}}") from None
 
     def save(self, path: str | Path) -> Path:
-        from isotpp.io import write_json
-
         return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        from isotpp.io import read_json
-
         return cls.from_dict(read_json(path))
 
 
@@ -259,7 +257,6 @@ def hard_prune(model: nnx.Module, plan: Plan, groups: Sequence[Group] | None = N
     config = getattr(model, "build_config", None)
     if config is None:
         return _surgery(model, arrays)
-    from isotpp.models import widths_of
 
     widths = widths_of(model)
     for g, idx in _groups_by_name(groups, plan):

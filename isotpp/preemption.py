@@ -60,11 +60,13 @@ def _single_process() -> bool:
     if "jax" not in sys.modules:
         return True
     try:
-        from jax._src import distributed
+        from jax._src import (
+            distributed,  # JAX is loaded already (checked above): never start it here
+        )
 
         return distributed.global_state.client is None  # jax.distributed.initialize() was not called
     except (ImportError, AttributeError):  # another JAX layout: ask JAX itself
-        import jax
+        import jax  # loaded already (checked above)
 
         return jax.process_count() == 1
 

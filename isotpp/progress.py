@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 __all__ = ["LogProgress", "configure_logging", "progress"]
 
 log = logging.getLogger("isotpp.progress")
@@ -136,7 +138,6 @@ def progress(total: int | None, desc: str, unit: str = "it", *, enabled: bool = 
     if tty is None:
         tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
     if tty:
-        from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                     mininterval=0.5)

@@ -36,116 +36,53 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from isotpp import parallel
+from isotpp.checkpoint import load_model, read_header, save_model
+from isotpp.convert import load_torch_checkpoint
+from isotpp.cost import widths_after, widths_cost
+from isotpp.data import DATASET_INFO, load_dataset
+from isotpp.data.identity import data_identity
+from isotpp.data.imagefolder import (
+    EvalTransform,
+    ImageFolder,
+    imagefolder_eval_source,
+    imagefolder_train_source,
+    scan_imagefolder,
+)
+from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill
 from isotpp.errors import UserError
 from isotpp.io import read_json, write_json
-from isotpp.methods import MethodSettings, Phase, PhaseRunner, get_method, pruned_start
+from isotpp.methods import (
+    MethodSettings,
+    Phase,
+    PhaseRunner,
+    get_method,
+    pruned_start,
+)
+from isotpp.models import BuildConfig, create_model, layer_names, widths_of
+from isotpp.plan import Plan
+from isotpp.preemption import check, sigterm_stops
+from isotpp.prune_config import PruneConfig, is_imagenet
+from isotpp.rundir import check_path, open_run
+from isotpp.spectrum import model_singular_values
+from isotpp.train import LRSchedule, ModelFns, make_eval_fn, reference_sgd
+from isotpp.trainer import TrainConfig, Trainer, jsv_hook
 
 logger = logging.getLogger(__name__)
 
 
-BASE_LR = "0:0.1,100:0.01,150:0.001"  # the paper's CIFAR base recipe (200 epochs)
-RETRAIN_LR = "0:0.01,60:0.001,90:0.0001"
-
-
-@dataclasses.dataclass
-class PruneConfig:
-    """Everything one run needs; the defaults are the paper's ResNet56 / CIFAR-10 settings."""
-
-    model: str = "resnet56"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    method: str = "TPP"
-    ratios: str = "*layer*.conv1:0.5"
-    skip: tuple[str, ...] = ()
-    base: str | None = None  # model file (.npz isotpp, .pth PyTorch); None: train one
-    base_epochs: int = 200
-    base_lr_schedule: str = BASE_LR
-    epochs: int = 120
-    lr_schedule: str = RETRAIN_LR
-    batch_size: int = 128
-    wd: float = 5e-4
-    momentum: float = 0.9
-    seed: int = 0
-    init: str = "kaiming"
-    tpp_lr: float = 1e-3
-    lw_opp: float = 1000.0  # TPP's Gram penalty and the constant weight of "X + L1" (the reference's --lw_opp)
-    reg_granularity: float = 1e-4
-    update_reg_interval: int = 10
-    stabilize_reg_interval: int = 10_000
-    zero_out_interval: int = 100
-    pre_iters: int = 50_000  # "X + L1": iterations of X before pruning
-    pre_scheme: str = "penalty"  # "X + L1": X alone ("penalty") or inside the reference's opp loop ("opp")
-    pre_lr: float = 1e-3
-    penalty_weight: float = 0.1  # "L1 + X": the reference's --lw_orth_reg
-    kernorth_rule: str = "c_in"  # KernOrth+L1's transpose rule: "c_in" (the reference's) or "fan_in" (intended)
-    ai_iters: int = 10_000
-    jsv_samples: int = 100
-    jsv_bn: str = "eval"
-    train_limit: int | None = None
-    width_scale: float = 1.0
-    augment: bool | None = None  # None: on for CIFAR and ImageNet, off otherwise
-    workers: int | None = None  # ImageNet only: Grain decoding processes (None: min(16, CPUs))
-    image_size: int = 224  # ImageNet only: the training crop and the eval centre crop
-    resize: int = 256  # ImageNet only: the eval transform's shorter side before the centre crop
-    bf16: bool = False
-    checkpoint_every: int | None = 1000
-    progress: bool = True
-    out: str = "runs/prune"
-    shared: str | None = None  # where base/, pre/, plan.json, pruned.npz live (default: out); runs that
-    # differ only in retraining (e.g. two learning rates) share them
-
-    def validate(self) -> PruneConfig:
-        from isotpp.groups import parse_ratios
-        from isotpp.models import model_spec
-        from isotpp.train import LRSchedule
-
-        model_spec(self.model)
-        get_method(self.method)
-        parse_ratios(self.ratios)
-        LRSchedule.parse(self.lr_schedule)
-        LRSchedule.parse(self.base_lr_schedule)
-        for name in ("epochs", "base_epochs", "batch_size", "update_reg_interval", "stabilize_reg_interval",
-                     "zero_out_interval", "pre_iters", "jsv_samples", "image_size", "resize"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.workers is not None and self.workers < 0:
-            raise UserError(f"workers must be at least 0, got {self.workers}")
-        if _is_imagenet(self.dataset) and self.resize < self.image_size:
-            raise UserError(f"resize {self.resize} is smaller than image-size {self.image_size}: the centre crop "
-                            "would not fit (use e.g. --image-size 224 --resize 256)")
-        if self.pre_scheme not in ("penalty", "opp"):
-            raise UserError(f"pre_scheme must be 'penalty' or 'opp', got {self.pre_scheme!r}")
-        if self.kernorth_rule not in ("c_in", "fan_in"):
-            raise UserError(f"kernorth_rule must be 'c_in' (the reference's) or 'fan_in', got {self.kernorth_rule!r}")
-        if self.jsv_bn not in ("eval", "batch"):
-            raise UserError(f"jsv-bn must be 'eval' or 'batch', got {self.jsv_bn!r}")
-        if self.base is not None and not Path(self.base).exists():
-            raise UserError(f"base model {self.base} does not exist: check the path or leave --base out to train one")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------
-# Pieces.
-# --------------------------------------------------------------------------
-
-
-def _is_imagenet(dataset: str) -> bool:
-    return str(dataset).lower() == "imagenet"
-
-
 def default_workers() -> int:
     """Grain decoding processes when none are given: min(16, CPUs)."""
-    import os
 
     return min(16, os.cpu_count() or 1)
 
@@ -184,14 +121,10 @@ class _Data:
         return {"train": self.train, "test": self.test}
 
     def source(self, config: PruneConfig, seed: int, augment: bool):
-        from isotpp.data.pipeline import InMemoryData
-
         return InMemoryData(self.train.images, self.train.labels, batch_size=config.batch_size, mesh=self.mesh,
                             seed=seed, augment=augment, fill=self.fill)
 
     def evaluation(self):
-        from isotpp.data.pipeline import InMemoryEval
-
         return InMemoryEval(self.test.images, self.test.labels, self.mesh, batch_size=1000)
 
     def probe(self, n: int) -> np.ndarray:
@@ -200,10 +133,7 @@ class _Data:
 
     def accuracy(self, model) -> float:
         """Test accuracy (%) of a model in eval mode."""
-        import jax
-        import jax.numpy as jnp
 
-        from isotpp.train import ModelFns, make_eval_fn
 
         fns, params, rest = ModelFns.from_model(model)
         acc, _ = jax.jit(make_eval_fn(fns, batch_size=500))(params, rest, jnp.asarray(self.test.images),
@@ -249,21 +179,16 @@ class _FolderData:
         return {"train": self.train, "val": self.val}
 
     def source(self, config: PruneConfig, seed: int, augment: bool):
-        from isotpp.data.imagefolder import imagefolder_train_source
-
         return imagefolder_train_source(self.train, global_batch_size=config.batch_size, mesh=self.mesh, seed=seed,
                                         workers=self.workers, size=self.image_size, resize=self.resize,
                                         augment=augment)
 
     def evaluation(self):
-        from isotpp.data.imagefolder import imagefolder_eval_source
-
         return imagefolder_eval_source(self.val, batch_size=self.eval_batch_size, mesh=self.mesh,
                                        workers=self.workers, size=self.image_size, resize=self.resize)
 
     def probe(self, n: int) -> np.ndarray:
         """The first ``n`` validation images under the eval transform: the JSV inputs, (n, size, size, 3)."""
-        from isotpp.data.imagefolder import EvalTransform
 
         n = min(n, len(self.val))
         if self._probe is None or self._probe.shape[0] < n:
@@ -273,11 +198,7 @@ class _FolderData:
 
     def accuracy(self, model) -> float:
         """Validation accuracy (%) of a model in eval mode, streamed from the eval source."""
-        import jax
-        import jax.numpy as jnp
 
-        from isotpp import parallel
-        from isotpp.train import ModelFns
 
         fns, params, rest = ModelFns.from_model(model)
         params, rest = parallel.put_replicated((params, rest), self.mesh)
@@ -300,8 +221,6 @@ RunData = _Data | _FolderData  # what the stages read their data from
 
 def _load_folder(config: PruneConfig) -> _FolderData:
     """The ImageFolder tree of ``config.data_dir``; one-line UserErrors for a missing or empty tree."""
-    from isotpp import parallel
-    from isotpp.data.imagefolder import ImageFolder, scan_imagefolder
 
     if not config.data_dir:
         raise UserError(f"--dataset {config.dataset} needs --data-dir DIR: the ImageFolder tree holding "
@@ -325,11 +244,8 @@ def _load_folder(config: PruneConfig) -> _FolderData:
 
 def load_data(config: PruneConfig) -> RunData:
     """The run's data (train/test arrays, or ImageNet's Grain pipelines) as ``config`` names it."""
-    from isotpp import parallel
-    from isotpp.data import DATASET_INFO, load_dataset
-    from isotpp.data.pipeline import pad_fill
 
-    if _is_imagenet(config.dataset):
+    if is_imagenet(config.dataset):
         return _load_folder(config)
     train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
@@ -340,16 +256,11 @@ def load_data(config: PruneConfig) -> RunData:
 def _augment(config: PruneConfig) -> bool:
     if config.augment is not None:
         return config.augment
-    return config.dataset.startswith("cifar") or _is_imagenet(config.dataset)
+    return config.dataset.startswith("cifar") or is_imagenet(config.dataset)
 
 
 def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, seed=None):
-    import jax.numpy as jnp
-
-    from isotpp.models import create_model
-
     if widths is None and config.width_scale != 1.0:
-        from isotpp.models import widths_of
 
         canonical = widths_of(create_model(config.model, num_classes=num_classes, input_shape=input_shape)
                               .build_config.create(abstract=True))
@@ -363,8 +274,6 @@ def _new_model(config: PruneConfig, num_classes: int, input_shape, widths=None, 
 def _train(model, tx, data: RunData, config: PruneConfig, workdir: Path, *, epochs: int, lr_schedule: str | None,
            seed: int, max_steps: int | None = None, penalties=None, weights=None, hooks=(), plan=None,
            method: str | None = None):
-    from isotpp.trainer import TrainConfig, Trainer
-
     tc = TrainConfig(epochs=epochs, lr_schedule=lr_schedule, seed=seed, penalty_weights=weights or {},
                      checkpoint_every_steps=config.checkpoint_every, progress=config.progress, method=method,
                      max_steps=max_steps)
@@ -378,14 +287,11 @@ def _train(model, tx, data: RunData, config: PruneConfig, workdir: Path, *, epoc
 def mean_jsv(model, x, bn: str) -> float:
     """Mean Jacobian singular value of ``model`` over the samples ``x``; ``bn`` is "batch" (BatchNorm
     with the probe's batch statistics, the reference's measurement) or "eval" (running statistics)."""
-    from isotpp.spectrum import model_singular_values
 
     return float(np.mean(model_singular_values(model, x, method="auto", bn=bn)))
 
 
 def _kernel_names(model) -> list[str]:
-    from isotpp.models import layer_names
-
     return [f"{n}.kernel" for n in layer_names(model)]
 
 
@@ -396,12 +302,9 @@ def _kernel_names(model) -> list[str]:
 
 def base_model(config: PruneConfig, data: RunData, out: Path, log):
     """The trained model the method starts from."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.train import LRSchedule, reference_sgd
 
     if config.base is not None:
         if str(config.base).endswith((".pth", ".pt")):
-            from isotpp.convert import load_torch_checkpoint
 
             return load_torch_checkpoint(config.base, config.model, num_classes=data.num_classes)
         model, _ = load_model(config.base)
@@ -414,7 +317,7 @@ def base_model(config: PruneConfig, data: RunData, out: Path, log):
         return load_model(path)[0]
     log(f"training the base {config.model} for {config.base_epochs} epochs ({config.base_lr_schedule})")
     model = _new_model(config, data.num_classes, data.input_shape)
-    tx = reference_sgd(LRSchedule.parse(config.base_lr_schedule).initial, config.wd, config.momentum)
+    tx = reference_sgd(LRSchedule.parse(config.base_lr_schedule).initial, config.weight_decay, config.momentum)
     trainer, history = _train(model, tx, data, config, out / "base", epochs=config.base_epochs,
                               lr_schedule=config.base_lr_schedule, seed=config.seed, method="base")
     model = trainer.host_model()
@@ -425,10 +328,10 @@ def base_model(config: PruneConfig, data: RunData, out: Path, log):
 def method_settings(config: PruneConfig, data: RunData) -> MethodSettings:
     """What the method's hooks read, from the run's settings."""
     return MethodSettings(
-        ratios=config.ratios, skip=tuple(config.skip), seed=config.seed, weight_decay=config.wd,
+        ratios=config.ratios, skip=tuple(config.skip), seed=config.seed, weight_decay=config.weight_decay,
         momentum=config.momentum, tpp_lr=config.tpp_lr, lw_opp=config.lw_opp,
         tpp_reg_granularity=config.reg_granularity, tpp_update_reg_interval=config.update_reg_interval,
-        tpp_stabilize_iters=config.stabilize_reg_interval, tpp_zero_out_interval=config.zero_out_interval,
+        tpp_stabilize_iters=config.stabilize_iters, tpp_zero_out_interval=config.zero_out_interval,
         pre_iters=config.pre_iters, pre_lr=config.pre_lr, pre_scheme=config.pre_scheme,
         kernorth_rule=config.kernorth_rule, penalty_weight=config.penalty_weight, ai_iters=config.ai_iters,
         new_model=lambda widths: _new_model(config, data.num_classes, data.input_shape, widths=widths,
@@ -452,9 +355,6 @@ def phase_runner(config: PruneConfig, data: RunData, out: Path, log) -> PhaseRun
 
 def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
     """The network to retrain, after the method's phase, removal and post-processing."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.models import widths_of
-    from isotpp.plan import Plan
 
     path = out / "pruned.npz"
     if path.exists():
@@ -478,14 +378,11 @@ def pruned_model(config: PruneConfig, data: RunData, base, out: Path, log):
 
 
 def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
-    from isotpp.train import LRSchedule, reference_sgd
-    from isotpp.trainer import jsv_hook
-
     method = get_method(config.method)
     terms = method.retrain_penalties(_kernel_names(small), method_settings(config, data))
     penalties = {k: fn for k, (fn, _) in terms.items()}
     weights = {k: w for k, (_, w) in terms.items()}
-    tx = reference_sgd(LRSchedule.parse(config.lr_schedule).initial, config.wd, config.momentum)
+    tx = reference_sgd(LRSchedule.parse(config.lr_schedule).initial, config.weight_decay, config.momentum)
     hook = jsv_hook(data.probe(config.jsv_samples), bn=config.jsv_bn)
     return _train(small, tx, data, config, out / "retrain", epochs=config.epochs, lr_schedule=config.lr_schedule,
                   seed=config.seed + 2, penalties=penalties, weights=weights, hooks=[hook], method=method.name)
@@ -493,6 +390,7 @@ def retrain(config: PruneConfig, data: RunData, small, out: Path, log):
 
 # Settings that may change between the calls that finish one run (they do not change its results).
 REUSABLE = ("data_dir", "out", "shared", "progress", "workers", "checkpoint_every")
+RENAMED = {"wd": "weight_decay", "stabilize_reg_interval": "stabilize_iters"}  # settings keys of isotpp 0.1
 RETRAINING = ("epochs", "lr_schedule")  # what runs sharing their earlier stages (``shared``) may differ in
 RESUME_HINT = "run the same command again to continue"
 
@@ -500,9 +398,6 @@ RESUME_HINT = "run the same command again to continue"
 def check_inputs(config: PruneConfig, data: RunData) -> None:
     """Refuse ratio or skip patterns that match no layer of the model, and an isotpp base model file of
     another architecture, before anything is trained or written."""
-    from isotpp.checkpoint import read_header
-    from isotpp.cost import widths_after
-    from isotpp.models import BuildConfig
 
     abstract = BuildConfig(config.model, data.num_classes, tuple(data.input_shape)).create(abstract=True)
     widths_after(abstract, config.ratios, config.skip)
@@ -523,9 +418,6 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
     calling again with the same config finishes it.
     """
     log = log or logger.info  # the command line passes print
-    from isotpp.data.identity import data_identity
-    from isotpp.preemption import sigterm_stops
-    from isotpp.rundir import check_path, open_run
 
     config = config.validate()
     out = check_path(config.out)
@@ -534,11 +426,11 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_stops(RESUME_HINT))
         runs = [stack.enter_context(open_run(out, settings, kind="pruning run", reusable=REUSABLE,
-                                             defaults=defaults))]
+                                             defaults=defaults, renamed=RENAMED))]
         if shared.absolute() != out.absolute():
             runs.append(stack.enter_context(open_run(
                 shared, {k: v for k, v in settings.items() if k not in RETRAINING},
-                kind="set of shared pruning stages", reusable=REUSABLE, defaults=defaults)))
+                kind="set of shared pruning stages", reusable=REUSABLE, defaults=defaults, renamed=RENAMED)))
         if (out / "summary.json").exists():  # finished: shown again, nothing computed (no data needed)
             return read_json(out / "summary.json")
         data = load_data(config)
@@ -551,12 +443,6 @@ def run_pruning(config: PruneConfig, *, log: Callable[[str], None] | None = None
 
 
 def _run_stages(config: PruneConfig, data: RunData, out: Path, shared: Path, log) -> dict[str, Any]:
-    from isotpp import parallel
-    from isotpp.checkpoint import save_model
-    from isotpp.cost import widths_cost
-    from isotpp.models import widths_of
-    from isotpp.preemption import check
-
     t0 = time.time()
     main = parallel.is_main_process()
     kept = f"finished stages are kept in {shared}"

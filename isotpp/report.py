@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,9 +67,6 @@ def csv_text(rows: Sequence[dict]) -> str:
     L1,77.3
     TPP,
     """
-    import csv
-    import io
-    import math
 
     buf = io.StringIO()
     fields = list(rows[0]) if rows else []

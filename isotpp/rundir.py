@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from isotpp import faults
+from isotpp import faults, parallel
 from isotpp.data.identity import describe_identity
 from isotpp.errors import UserError
 from isotpp.io import read_json, storage_error, write_json
@@ -301,6 +301,11 @@ def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any], reusable
     return out
 
 
+def renamed_keys(old: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+    """``old`` with every key of ``renamed`` (an older version's name) under its new name."""
+    return {renamed.get(k, k): v for k, v in old.items()}
+
+
 def _mkdir(path: Path) -> Path | None:
     """Create ``path`` and its parents; returns the topmost directory created (None if it existed)."""
     top = None
@@ -367,7 +372,8 @@ def _remove_created(top: Path | None, path: Path) -> None:
 @contextlib.contextmanager
 def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kind: str,
              reusable: Sequence[str] = (), section: str | None = None,
-             defaults: Mapping[str, Any] | None = None) -> Iterator[RunDir]:
+             defaults: Mapping[str, Any] | None = None,
+             renamed: Mapping[str, str] | None = None) -> Iterator[RunDir]:
     """Lock ``path``, repair what an interrupted run left, and refuse it if it holds other settings.
 
     ``settings``: the JSON-able settings of this run; ``reusable``: those that
@@ -376,10 +382,11 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
     is taken to hold (a directory written before the setting existed);
     ``section``: compare with (and record under) this key of ``config.json``
     (``isotpp train`` shares the file with the trainer's own record); ``kind``
-    names the run in messages ("pruning run", "study"). Only process 0 of a
+    names the run in messages ("pruning run", "study"); ``renamed`` maps the
+    settings keys of older isotpp versions to today's (their directories
+    still resume, and are recorded with today's keys). Only process 0 of a
     multi-host job locks and repairs (the others only compare).
     """
-    from isotpp import parallel
 
     path = check_path(path)
     main = parallel.is_main_process()
@@ -400,7 +407,8 @@ def open_run(path: str | os.PathLike | None, settings: Mapping[str, Any], *, kin
                 if not isinstance(old, dict):
                     raise UserError(f"{path} holds something other than a {kind} ({settings_file} has no "
                                     "settings of one): use another directory")
-                diff = settings_difference(old, settings, (*reusable, DATA_KEY), defaults)  # data: check_data
+                diff = settings_difference(renamed_keys(old, renamed or {}), settings, (*reusable, DATA_KEY),
+                                           defaults)  # data: check_data
                 if diff:
                     shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
                     raise UserError(f"{path} holds a {kind} with a different {shown}: use another directory, "

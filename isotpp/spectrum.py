@@ -60,6 +60,8 @@ from threadpoolctl import threadpool_limits
 from isotpp import memory
 from isotpp import spectrum_stochastic as stochastic
 from isotpp.errors import UserError
+from isotpp.group_trace import example_input
+from isotpp.linearity import is_affine
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +246,6 @@ JACOBIAN_RESOLUTION = 1e-6
 def is_input_linear(model: nnx.Module, x=None) -> bool:
     """True when the model's logits are affine in its input (J constant in x), decided from its
     forward program; ``x``: an example batch for models without ``input_shape``."""
-    from isotpp.linearity import is_affine
 
     try:
         return is_affine(model, x)
@@ -254,7 +255,6 @@ def is_input_linear(model: nnx.Module, x=None) -> bool:
 
 def linear_singular_values(model: nnx.Module, x=None) -> np.ndarray:
     """The singular values of the constant Jacobian of an input-affine model, in float64 (one row)."""
-    from isotpp.group_trace import example_input
 
     spec = example_input(model, x)
     graphdef, state = nnx.split(model)

@@ -34,6 +34,7 @@ from typing import Any, Self
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from isotpp import parallel
 from isotpp.errors import UserError
@@ -213,7 +214,6 @@ class TrainCheckpointer:
             except OSError as e:
                 logger.warning("could not move the corrupt checkpoint %s aside (%s)", src, e.strerror)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"isotpp-checkpoint-set-aside-{step}")
         self._manager.reload()

@@ -42,9 +42,11 @@ from flax import nnx
 
 from isotpp import parallel, preemption
 from isotpp.errors import UserError
-from isotpp.io import write_json
+from isotpp.io import write_json, write_text
+from isotpp.models import widths_of
 from isotpp.preemption import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401 (re-exported)
 from isotpp.progress import progress as progress_bar
+from isotpp.spectrum import model_singular_values, summarize
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -54,6 +56,7 @@ from isotpp.train import (
     penalty_weights,
     set_learning_rate,
 )
+from isotpp.train_checkpoint import TrainCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +118,6 @@ def with_compute_dtype(model: nnx.Module, dtype: Any) -> nnx.Module:
     ``dtype=`` (every layer casts its inputs and parameters to it; the loss is
     taken in float32) and moves the variables over.
     """
-    from isotpp.models import widths_of
 
     config = getattr(model, "build_config", None)
     if config is None:
@@ -127,7 +129,6 @@ def with_compute_dtype(model: nnx.Module, dtype: Any) -> nnx.Module:
 
 def jsv_hook(x: Any, *, bn: str = "eval", method: str = "auto", prefix: str = "jsv") -> Hook:
     """A per-epoch hook: the JSV summary (:mod:`isotpp.spectrum`) of the current model on inputs ``x``."""
-    from isotpp.spectrum import model_singular_values, summarize
 
     def hook(trainer: Trainer, epoch: int) -> dict[str, float]:
         sv = model_singular_values(trainer.host_model(), np.asarray(x), method=method, bn=bn)
@@ -172,8 +173,6 @@ class Trainer:
     def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, train_data, config: TrainConfig,
                  workdir: str | Path | None = None, *, eval_data=None, penalties: Mapping[str, Penalty] | None = None,
                  hooks: Sequence[Hook] = (), mesh=None, plan=None, extra_config: Mapping[str, Any] | None = None):
-        from isotpp.models import widths_of
-
         self.config = config
         self.train_data, self.eval_data = train_data, eval_data
         self.mesh = mesh or getattr(train_data, "mesh", None) or parallel.make_mesh()
@@ -237,7 +236,6 @@ class Trainer:
     def checkpointer(self):
         """The workdir's :class:`~isotpp.train_checkpoint.TrainCheckpointer` (None without a workdir or checkpoints)."""
         if self._checkpointer is None and self.workdir is not None and self.config.checkpoints:
-            from isotpp.train_checkpoint import TrainCheckpointer
 
             self._checkpointer = TrainCheckpointer(self.workdir / "checkpoints", max_to_keep=self.config.max_to_keep,
                                                    async_save=self.config.async_checkpoint)  # fmt: skip
@@ -360,7 +358,6 @@ class Trainer:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-        from isotpp.io import write_text
 
         write_text(path, "".join(k + "\n" for k in kept))
 

@@ -30,7 +30,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     threadpool_limits(1)
 
-from isotpp.progress import configure_logging  # noqa: E402
+import isotpp
+from isotpp.progress import configure_logging
+
+isotpp.configure_cpu()  # the XLA settings the `isotpp` command uses, before any test starts JAX
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

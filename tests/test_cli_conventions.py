@@ -69,7 +69,7 @@ def test_help_imports_no_jax_and_shows_examples_and_defaults():
 
 
 def test_the_mirrored_names_are_the_librarys():
-    import isotpp.data as data
+    from isotpp import data
     from isotpp.methods import ALIASES, METHODS
     from isotpp.models import MODEL_NAMES
     from isotpp.models.init import INIT_SCHEMES

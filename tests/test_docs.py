@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = sorted((REPO / "docs" / "guide").glob("*.md"))
-_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def python_blocks(text: str) -> list[str]:
@@ -20,7 +20,7 @@ def python_blocks(text: str) -> list[str]:
 
 def readme_python_section() -> str:
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^## .*Python.*?$(.*?)(?=^## )", text, re.S | re.M)
+    match = re.search(r"^## .*Python.*?$(.*?)(?=^## )", text, re.DOTALL | re.MULTILINE)
     assert match, "the README has a '## ... Python ...' section"
     return match.group(1)
 

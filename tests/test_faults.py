@@ -331,11 +331,11 @@ def test_isotpp_train_as_documented_on_real_data_then_again_then_resumed_then_ot
 # --------------------------------------------------------------------------
 
 MLP = {"dataset": "synthetic", "seeds": (0,), "methods": ("TPP",), "train_limit": 200, "batch_size": 100,
-       "base_epochs": 1, "base_lr": "0:0.01", "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"),),
+       "base_epochs": 1, "base_lr_schedule": "0:0.01", "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"),),
        "tpp_reg_granularity": 0.25, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 4,
        "tpp_zero_out_interval": 2}
 PAI = {"dataset": "synthetic", "seeds": (0,), "methods": ("random", "magnitude"), "densities": (0.1,), "epochs": 1,
-       "lr": "0:0.1", "train_limit": 600, "val_size": 100, "batch_size": 100, "score_examples": 100,
+       "lr_schedule": "0:0.1", "train_limit": 600, "val_size": 100, "batch_size": 100, "score_examples": 100,
        "transfer": False, "jsv_samples": 8}
 STUDY = """
 import json, sys

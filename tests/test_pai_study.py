@@ -12,9 +12,9 @@ from isotpp.pai.masks import keep_count
 from isotpp.studies import pai as study
 
 SMALL = {
-    "seeds": (0,), "densities": (0.05,), "methods": ("magnitude", "autosparse+ai"), "epochs": 2, "lr": "0:0.1",
+    "seeds": (0,), "densities": (0.05,), "methods": ("magnitude", "autosparse+ai"), "epochs": 2, "lr_schedule": "0:0.1",
     "train_limit": 3000, "val_size": 500, "batch_size": 100, "score_examples": 200, "irp_rounds": 2,
-    "irp_epochs": 1, "irp_lr": "0:0.1", "scorer_epochs": 2, "scorer_hidden": (8,), "ai_iters": 20,
+    "irp_epochs": 1, "irp_lr_schedule": "0:0.1", "scorer_epochs": 2, "scorer_hidden": (8,), "ai_iters": 20,
     "transfer_methods": ("autosparse",), "transfer_densities": (0.05,), "transfer_epochs": 1, "jsv_samples": 8,
 }
 

@@ -109,7 +109,7 @@ def test_table2_cell_commands_build_imagenet_configs(tree, tmp_path):
     base = tmp_path / "base.npz"
     base.write_bytes(b"")  # validate() only checks that the base model exists
     for cell in cells(spec):
-        args = build_parser().parse_args(cell_command(spec, cell, tmp_path, data_dir=str(tree))[3:])
+        args = build_parser().parse_args(cell_command(spec, cell, tmp_path, data_dir=str(tree))[1:])
         args.base = str(base)
         c = config_from_args(args).validate()
         assert (c.model, c.dataset, c.data_dir, c.batch_size) == ("resnet50", "imagenet", str(tree), 256)

@@ -56,7 +56,7 @@ def test_l1_run_leaves_every_artefact(base_file):
 def test_tpp_runs_its_phases_and_removes_the_zeroed_filters(base_file, tmp_path):
     base_path, _, _ = base_file
     s, out = _run(tmp_path, "TPP", base=str(base_path), update_reg_interval=1, reg_granularity=0.25,
-                  stabilize_reg_interval=40, zero_out_interval=2)
+                  stabilize_iters=40, zero_out_interval=2)
     lines = [json.loads(line) for line in (out / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert max(line.get("step", 0) for line in lines) == 4 + 40 + 1  # TPPConfig.total_iters
     assert (out / "plan.json").exists() and s["method"] == "TPP"
@@ -101,7 +101,7 @@ def test_x_plus_l1_in_the_reference_opp_loop(base_file, tmp_path):
     L1-chosen filters, the Gram term replaced by lw_opp · KernOrth over every layer."""
     base_path, _, _ = base_file
     _, out = _run(tmp_path, "KernOrth+L1", base=str(base_path), pre_scheme="opp", lw_opp=10.0,
-                  update_reg_interval=1, reg_granularity=0.5, stabilize_reg_interval=20, zero_out_interval=1)
+                  update_reg_interval=1, reg_granularity=0.5, stabilize_iters=20, zero_out_interval=1)
     config = read_json(out / "pre" / "config.json")
     assert config["train"]["penalty_weights"] == {"kernorth_v2": 10.0}
     assert config["train"]["method"] == "kernorth_v2+L1"

@@ -15,7 +15,7 @@ from isotpp.studies import mlp_linear as study
 # stabilising (the quick schedule's), 3 retraining epochs at constant LRs.
 SMALL = {
     "seeds": (0,), "methods": ("L1", "L1+OrthP", "TPP"), "train_limit": 6000,
-    "base_epochs": 4, "base_lr": "0:0.01", "retrain_epochs": 3,
+    "base_epochs": 4, "base_lr_schedule": "0:0.01", "retrain_epochs": 3,
     "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")),
     "tpp_reg_granularity": 1e-3, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 700,
     "tpp_zero_out_interval": 100,

@@ -1,19 +1,25 @@
-"""Paper tables as grids of prune runs: the shipped configs, the command lines they
-produce (accepted by the real CLI), the runner's skipping and failure handling, and
-the table builder's numbers."""
+"""Paper tables as grids of prune runs: the shipped configs (package data, also in the
+wheel), the command lines they produce (accepted by the real CLI, the same runs as the
+in-process runner's), the runner's skipping and failure handling, a real in-process
+table, and the table builder's numbers."""
 
+import dataclasses
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from isotpp.checkpoint import load_model
 from isotpp.cli import build_parser
 from isotpp.commands.prune import config_from_args, run_prune
 from isotpp.errors import UserError
 from isotpp.methods import TABLE1_METHODS
+from isotpp.models import widths_of
+from isotpp.preemption import Preempted
 from isotpp.tables import (
     BaseRecipe,
     Cell,
@@ -22,8 +28,10 @@ from isotpp.tables import (
     base_path,
     build_table,
     cell_command,
+    cell_config,
     cells,
     commands,
+    config_names,
     load_spec,
     run_table,
 )
@@ -50,8 +58,9 @@ def test_table1_is_the_papers_grid():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_command_is_accepted_by_the_cli(name, tmp_path, monkeypatch):
-    """Each cell's command parses with `isotpp prune`'s own parser into a valid PruneConfig, and its
-    pattern set resolves on the real architecture (a dry run of the cost)."""
+    """Each cell's command parses with `isotpp prune`'s own parser into a valid PruneConfig, the very
+    run the in-process runner makes, and its pattern set resolves on the real architecture (a dry
+    run of the cost)."""
     spec = load_spec(name)
     parser = build_parser()
     base = tmp_path / "base.npz"
@@ -63,18 +72,19 @@ def test_every_config_command_is_accepted_by_the_cli(name, tmp_path, monkeypatch
         assert 0 < cost["sparsity"] < 1 and cost["speedup"] > 1, ratio_label
     for cell in cells(spec)[:: max(1, len(cells(spec)) // 17)]:
         cmd = cell_command(spec, cell, tmp_path)
-        assert cmd[:3] == [sys.executable, "-m", "isotpp.cli"]
-        args = parser.parse_args(cmd[3:])
+        assert cmd[:2] == ["isotpp", "prune"]
+        args = parser.parse_args(cmd[1:])
         args.base = str(base)
         config = config_from_args(args).validate()
         assert config.method == cell.method and config.model == spec.model and config.seed == cell.seed
         assert config.lr_schedule == dict(spec.lr_schedules)[cell.lr] and config.epochs == spec.epochs
         assert Path(config.out) == tmp_path / "cells" / cell.name
+        assert config == dataclasses.replace(cell_config(spec, cell, tmp_path), base=str(base))
     bc = base_command(spec, tmp_path, 0)
     if spec.base.path:
         assert bc is None
     else:
-        args = parser.parse_args(bc[3:])
+        args = parser.parse_args(bc[1:])
         assert args.command == "train" and args.epochs == spec.base.epochs
 
 
@@ -82,22 +92,21 @@ RESNET56_COUNTS = {"0.5": (428_074, 62_964_352), "0.9": (81_502, 10_838_656)}
 
 
 def _fake_runner(tmp_path, fail=()):
-    """Stands in for the subprocess: 'trains' base models and writes each cell's summary."""
+    """Stands in for the pruning runs: 'trains' base models and writes each cell's summary."""
     calls = []
 
-    def run(cmd):
-        calls.append(cmd)
-        argv = cmd[3:]
-        if argv[0] == "train":
-            workdir = Path(argv[argv.index("--workdir") + 1])
+    def run(step, config, log):
+        calls.append((step, config))
+        if step == "base":
+            workdir = Path(config.out)
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "model.npz").write_bytes(b"model")
-            return 0
-        out = Path(argv[argv.index("--out") + 1])
+            return
+        out = Path(config.out)
         if out.name in fail:
-            return 1
-        method, ratio = argv[argv.index("--method") + 1], argv[argv.index("--ratios") + 1].rsplit(":", 1)[1]
-        seed, lr = int(argv[argv.index("--seed") + 1]), argv[argv.index("--lr-schedule") + 1].split(":")[1]
+            raise UserError("the run failed")
+        method, ratio = config.method, config.ratios.rsplit(":", 1)[1]
+        seed, lr = config.seed, config.lr_schedule.split(":")[1]
         # a recognisable accuracy: 90 - 10 * ratio + seed (+1 for TPP, +0.5 for LR 0.01)
         acc = 90 - 10 * float(ratio) + seed + (1 if method == "TPP" else 0) + (0.5 if lr == "0.01" else 0)
         out.mkdir(parents=True)
@@ -106,7 +115,6 @@ def _fake_runner(tmp_path, fail=()):
         (out / "summary.json").write_text(json.dumps({
             "best_acc": acc, "final_acc": acc - 1, "sparsity": float(ratio) / 2, "speedup": 1 + float(ratio),
             "params": 853_018, "params_pruned": params_pruned, "flops": 125_485_696, "flops_pruned": flops_pruned}))
-        return 0
 
     return run, calls
 
@@ -116,11 +124,10 @@ def test_runner_trains_bases_once_runs_every_cell_and_skips_finished_ones(tmp_pa
     run, calls = _fake_runner(tmp_path)
     status = run_table(spec, tmp_path, run=run, log=lambda s: None)
     assert len(status["ran"]) == 16 and not status["done"] and not status["failed"]
-    assert sum(c[3] == "train" for c in calls) == 2  # one base per seed
-    for c in calls:
-        if c[3] == "prune":
-            seed = c[c.index("--seed") + 1]
-            assert c[c.index("--base") + 1] == str(tmp_path / f"base_seed{seed}" / "model.npz")
+    assert sum(step == "base" for step, _ in calls) == 2  # one base per seed
+    for step, c in calls:
+        if step == "cell":
+            assert c.base == str(tmp_path / f"base_seed{c.seed}" / "model.npz")
     calls.clear()
     again = run_table(spec, tmp_path, run=run, log=lambda s: None)
     assert len(again["done"]) == 16 and not again["ran"] and not calls  # nothing rerun, no base retrained
@@ -148,15 +155,20 @@ def test_only_selects_cells_and_refuses_a_glob_that_matches_nothing(tmp_path):
 
 
 def test_failed_base_model_stops_with_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="base model of seed 0 failed"):
-        run_table(_spec(), tmp_path, run=lambda cmd: 1, log=lambda s: None)
+    def fail(step, config, log):
+        raise FloatingPointError("loss is nan")
+
+    with pytest.raises(UserError, match=r"base model of seed 0 failed \(loss is nan\)"):
+        run_table(_spec(), tmp_path, run=fail, log=lambda s: None)
+    with pytest.raises(UserError, match="base model of seed 0 failed .* was not written"):
+        run_table(_spec(), tmp_path, run=lambda step, config, log: None, log=lambda s: None)
     assert not (tmp_path / "cells").exists()
 
 
 def test_given_base_model_that_is_missing_is_refused(tmp_path):
     spec = _spec(base=BaseRecipe(path=str(tmp_path / "resnet_{seed}.npz")), notes="convert the weights first")
     with pytest.raises(UserError, match="resnet_0.npz for seed 0 is missing: convert the weights first"):
-        run_table(spec, tmp_path, run=lambda cmd: 0, log=lambda s: None)
+        run_table(spec, tmp_path, run=lambda step, config, log: None, log=lambda s: None)
 
 
 def test_build_table_mean_and_population_std_over_seeds(tmp_path):
@@ -191,8 +203,10 @@ def test_build_table_marks_missing_cells(tmp_path):
 
 
 def test_unknown_config_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="no table config 'table9'"):
+    with pytest.raises(UserError, match="no table config 'table9': choose one of table1_resnet56, table2_resnet34"):
         load_spec("table9")
+    with pytest.raises(UserError, match="no table config 'nowhere.py'"):
+        load_spec("nowhere.py")
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config():\n    return 42\n")
     with pytest.raises(UserError, match="must return an isotpp.tables.TableSpec"):
@@ -200,8 +214,6 @@ def test_unknown_config_is_a_user_error(tmp_path):
 
 
 def test_scripts_list_commands_and_exit_2_on_a_bad_config(tmp_path):
-    import subprocess
-
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, str(root / "experiments" / "run_table.py"), "table1_resnet56", "--out",
                         str(tmp_path), "--list", "--only", "TPP__pr0.5__*"], capture_output=True, text=True,
@@ -213,24 +225,52 @@ def test_scripts_list_commands_and_exit_2_on_a_bad_config(tmp_path):
     r = subprocess.run([sys.executable, str(root / "experiments" / "build_table.py"), "table9", "--out",
                         str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        (f"build_table: error: no table config 'table9' ({root / 'experiments' / 'configs' / 'table9.py'} does not "
-         "exist): see experiments/configs/")]
+        ("build_table: error: no table config 'table9': choose one of table1_resnet56, table2_resnet34, "
+         "table2_resnet50, vgg19_cifar100 or give the path of a .py file defining get_config()")]
 
 
 def test_a_cell_stopped_by_sigterm_stops_the_table(tmp_path):
-    """A cell that exits 75 kept its work; the runner stops there (exit 75 too) instead of going on."""
-    from isotpp.preemption import Preempted
-
+    """A cell stopped by SIGTERM kept its work; the runner stops there (exit 75) instead of going on."""
     spec = _spec()
     for seed in spec.seeds:
         base_path(spec, tmp_path, seed).parent.mkdir(parents=True, exist_ok=True)
         base_path(spec, tmp_path, seed).write_bytes(b"")
     ran = []
 
-    def run(cmd):
-        ran.append(cmd)
-        return 75
+    def run(step, config, log):
+        ran.append(config)
+        raise Preempted(f"stopped by SIGTERM: finished stages are kept in {config.out}")
 
     with pytest.raises(Preempted, match=f"finished cells are kept in {tmp_path}; run the same command again"):
         run_table(spec, tmp_path, run=run, log=lambda s: None)
     assert len(ran) == 1
+
+
+def test_a_real_table_runs_in_process_and_resumes(tmp_path):
+    """A base model and a cell of a tiny MLP table, through the library (no subprocess): the
+    summary the table reads is the pruning run's own, and a second call runs nothing."""
+    spec = TableSpec(name="tiny", title="Tiny", model="mlp", dataset="synthetic", ratios=(("0.5", "net.[0-9]:0.5"),),
+                     lr_schedules=(("0.001", "0:0.001"),), methods=("L1",), seeds=(0,), epochs=1, batch_size=64,
+                     base=BaseRecipe(epochs=1, lr_schedule="0:0.001"),
+                     prune_settings=(("train_limit", 128), ("jsv_samples", 4), ("checkpoint_every", None),
+                                     ("progress", False)))
+    (cell,) = cells(spec)
+    assert run_table(spec, tmp_path, log=lambda s: None) == {"done": [], "ran": [cell.name], "failed": []}
+    base, _ = load_model(base_path(spec, tmp_path, 0))
+    assert widths_of(base)["net.0"] == 100
+    summary = json.loads((tmp_path / "cells" / cell.name / "summary.json").read_text())
+    assert summary["method"] == "L1" and summary["seed"] == 0 and summary["sparsity"] > 0.4
+    row = next(line for line in build_table(spec, tmp_path).splitlines() if line.startswith("| L1 "))
+    assert row.split("|")[2].strip() == f"{summary['best_acc']:.2f}"
+    assert run_table(spec, tmp_path, log=lambda s: None) == {"done": [cell.name], "ran": [], "failed": []}
+
+
+def test_the_configs_are_package_data():
+    """load_spec finds the configs through importlib.resources, not a path relative to the sources
+    (tests/test_toolkit.py checks that the wheel carries them)."""
+    import importlib.resources
+
+    assert config_names() == sorted(CONFIGS)
+    for name in CONFIGS:
+        assert importlib.resources.files("isotpp.table_configs").joinpath(f"{name}.py").is_file()
+        assert load_spec(name).name == name

@@ -18,10 +18,14 @@ import pytest
 from scipy import integrate, stats
 from threadpoolctl import threadpool_limits
 
-from isotpp.errors import UserError
 from isotpp import theory
+from isotpp.errors import UserError
 from isotpp.theory import meanfield as mf
-from isotpp.theory.simulate import jacobian_moments, sample_jacobian, sample_jacobian_prefixes
+from isotpp.theory.simulate import (
+    jacobian_moments,
+    sample_jacobian,
+    sample_jacobian_prefixes,
+)
 
 ACTS = ("linear", "tanh", "relu", "hard_tanh")
 # (sigma_w, sigma_b) near criticality for each activation

@@ -101,6 +101,8 @@ def test_the_package_data_ship_in_a_wheel(tmp_path):
     for f in (*FILES, "LICENSE"):
         assert f"isotpp/data/fashion_mnist_subset/{f}" in names
     assert "isotpp/py.typed" in names
+    assert {f"isotpp/table_configs/{n}.py" for n in ("table1_resnet56", "table2_resnet34", "table2_resnet50",
+                                                     "vgg19_cifar100")} <= names  # isotpp.tables.load_spec's
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 

@@ -221,6 +221,7 @@ class Checked(Domain):
         self.check, self.describe = check, describe
 
     def __call__(self, value: str) -> str:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.errors import UserError
 
         value = text(value)
@@ -232,18 +233,21 @@ class Checked(Domain):
 
 
 def _lr_schedule(value: str) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.train import LRSchedule
 
     LRSchedule.parse(value)
 
 
 def _ratios(value: str) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.groups import parse_ratios
 
     parse_ratios(value)
 
 
 def _densities(value: str) -> None:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pai.masks import parse_densities
 
     parse_densities(value)
@@ -367,6 +371,7 @@ def later_input_file(value: str) -> str:
 def check_after_parsing(prog: str, args: argparse.Namespace) -> None:
     """Checks made once the whole command line is parsed, reported like argparse's (one line, exit 2):
     ``--data-dir`` exists (the message names the dataset it should hold), a base model exists."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import sys
 
     base = getattr(args, "base", None)  # prune: the base model may be written by an earlier job of a grid
@@ -388,19 +393,9 @@ def check_after_parsing(prog: str, args: argparse.Namespace) -> None:
         raise SystemExit(2)
 
 
-def input_dir(value: str) -> str:
-    """An existing, readable directory."""
-    path = _path_text(value, "a directory")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{path} {'is not a directory' if path.exists() else 'does not exist'}: pass the directory holding the data")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"directory {path} is not readable: check its permissions")
-    return str(value)
-
-
 def version_action(parser: argparse.ArgumentParser) -> None:
     """``--version``: the installed isotpp's version."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
@@ -480,6 +475,7 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
     interrupted; 70: an internal error, whose traceback goes to a file the line
     names (or to stderr with ``ISOTPP_TRACEBACK=1``).
     """
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import sys
 
     from isotpp.errors import UserError
@@ -515,6 +511,7 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
 
 def _internal_error(prog: str, exc: BaseException) -> int:
     """A bug, not the user's input: one line naming a file with the traceback (exit 70)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import sys
     import tempfile
     import traceback

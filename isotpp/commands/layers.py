@@ -12,6 +12,7 @@ def layer_rows(model) -> list[dict[str, Any]]:
     (it ties a residual stream: a pattern must match every layer of ``group``
     or none) or ``"fixed"`` (cannot be pruned; ``why`` says why).
     """
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.groups import channel_groups
     from isotpp.models import widths_of
 
@@ -32,6 +33,7 @@ def layer_rows(model) -> list[dict[str, Any]]:
 
 def layers_table(model, title: str) -> str:
     """:func:`layer_rows` as a printable table with a legend."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.report import markdown_table
 
     rows = layer_rows(model)

@@ -47,7 +47,7 @@ _EXAMPLES = """examples:
 def add_parser(sub) -> None:
     """Register ``isotpp prune`` on ``sub`` (an argparse sub-parsers object made
     with ``parser_class=isotpp.commands.args.Parser``, so bad arguments exit 2 with one line)."""
-    from isotpp.pruning_run import PruneConfig  # numpy only: --help stays free of JAX
+    from isotpp.prune_config import PruneConfig  # no JAX: --help stays fast
 
     p = sub.add_parser(
         "prune",
@@ -106,7 +106,8 @@ def add_parser(sub) -> None:
                      help="retraining LR, epoch:lr pieces")
     run.add_argument("--batch-size", type=A.Int(1, 1_000_000), default=d.batch_size,
                      help="global training batch (at most the number of training examples)")
-    run.add_argument("--wd", type=A.nonnegative_float, default=d.wd, help="weight decay (added to the gradient)")
+    run.add_argument("--weight-decay", "--wd", dest="weight_decay", type=A.nonnegative_float, default=d.weight_decay,
+                     help="weight decay (added to the gradient)")
     run.add_argument("--seed", type=A.seed, default=0, help="seed of the base model, data order and methods")
     run.add_argument("--init", type=A.init_scheme, default=d.init, metavar=A.init_scheme.describe,
                      help="init of trained-from-scratch models")
@@ -121,7 +122,8 @@ def add_parser(sub) -> None:
                      help="TPP: increase of the penalty factor every --update-reg-interval iterations")
     run.add_argument("--update-reg-interval", type=A.positive_int, default=d.update_reg_interval,
                      help="TPP: iterations between increases of the penalty factor")
-    run.add_argument("--stabilize-reg-interval", type=A.positive_int, default=d.stabilize_reg_interval,
+    run.add_argument("--stabilize-iters", "--stabilize-reg-interval", dest="stabilize_iters", type=A.positive_int,
+                     default=d.stabilize_iters,
                      help="TPP: iterations at the final penalty before the filters are removed")
     run.add_argument("--zero-out-interval", type=A.positive_int, default=d.zero_out_interval,
                      help="TPP: iterations between zeroings of the penalised weights")
@@ -150,6 +152,7 @@ _WIDTH_SCALE = A.Float(1 / 64, 64.0, what="a width factor")
 def run_prune_args(args) -> int:
     """The ``func`` of the parsed ``prune`` arguments: run, print, return 0."""
     if args.list_layers:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.cli import _list_layers
 
         return _list_layers(args.model, args.num_classes, args.base, {})
@@ -167,13 +170,14 @@ def run_prune_args(args) -> int:
 
 def config_from_args(args):
     """The :class:`~isotpp.pruning_run.PruneConfig` of parsed ``prune`` arguments (a full run)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pruning_run import PruneConfig
 
     if not args.out:
         raise UserError("a full run needs --out DIR (or add --dry-run for the cost only)")
     keys = ("method", "dataset", "data_dir", "base", "base_epochs", "base_lr_schedule", "epochs", "lr_schedule",
-            "batch_size", "wd", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
-            "stabilize_reg_interval", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
+            "batch_size", "weight_decay", "seed", "init", "tpp_lr", "lw_opp", "reg_granularity", "update_reg_interval",
+            "stabilize_iters", "zero_out_interval", "pre_iters", "jsv_samples", "jsv_bn", "train_limit",
             "width_scale", "bf16", "out", "workers", "image_size", "resize", "penalty_weight", "kernorth_rule",
             "pre_scheme")
     return PruneConfig(model=args.model, ratios=args.ratios, skip=_parse_skip(args.skip),
@@ -183,6 +187,7 @@ def config_from_args(args):
 def preflight(args) -> None:
     """What a full run can check before it writes or trains anything: the patterns against the
     architecture, the width scale, the batch against the training examples."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.train import check_width_scale
     from isotpp.cost import widths_after
     from isotpp.data import DATASET_INFO
@@ -209,6 +214,7 @@ def check_batch(batch_size: int, limit: int | None, info) -> None:
 
 
 def _full_run(args) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.pruning_run import run_pruning
     from isotpp.report import fmt_number, markdown_table
 
@@ -229,6 +235,7 @@ def _full_run(args) -> int:
 @functools.lru_cache(maxsize=8)
 def _abstract_model(name: str, num_classes: int):
     """The unpruned architecture, shapes only; only read here, so repeated dry runs share it."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.models import BuildConfig
 
     return BuildConfig(name, num_classes, None).create(abstract=True)
@@ -255,6 +262,7 @@ def run_prune(
     (printable) and ``json`` (the path written, if any)."""
     if not dry_run:
         raise UserError("run_prune reports costs only: use isotpp.pruning_run.run_pruning for a full run")
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.cost import ratios_cost
     from isotpp.groups import parse_ratios
     from isotpp.models import model_spec
@@ -304,6 +312,7 @@ def run_prune(
     out["as_published"] = pub  # returned and printed; the JSON file keeps the contract's keys
     out["table"] = table
     if json_path:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.io import write_json
 
         out["json"] = str(write_json(json_path, record))

@@ -17,6 +17,7 @@ def build_inputs(spec_shape: tuple[int, ...], samples: int, seed: int, data: str
     if data is None or data in ("random", "gaussian"):
         rng = np.random.default_rng(seed)
         return rng.standard_normal((samples, *spec_shape)).astype(np.float32), "gaussian"
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.data import load_dataset
 
     ds = load_dataset(data, "test", data_dir=data_dir, limit=samples)
@@ -34,6 +35,7 @@ def build_inputs(spec_shape: tuple[int, ...], samples: int, seed: int, data: str
 def _check_memory(model: str, num_classes: int | None, arch_kwargs: dict[str, Any], samples: int,
                   chunk_size: int | None, itemsize: int) -> None:
     """Refuse, before allocating, a model or an input set that cannot fit in memory (one line)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import math
 
     from flax import nnx
@@ -108,6 +110,7 @@ def run_spectrum(
     and ``lambda_mean`` are then the estimator's, and ``error`` says how far off they may be (for the exact
     methods: their resolution). ``memory_budget`` (bytes) fits the chunk of samples to it.
     """
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import jax
 
     from isotpp.plots import figure_format
@@ -115,6 +118,7 @@ def run_spectrum(
     if plot_path and not plot_formats:
         figure_format(plot_path)  # a bad extension fails before the work
 
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp import spectrum as sp
     from isotpp import theory
     from isotpp.models import create_model
@@ -134,12 +138,14 @@ def run_spectrum(
 
     def build(k: int):
         if checkpoint is not None:
+            # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
             from isotpp.checkpoint import load_model
 
             net, meta = load_model(checkpoint)
             return net, meta["arch"], f"checkpoint:{Path(checkpoint).name}"
         net = create_model(model, num_classes=num_classes, init=init, sigma_w=sigma_w, seed=seed + k, **arch_kwargs)
         if sigma_b:
+            # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
             from isotpp.models.mlp import draw_biases
 
             draw_biases(net, sigma_b, seed + k)
@@ -196,6 +202,7 @@ def run_spectrum(
     bar = None
     total = nets * (1 if input_linear else samples)
     if progress and resolved != "linear" and total > 1:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.progress import progress as progress_bar
 
         bar = progress_bar(total, "spectrum", unit="sample")
@@ -297,10 +304,12 @@ def run_spectrum(
     if values:
         out["singular_values"] = sv.tolist()
     if json_path:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.io import write_json
 
         result["json"] = str(write_json(json_path, out))
     if plot_path:
+        # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.plots import save_figures
         from isotpp.theory_plots import spectrum_theory_figure
 

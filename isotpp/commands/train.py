@@ -22,6 +22,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
+from isotpp import configure_cpu
 from isotpp.commands import args as A
 from isotpp.commands.args import Parser as _Parser
 from isotpp.commands.args import positive_float as _positive_float  # noqa: F401 (experiments/train_imagenet.py)
@@ -101,6 +102,7 @@ def scaled_widths(name: str, num_classes: int, input_shape, scale: float) -> dic
     """Every conv/dense width times ``scale`` (at least 1), the classifier kept."""
     if scale == 1.0:
         return None
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from flax import nnx
 
     from isotpp.models import create_model, widths_of
@@ -120,6 +122,7 @@ def check_width_scale(widths: dict[str, int], scale: float, keep: str) -> None:
 
 
 def make_model(args, num_classes: int, input_shape):
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     import jax.numpy as jnp
     from flax import nnx
 
@@ -135,6 +138,7 @@ def make_model(args, num_classes: int, input_shape):
 
 
 def train_config(args, **kwargs):
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.trainer import TrainConfig
 
     return TrainConfig(epochs=args.epochs, lr_schedule=args.lr_schedule, seed=args.seed,
@@ -144,6 +148,7 @@ def train_config(args, **kwargs):
 
 def finish(args, trainer, history) -> None:
     """model.npz and results.json (process 0)."""
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from pathlib import Path
 
     from isotpp import parallel
@@ -181,6 +186,7 @@ def training_run(args, parser: argparse.ArgumentParser | None = None):
     leaves nothing. ``parser``: the command's, whose defaults stand for the
     options an older isotpp's record lacks.
     """
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.preemption import sigterm_stops
     from isotpp.rundir import open_run
 
@@ -192,10 +198,12 @@ def training_run(args, parser: argparse.ArgumentParser | None = None):
 
 
 def run(args, hooks=()) -> int:
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp import parallel
 
     parallel.initialize(True if args.distributed else None)  # before anything touches a device
 
+    # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.commands.prune import check_batch
     from isotpp.data import DATASET_INFO, load_dataset
     from isotpp.data.identity import data_identity
@@ -225,6 +233,7 @@ def run(args, hooks=()) -> int:
 
 def main(argv: Sequence[str] | None = None, *, hooks=(), parser=None, runner=run) -> int:
     """Parse, run, and turn user errors and preemption into exit codes (2, 75; see :func:`isotpp.cli.main`)."""
+    configure_cpu()  # before the run starts JAX
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     A.check_after_parsing(parser.prog, args)

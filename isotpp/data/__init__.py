@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from isotpp.data.cifar import (
     CIFAR10_MEAN,
@@ -149,7 +150,6 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     torchvision's ``Resize`` does on a PIL image, so the uint8 results match.
     Returns uint8 with the input's layout.
     """
-    from PIL import Image
 
     images = np.asarray(images)
     if images.dtype != np.uint8:

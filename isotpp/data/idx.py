@@ -93,7 +93,7 @@ def read_idx(path: str | Path, *, ndim: int | None = None, limit: int = IDX_LIMI
     if expected > limit:
         raise DataError(f"{path} declares a {'x'.join(map(str, dims))} array ({fmt_bytes(expected)}), more than the "
                         f"{fmt_bytes(limit)} an IDX file of isotpp's datasets can hold: {_FIX}")
-    if not stream.compressed and len(stream._raw) < expected:  # noqa: SLF001 - known before reading on
+    if not stream.compressed and len(stream._raw) < expected:
         raise DataError(f"{path} is truncated (expected {expected} bytes, got {len(stream._raw)}): {_FIX}")
     payload = stream.take(count * dtype.itemsize)
     if len(payload) < count * dtype.itemsize:

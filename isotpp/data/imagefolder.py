@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from isotpp import parallel
+from isotpp.data.pipeline import HostData, HostEval
 from isotpp.errors import DataError, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,7 +103,6 @@ def scan_imagefolder(root: str | Path, classes: Sequence[str] | None = None) -> 
 
 def decode(path: str):
     """The image at ``path`` as an RGB PIL image, or a DataError naming the file."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
@@ -153,8 +155,6 @@ class TrainTransform:
     std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, record):
-        from PIL import Image
-
         path, label, position = record
         rng = np.random.default_rng([self.seed, self.epoch, position])
         img = decode(path)
@@ -176,8 +176,6 @@ class EvalTransform:
     std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, record):
-        from PIL import Image
-
         path, label, valid = record
         img = decode(path)
         w, h = img.size
@@ -228,7 +226,7 @@ class _Records:
 
 def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     if shard is None:
-        import grain
+        import grain  # here, not at the top: importing grain takes ~3 s and only ImageFolder runs need it
 
         opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
         return opts.shard_index, opts.shard_count
@@ -250,12 +248,12 @@ def train_order(n: int, global_batch: int, seed: int, epoch: int,
 
 
 def _grain_batches(source, transform, local_batch: int, workers: int) -> Iterator[Any]:
-    import grain
+    import grain  # here, not at the top: importing grain takes ~3 s and only ImageFolder runs need it
 
     ds = grain.MapDataset.source(source).map(transform).batch(local_batch, drop_remainder=True)
     it = ds.to_iter_dataset()
     if workers > 0:
-        from absl import flags
+        from absl import flags  # grain's dependency, loaded with it
 
         # Grain's workers read absl flags (their defaults suit us); a program that does not
         # run absl.app must mark them parsed or the first read fails.
@@ -329,7 +327,6 @@ def imagefolder_train_source(folder: ImageFolder, *, global_batch_size: int, mes
                              prefetch: int = 2, shard: tuple[int, int] | None = None, size: int = 224,
                              resize: int = 256, augment: bool = True, info: dict[str, Any] | None = None):
     """The trainer's training source over a scanned split (scan once, then one source per seed)."""
-    from isotpp.data.pipeline import HostData
 
     _check_workers(workers)
     loader = ImageFolderLoader(folder, global_batch_size, seed=seed, workers=workers, shard=shard, size=size,
@@ -342,8 +339,6 @@ def imagefolder_train_source(folder: ImageFolder, *, global_batch_size: int, mes
 def imagefolder_eval_source(folder: ImageFolder, *, batch_size: int, mesh, workers: int = 0, prefetch: int = 2,
                             shard: tuple[int, int] | None = None, size: int = 224, resize: int = 256):
     """The trainer's evaluation source over a scanned split: every image once, under the eval transform."""
-    from isotpp import parallel
-    from isotpp.data.pipeline import HostEval
 
     _check_workers(workers)
     parallel.check_batch_size(batch_size, mesh)

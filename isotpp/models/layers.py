@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
+from isotpp.ops import conv_general_dilated
 
 # --------------------------------------------------------------------------
 # Containers and parameter-free layers
@@ -103,17 +104,6 @@ class MaxPool(nnx.Module):
         return nnx.max_pool(x, self.window, strides=self.strides, padding=self.padding)
 
 
-class AvgPool(nnx.Module):
-    """2-D average pooling over NHWC (no padding, like torch's default)."""
-
-    def __init__(self, window: int, stride: int | None = None):
-        self.window = (window, window)
-        self.strides = (stride or window,) * 2
-
-    def __call__(self, x):
-        return nnx.avg_pool(x, self.window, strides=self.strides, padding="VALID")
-
-
 class GlobalAvgPool(nnx.Module):
     """(B, H, W, C) -> (B, C): mean over the spatial axes."""
 
@@ -173,8 +163,6 @@ class LayerFactory:
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1,
              padding: int = 0, *, bias: bool = False) -> nnx.Conv:
-        from isotpp.ops import conv_general_dilated
-
         extra = {"conv_general_dilated": self.conv_fn or conv_general_dilated}
         return nnx.Conv(
             cin, cout, (kernel, kernel), strides=(stride, stride),

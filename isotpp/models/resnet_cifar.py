@@ -48,9 +48,6 @@ from isotpp.models.layers import (
 )
 
 STAGE_WIDTHS = (16, 32, 64)
-DEPTHS = (20, 32, 44, 56, 110, 1202)
-
-
 class ZeroPadShortcut(nnx.Module):
     """Option-A shortcut: subsample spatially by ``stride``, place the channels by a fixed map.
 

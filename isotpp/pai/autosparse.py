@@ -38,10 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy.stats import spearmanr
 
 from isotpp.errors import UserError
 from isotpp.files import json_header, open_npz
 from isotpp.io import atomic_write
+from isotpp.pai.masks import top_count_masks
 
 __all__ = [
     "FEATURES",
@@ -247,9 +249,7 @@ def validate_scorer(scorer: Scorer, record) -> dict[str, float]:
     final IRP mask that the scorer's top-k recovers (k = the mask's size),
     next to the same overlap for |w0|, |w0·g0| and a random choice (= density).
     """
-    from scipy.stats import spearmanr
 
-    from isotpp.pai.masks import top_count_masks
 
     src_arch, src_seed = scorer.meta.get("record_arch"), scorer.meta.get("record_seed")
     if record.arch != src_arch:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from isotpp.models.init import apply_init
 from isotpp.models.layers import Flatten, LayerFactory, ReLU, record_module_order
 
 __all__ = ["SmallConvNet", "im2col_conv", "small_convnet"]
@@ -86,7 +87,6 @@ def small_convnet(*, seed: int = 0, init: str = "kaiming", **kwargs) -> SmallCon
     Built abstractly and filled in one compiled draw, as ``create_model`` does
     (Flax's per-layer initialisers compile one random kernel per shape: seconds).
     """
-    from isotpp.models.init import apply_init
 
     if init == "default":
         return SmallConvNet(seed=seed, **kwargs)

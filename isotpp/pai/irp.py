@@ -32,8 +32,11 @@ import numpy as np
 from isotpp.errors import UserError
 from isotpp.files import json_header, open_npz
 from isotpp.io import atomic_write
+from isotpp.pai.masked_optim import masked, masked_train_state
 from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_masks
 from isotpp.pai.net import PrunableNet
+from isotpp.pai.training import train_runs
+from isotpp.train import RunGroup, reference_sgd, stack_runs, unstack_run
 
 __all__ = ["IRPRecord", "irp_keep_counts", "load_irp_record", "make_record", "run_irp"]
 
@@ -83,10 +86,6 @@ class IRPRecord:
 
     def final_masks(self) -> dict[str, np.ndarray]:
         return {n: self.masks[n][-1] for n in self.names}
-
-    def round_masks(self, j: int) -> dict[str, np.ndarray]:
-        """The mask after round j (1-based)."""
-        return {n: self.masks[n][j - 1] for n in self.names}
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(self.w0[n].shape) for n in self.names}
@@ -176,9 +175,6 @@ def run_irp(nets: Sequence[PrunableNet], densities: Sequence[float], data, *, ro
     ``on_epoch(round, epoch, metrics)`` reports progress. Returns, per run,
     ``{name: (rounds, *shape) bool}``.
     """
-    from isotpp.pai.masked_optim import masked, masked_train_state
-    from isotpp.pai.training import train_runs
-    from isotpp.train import RunGroup, reference_sgd, stack_runs, unstack_run
 
     if rewind not in REWINDS:
         raise UserError(f"unknown rewind {rewind!r}: choose 'kernels' (the kept weights) or 'all' (every parameter)")

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from isotpp.groups import flat_arrays, leaf_name
+from isotpp.pai.masks import apply_masks
+from isotpp.train import TrainState
 
 __all__ = ["MaskedState", "get_masks", "masked", "masked_train_state", "set_masks"]
 
@@ -92,8 +94,6 @@ def get_masks(opt_state) -> dict[str, jax.Array]:
 
 def masked_train_state(params, rest, tx: optax.GradientTransformation, masks: Mapping[str, jax.Array]):
     """A :class:`isotpp.train.TrainState` with masked parameters and the masks in its optimiser state."""
-    from isotpp.pai.masks import apply_masks
-    from isotpp.train import TrainState
 
     params = apply_masks(params, masks)
     return TrainState(params, rest, set_masks(tx.init(params), masks))

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp.errors import UserError
+from isotpp.groups import map_named
 
 Scope = Literal["global", "layerwise"]
 SCOPES = ("global", "layerwise")
@@ -184,7 +185,6 @@ def _ranked(scores: tuple, count, alive: tuple | None):
 
 def apply_masks(params, masks: Mapping[str, jax.Array]):
     """``params`` (an nnx.State, or a flat dict by dotted name) with every masked entry set to exactly 0."""
-    from isotpp.groups import map_named
 
     # a flat {dotted name: array} dict has the same leaf names as the nested state
     return map_named(lambda n, x: jnp.where(masks[n], x, jnp.zeros_like(x)) if n in masks else x, params)

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from isotpp.groups import flat_arrays, map_named
+from isotpp.models import layer_names
 from isotpp.train import ModelFns
 
 __all__ = ["PrunableNet", "arch_of", "prunable_names"]
@@ -31,7 +32,6 @@ __all__ = ["PrunableNet", "arch_of", "prunable_names"]
 
 def prunable_names(model: nnx.Module) -> tuple[str, ...]:
     """Dotted names of the conv/dense kernels, in forward order."""
-    from isotpp.models import layer_names
 
     return tuple(f"{n}.kernel" for n in layer_names(model))
 

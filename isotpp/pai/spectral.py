@@ -17,15 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isotpp.isometry import approximate_isometry
 from isotpp.pai.masks import apply_masks
 from isotpp.pai.net import PrunableNet
+from isotpp.spectrum import model_singular_values, summarize
 
 __all__ = ["isometrize", "jsv_at_init"]
 
 
 def isometrize(net: PrunableNet, masks: Mapping[str, jax.Array], *, iters: int, lr: float = 0.1, params=None):
     """``params`` (default: the net's initial ones) with the masked kernels made approximately isometric."""
-    from isotpp.isometry import approximate_isometry
 
     base = net.params if params is None else params
     kernels = net.kernels(base)
@@ -36,7 +37,6 @@ def isometrize(net: PrunableNet, masks: Mapping[str, jax.Array], *, iters: int, 
 def jsv_at_init(net: PrunableNet, params, x, *, method: str = "gram") -> dict[str, float]:
     """Summary of the JSV of the network with ``params`` on inputs ``x``: mean, std, max, min, cond_mean,
     diff_mean and the fraction of exactly-zero singular values (a severed network has J = 0)."""
-    from isotpp.spectrum import model_singular_values, summarize
 
     sv = model_singular_values(net.model(params), x, method=method)
     with np.errstate(invalid="ignore"):  # a severed network: s_max = s_min = 0, its condition number is nan

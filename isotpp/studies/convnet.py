@@ -15,13 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from isotpp.checkpoint import load_model
+from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
 from isotpp.methods import get_method, study_methods
+from isotpp.preemption import check
+from isotpp.pruning_run import (
+    PruneConfig,
+    base_model,
+    evaluate,
+    load_data,
+    mean_jsv,
+    run_pruning,
+)
+from isotpp.studies import scaffold
+from isotpp.studies.scaffold import Study, StudySettings, slug
+from isotpp.study_report import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +43,7 @@ METHODS = study_methods("convnet")  # the default; any registered method is acce
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvStudyConfig:
+class ConvStudyConfig(StudySettings):
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     model: str = "resnet20"
@@ -40,9 +53,9 @@ class ConvStudyConfig:
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 128
-    wd: float = 5e-4
+    weight_decay: float = 5e-4
     base_epochs: int = 8
-    base_lr: str = "0:0.1,4:0.01,7:0.001"
+    base_lr_schedule: str = "0:0.1,4:0.01,7:0.001"
     retrain_epochs: int = 8
     lr_schedules: tuple[tuple[str, str], ...] = (("0.01", "0:0.01,4:0.001,6:0.0001"), ("0.001", "0:0.001,5:0.0001"))
     tpp_reg_granularity: float = 1e-3  # reg reaches 1 after 1000 iterations (the paper: 100,000)
@@ -52,55 +65,34 @@ class ConvStudyConfig:
     jsv_samples: int = 64
     quick: bool = False
 
-    def validate(self) -> ConvStudyConfig:
+    # minutes, not a quarter of an hour: fewer examples, epochs and TPP iterations
+    QUICK: ClassVar[Mapping[str, Any]] = {
+        "train_limit": 3000, "base_epochs": 3, "base_lr_schedule": "0:0.1,2:0.01", "retrain_epochs": 3,
+        "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")), "tpp_reg_granularity": 5e-3,
+        "tpp_stabilize_iters": 400, "tpp_zero_out_interval": 20, "jsv_samples": 32}
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("lr_schedules", "base_lr_schedule")
+    RENAMED: ClassVar[Mapping[str, str]] = {"base_lr": "base_lr_schedule", "wd": "weight_decay"}
+
+    def check(self) -> None:
         if not (0.0 < self.ratio < 1.0):
             raise UserError(f"pruning ratio {self.ratio} is outside (0, 1): use e.g. 0.9")
         for m in self.methods:
             get_method(m)
-        if not self.seeds:
-            raise UserError("no seeds: pass --seeds N with N >= 1")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_schedules"] = dict(self.lr_schedules)
-        return d
 
 
-def quick_config(**overrides) -> ConvStudyConfig:
-    """Minutes, not a quarter of an hour: fewer examples, epochs and TPP iterations."""
-    base = {"train_limit": 3000, "base_epochs": 3, "base_lr": "0:0.1,2:0.01", "retrain_epochs": 3,
-            "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")), "tpp_reg_granularity": 5e-3,
-            "tpp_stabilize_iters": 400, "tpp_zero_out_interval": 20, "jsv_samples": 32, "quick": True}
-    return ConvStudyConfig(**(base | overrides))
+quick_config = ConvStudyConfig.quick_config
 
 
-def _prune_config(cfg: ConvStudyConfig, seed: int, **kw):
-    from isotpp.pruning_run import PruneConfig
-
+def _prune_config(cfg: ConvStudyConfig, seed: int, **kw) -> PruneConfig:
     return PruneConfig(
         model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir, ratios=f"*layer*.conv1:{cfg.ratio}",
-        base_epochs=cfg.base_epochs, base_lr_schedule=cfg.base_lr, batch_size=cfg.batch_size, wd=cfg.wd,
-        seed=seed, reg_granularity=cfg.tpp_reg_granularity, update_reg_interval=cfg.tpp_update_reg_interval,
-        stabilize_reg_interval=cfg.tpp_stabilize_iters, zero_out_interval=cfg.tpp_zero_out_interval,
-        jsv_samples=cfg.jsv_samples, jsv_bn="batch", train_limit=cfg.train_limit, width_scale=cfg.width_scale,
-        epochs=cfg.retrain_epochs, checkpoint_every=None, **kw,
+        base_epochs=cfg.base_epochs, base_lr_schedule=cfg.base_lr_schedule, batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay, seed=seed, reg_granularity=cfg.tpp_reg_granularity,
+        update_reg_interval=cfg.tpp_update_reg_interval, stabilize_iters=cfg.tpp_stabilize_iters,
+        zero_out_interval=cfg.tpp_zero_out_interval, jsv_samples=cfg.jsv_samples, jsv_bn="batch",
+        train_limit=cfg.train_limit, width_scale=cfg.width_scale, epochs=cfg.retrain_epochs, checkpoint_every=None,
+        **kw,
     )
-
-
-def _eval_jsv(shared: Path, probe) -> float:
-    """Mean JSV of ``shared/pruned.npz`` with BatchNorm's running statistics (cached beside it)."""
-    from isotpp.checkpoint import load_model
-    from isotpp.pruning_run import mean_jsv
-
-    path = shared / "jsv_eval.json"
-    if not path.exists():
-        model, _ = load_model(shared / "pruned.npz")
-        write_json(path, {"jsv_after_prune_eval": mean_jsv(model, probe, "eval")})
-    return read_json(path)["jsv_after_prune_eval"]
-
-
-_REUSABLE = ("seeds", "methods", "data_dir")  # may differ between runs sharing one directory
 
 
 def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log: Callable[[str], None] | None = None
@@ -113,28 +105,14 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log: Callable[[s
     finished when its ``summary.json`` exists; SIGTERM stops at the next step
     with :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
-    log = log or logger.info  # the command line passes print
-    from isotpp.data.identity import data_identity
-    from isotpp.preemption import sigterm_stops
-    from isotpp.pruning_run import RESUME_HINT, load_data
-    from isotpp.rundir import open_run
-
-    cfg = cfg.validate()
-    with sigterm_stops(RESUME_HINT), open_run(out, cfg.to_dict(), kind="study", reusable=_REUSABLE,
-                                              defaults=ConvStudyConfig().to_dict()) as run:
-        data = load_data(_prune_config(cfg, 0))  # the same for every seed
-        run.check_data(data_identity(cfg.dataset, **data.splits()))
-        run.record()
-        return _run(cfg, data, run.path, log)
+    return scaffold.run_study(cfg, out, load_data=lambda c: load_data(_prune_config(c, 0)),  # the same every seed
+                              body=_run, log=log,
+                              identity=lambda data: data_identity(cfg.dataset, **data.splits()))
 
 
-def _run(cfg: ConvStudyConfig, data, out: Path, log) -> dict[str, Any]:
-    from isotpp.preemption import check
-    from isotpp.pruning_run import base_model, evaluate, mean_jsv, run_pruning
-    from isotpp.studies.clock import StudyClock
-    from isotpp.study_report import write_report
-
-    clock = StudyClock(out)
+def _run(study: Study, data) -> dict[str, Any]:
+    cfg, out, log = study.config, study.out, study.log
+    probe = data.probe(cfg.jsv_samples)
     base_info: dict[str, list] = {}  # "jsv": batch statistics, as the reference measures; "jsv_eval": running
     runs: dict[str, dict[str, dict[str, list]]] = {m: {lr: {} for lr, _ in cfg.lr_schedules} for m in cfg.methods}
     for seed in cfg.seeds:
@@ -142,20 +120,16 @@ def _run(cfg: ConvStudyConfig, data, out: Path, log) -> dict[str, Any]:
         pc = _prune_config(cfg, seed, method="L1", out=str(sdir))
         base = base_model(pc, data, sdir, log)
         check(f"finished pieces are kept in {out}")
-        info_path = sdir / "base.json"
-        if not info_path.exists():
-            write_json(info_path, {"acc": evaluate(base, data),
-                                   "jsv": mean_jsv(base, data.probe(cfg.jsv_samples), "batch")})
-            clock.tick()
-        info = read_json(info_path)
+        info = study.cached(sdir / "base.json", lambda: {"acc": evaluate(base, data),
+                                                         "jsv": mean_jsv(base, probe, "batch")})
         if "jsv_eval" not in info:  # also with BatchNorm's running statistics (each sample its own Jacobian)
-            info["jsv_eval"] = mean_jsv(base, data.probe(cfg.jsv_samples), "eval")
-            write_json(info_path, info)
+            info = info | {"jsv_eval": mean_jsv(base, probe, "eval")}
+            study.save({sdir / "base.json": info})
         for key in ("acc", "jsv", "jsv_eval"):
             base_info.setdefault(key, []).append(info[key])
         for method in cfg.methods:
             for lr, schedule in cfg.lr_schedules:
-                run_dir = sdir / method.replace("+", "_plus_") / f"lr{lr}"
+                run_dir = sdir / slug(method) / f"lr{lr}"
                 log(f"seed {seed}: {method} at LR {lr}")
                 s = run_pruning(_prune_config(cfg, seed, method=method, base=str(sdir / "base" / "model.npz"),
                                               lr_schedule=schedule, out=str(run_dir),
@@ -163,15 +137,12 @@ def _run(cfg: ConvStudyConfig, data, out: Path, log) -> dict[str, Any]:
                 cell = runs[method][lr]
                 for key in ("best_acc", "final_acc", "jsv_after_prune", "acc_per_epoch", "jsv_per_epoch"):
                     cell.setdefault(key, []).append(s[key])
-                cell.setdefault("jsv_after_prune_eval", []).append(
-                    _eval_jsv(run_dir.parent, data.probe(cfg.jsv_samples)))
-                clock.tick()
+                pruned = run_dir.parent  # the pruned model of both LRs, with BatchNorm's running statistics:
+                cell.setdefault("jsv_after_prune_eval", []).append(study.cached(pruned / "jsv_eval.json", lambda: {
+                    "jsv_after_prune_eval": mean_jsv(load_model(pruned / "pruned.npz")[0], probe, "eval")}
+                )["jsv_after_prune_eval"])
                 cell.setdefault("sparsity", []).append(s["sparsity"])
                 cell.setdefault("speedup", []).append(s["speedup"])
+                study.clock.tick()
                 check(f"finished pieces are kept in {out}")
-    results = {"config": cfg.to_dict(), "runs": runs, "base": base_info, "wall_s": clock.tick(),
-               "invocation_s": clock.invocation_s}  # wall_s: over every call that worked on the study
-    write_json(out / "results.json", results)
-    paths = write_report(results, out)
-    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
-    return results
+    return study.finish({"config": cfg.to_dict(), "runs": runs, "base": base_info}, write_report)

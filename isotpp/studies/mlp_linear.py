@@ -19,20 +19,22 @@ missing.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isotpp import preemption
+from isotpp.checkpoint import load_model, save_model
+from isotpp.data import load_dataset
+from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
+from isotpp.groups import flat_arrays
+from isotpp.io import write_json
 from isotpp.methods import (
     MethodSettings,
     Phase,
@@ -40,7 +42,13 @@ from isotpp.methods import (
     pruned_start,
     study_methods,
 )
+from isotpp.models import create_model, layer_names
 from isotpp.progress import progress as progress_bar
+from isotpp.spectrum import kernel_product_singular_values, model_singular_values
+from isotpp.studies import scaffold
+from isotpp.studies.scaffold import Recorder, Study, StudySettings, slug
+from isotpp.study_report import write_report
+from isotpp.tpp import TPPConfig
 from isotpp.train import (
     LRSchedule,
     ModelFns,
@@ -67,7 +75,7 @@ def canonical_method(name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(StudySettings):
     """Everything that defines a study; the defaults are the paper's schedule."""
 
     dataset: str = "fashion_mnist"
@@ -79,7 +87,7 @@ class StudyConfig:
     weight_decay: float = 1e-4  # the reference's default --wd
     init: str = "torch"  # the reference trains from PyTorch's default init
     base_epochs: int = 90
-    base_lr: str = "0:0.01,30:0.001,60:0.0001"
+    base_lr_schedule: str = "0:0.01,30:0.001,60:0.0001"
     retrain_epochs: int = 90
     lr_schedules: tuple[tuple[str, str], ...] = tuple(PAPER_LRS.items())
     tpp_lr: float = 1e-3
@@ -93,46 +101,30 @@ class StudyConfig:
     train_limit: int | None = None  # first n training examples (tests)
     quick: bool = False
 
-    # fields that may differ between runs sharing one directory
-    _REUSABLE = ("seeds", "methods", "data_dir")
+    # a reduced schedule that shows the mechanism in a few minutes on a 2-core CPU
+    QUICK: ClassVar[Mapping[str, Any]] = {
+        "base_epochs": 10, "base_lr_schedule": "0:0.01,6:0.001",
+        "retrain_epochs": 10, "lr_schedules": (("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
+        "tpp_reg_granularity": 1e-3, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 700,
+        "ai_iters": 2000,
+    }
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "base_epochs", "retrain_epochs", "tpp_update_reg_interval",
+                                           "tpp_stabilize_iters", "tpp_zero_out_interval")
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("lr_schedules", "base_lr_schedule")
+    RENAMED: ClassVar[Mapping[str, str]] = {"base_lr": "base_lr_schedule"}
 
-    def validate(self) -> StudyConfig:
+    def check(self) -> None:
         if not (0.0 < self.ratio < 1.0):
             raise UserError(f"pruning ratio {self.ratio} is outside (0, 1): use e.g. 0.8")
-        if not self.seeds:
-            raise UserError("no seeds: pass --seeds N with N >= 1")
         for m in self.methods:
             canonical_method(m)
-        for _, text in self.lr_schedules:
-            LRSchedule.parse(text)
-        LRSchedule.parse(self.base_lr)
-        for name in ("batch_size", "base_epochs", "retrain_epochs", "tpp_update_reg_interval",
-                     "tpp_stabilize_iters", "tpp_zero_out_interval"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        return self
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_schedules"] = dict(self.lr_schedules)
-        return d
-
-    def tpp_config(self):
-        from isotpp.tpp import TPPConfig
-
+    def tpp_config(self) -> TPPConfig:
         return TPPConfig(reg_granularity=self.tpp_reg_granularity, update_reg_interval=self.tpp_update_reg_interval,
                          stabilize_iters=self.tpp_stabilize_iters, zero_out_interval=self.tpp_zero_out_interval)
 
 
-def quick_config(**overrides) -> StudyConfig:
-    """A reduced schedule that shows the mechanism in a few minutes on a 2-core CPU."""
-    base = {
-        "base_epochs": 10, "base_lr": "0:0.01,6:0.001",
-        "retrain_epochs": 10, "lr_schedules": (("0.01", "0:0.01,5:0.001"), ("0.001", "0:0.001,7:0.0001")),
-        "tpp_reg_granularity": 1e-3, "tpp_update_reg_interval": 1, "tpp_stabilize_iters": 700,
-        "ai_iters": 2000, "quick": True,
-    }
-    return StudyConfig(**(base | overrides))
+quick_config = StudyConfig.quick_config
 
 
 # --------------------------------------------------------------------------
@@ -153,8 +145,6 @@ class Data:
 
 
 def load_data(config: StudyConfig) -> Data:
-    from isotpp.data import load_dataset
-
     train = load_dataset(config.dataset, "train", data_dir=config.data_dir, limit=config.train_limit)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     if train.images.shape[1:] != (32, 32, 1):
@@ -164,9 +154,6 @@ def load_data(config: StudyConfig) -> Data:
 
 def mean_jsv_fn(layer_kernels: Sequence[str]) -> Callable:
     """Params → mean JSV of the (linear) network, exact; vmappable over runs."""
-    from isotpp.groups import flat_arrays
-    from isotpp.spectrum import kernel_product_singular_values
-
     def f(params):
         flat = flat_arrays(params)
         return jnp.mean(kernel_product_singular_values([flat[k] for k in layer_kernels]))
@@ -175,24 +162,7 @@ def mean_jsv_fn(layer_kernels: Sequence[str]) -> Callable:
 
 
 def model_mean_jsv(model) -> float:
-    from isotpp.spectrum import model_singular_values
-
     return float(np.mean(model_singular_values(model, None, method="linear")))
-
-
-class Recorder:
-    """Appends metrics as JSON lines to DIR/metrics.jsonl (one line per event)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, **record):
-        from isotpp.io import _jsonable
-
-        record = {"time": round(time.time(), 3), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -200,19 +170,15 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _kernel_names(model) -> list[str]:
-    from isotpp.models import layer_names
-
     return [f"{n}.kernel" for n in layer_names(model)]
 
 
 def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, progress: bool):
     """MLP-7-Linear from scratch; returns (model, test accuracy, mean JSV)."""
-    from isotpp.models import create_model
-
     model = create_model(ARCH, init=config.init, seed=seed)
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(weight_decay=config.weight_decay)
-    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(config.base_lr)])
+    group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(config.base_lr_schedule)])
     jsv = jax.jit(jax.vmap(mean_jsv_fn(_kernel_names(model))))
     key = jax.random.fold_in(jax.random.key(seed), 1)
     bar = _progress(config.base_epochs, f"seed {seed}: base", progress)
@@ -235,8 +201,6 @@ def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, pro
 
 def method_settings(config: StudyConfig, seed: int) -> MethodSettings:
     """What the methods' hooks read: 80 % of every hidden layer (the classifier kept), the study's schedules."""
-    from isotpp.models import create_model
-
     return MethodSettings(
         ratios={"*": config.ratio}, skip=("net.12",), seed=seed, weight_decay=config.weight_decay,
         tpp_lr=config.tpp_lr, tpp_reg_granularity=config.tpp_reg_granularity,
@@ -276,21 +240,18 @@ def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, re
     return fns.merge(unstack_run(group.state.params, 0), unstack_run(group.state.rest, 0)), summary
 
 
-def start_piece(config: StudyConfig, data: Data, out: Path, base, method: str, seed: int, record: Recorder,
-                progress: bool, clock, log):
+def start_piece(study: Study, data: Data, base, method: str, seed: int):
     """The network ``method`` retrains at ``seed`` (:func:`isotpp.methods.pruned_start`). The pruned network
     after a pre-removal phase (the expensive part) is committed as ``seed<s>/<key>.npz`` (TPP: ``tpp.npz``,
     with ``tpp_state.json``) and reused by a rerun."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.rundir import Commit
-
+    config = study.config
     method = get_method(method)
-    sdir = out / f"seed{seed}"
+    sdir = study.out / f"seed{seed}"
     path = sdir / f"{method.key}.npz"
     summaries = []
 
     def run(model, phase, plan):
-        trained, summary = run_phase(config, data, model, phase, seed, record, progress)
+        trained, summary = run_phase(config, data, model, phase, seed, study.record, study.progress)
         summaries.append(summary)
         return trained, summary
 
@@ -299,12 +260,11 @@ def start_piece(config: StudyConfig, data: Data, out: Path, base, method: str, s
             return load_model(path)[0]
         small = make()
         if summaries:  # a phase ran: keep its result
-            with Commit(out) as commit:
+            with study.commit() as commit:
                 save_model(commit.path(path), small, {"seed": seed})
                 write_json(commit.path(sdir / f"{method.key}_state.json"), summaries[-1])
-            clock.tick()
-            log(f"seed {seed}: {method.name}'s pre-removal phase done after {summaries[-1].get('iteration')} "
-                "iterations")
+            study.log(f"seed {seed}: {method.name}'s pre-removal phase done after "
+                      f"{summaries[-1].get('iteration')} iterations")
         return small
 
     return pruned_start(method, base, method_settings(config, seed), run_phase=run, removed=removed)
@@ -366,11 +326,7 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
 
 
 def _cell_path(out: Path, seed: int, method: str, lr: str) -> Path:
-    safe = method.replace("+", "_plus_").replace("/", "_")
-    return out / f"seed{seed}" / "cells" / f"{safe}__lr{lr}.json"
-
-
-RESUME_HINT = "run the same command again to continue"
+    return out / f"seed{seed}" / "cells" / f"{slug(method)}__lr{lr}.json"
 
 
 def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
@@ -378,85 +334,55 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     """Run (or complete) the study in ``out``; returns the results dict (also written as results.json).
 
     ``out`` is locked while the study runs and refused if it holds a study
-    with other settings (``StudyConfig._REUSABLE`` may differ); the data are
-    loaded before anything is written. Each piece (a base model, TPP, a
-    group of retraining cells) is committed whole (:class:`isotpp.rundir.Commit`);
-    SIGTERM stops at the next epoch with :class:`~isotpp.preemption.Preempted`
-    and the same call finishes the study.
+    with other settings (``StudyConfig.REUSABLE`` may differ); the data are
+    loaded before anything is written (:func:`isotpp.studies.scaffold.run_study`).
+    Each piece (a base model, TPP, a group of retraining cells) is committed
+    whole (:class:`isotpp.rundir.Commit`); SIGTERM stops at the next epoch with
+    :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
-    log = log or logger.info  # the command line passes print
-    from isotpp.data.identity import data_identity
-    from isotpp.preemption import sigterm_stops
-    from isotpp.rundir import open_run
-
-    config = config.validate()
-    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study", reusable=StudyConfig._REUSABLE,
-                                              defaults=StudyConfig().to_dict()) as run:
-        data = load_data(config)
-        run.check_data(data_identity(config.dataset, train=(data.train_x, data.train_y),
-                                     test=(data.test_x, data.test_y)))
-        run.record()
-        return _run(config, data, run.path, progress, log)
+    return scaffold.run_study(config, out, load_data=load_data, body=_run, progress=progress, log=log,
+                              identity=lambda data: data_identity(config.dataset, train=(data.train_x, data.train_y),
+                                                                  test=(data.test_x, data.test_y)))
 
 
-def _base_piece(config: StudyConfig, data: Data, out: Path, seed: int, record: Recorder, progress: bool, clock, log):
+def _base_piece(study: Study, data: Data, seed: int):
     """The trained base model of ``seed`` and its {acc, jsv}: from ``seed<s>/base.npz`` or trained and committed."""
-    from isotpp.checkpoint import load_model, save_model
-    from isotpp.rundir import Commit
-
-    sdir = out / f"seed{seed}"
+    sdir = study.out / f"seed{seed}"
     if (sdir / "base.npz").exists():
         base, header = load_model(sdir / "base.npz")
-        if (sdir / "base.json").exists():
-            return base, read_json(sdir / "base.json")
-        return base, {k: header["meta"][k] for k in ("acc", "jsv")}  # a directory of an older isotpp
-    base, acc, jsv = train_base(config, data, seed, record, progress)
+        info = study.cell(sdir / "base.json")
+        return base, info or {k: header["meta"][k] for k in ("acc", "jsv")}  # or a directory of an older isotpp
+    base, acc, jsv = train_base(study.config, data, seed, study.record, study.progress)
     info = {"acc": acc, "jsv": jsv}
-    with Commit(out) as commit:
+    with study.commit() as commit:
         save_model(commit.path(sdir / "base.npz"), base, {"seed": seed, **info})
         write_json(commit.path(sdir / "base.json"), info)
-    clock.tick()
-    log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
+    study.log(f"seed {seed}: base model {acc:.2f} % test accuracy, mean JSV {jsv:.4f}")
     return base, info
 
 
-def _run(config: StudyConfig, data: Data, out: Path, progress: bool, log) -> dict[str, Any]:
-    from isotpp.rundir import Commit
-    from isotpp.studies.clock import StudyClock
-
-    record = Recorder(out / "metrics.jsonl")
-    clock = StudyClock(out)
+def _run(study: Study, data: Data) -> dict[str, Any]:
+    config, out = study.config, study.out
     methods = [(m, canonical_method(m)) for m in config.methods]
     lr_keys = [k for k, _ in config.lr_schedules]
-    log(f"{config.dataset}: {data.n_train} train / {int(data.test_x.shape[0])} test examples; "
-        f"seeds {list(config.seeds)}; methods {[m for m, _ in methods]}; out {out}")
+    study.log(f"{config.dataset}: {data.n_train} train / {int(data.test_x.shape[0])} test examples; "
+              f"seeds {list(config.seeds)}; methods {[m for m, _ in methods]}; out {out}")
     base_info = {}
     for seed in config.seeds:
         todo = [(m, lr) for m, _ in methods for lr in lr_keys if not _cell_path(out, seed, m, lr).exists()]
-        base, base_info[seed] = _base_piece(config, data, out, seed, record, progress, clock, log)
+        base, base_info[seed] = _base_piece(study, data, seed)
         if not todo:
             continue
-        starts = {m: start_piece(config, data, out, base, m, seed, record, progress, clock, log)
-                  for m, _ in methods if any(c == m for c, _ in todo)}
-        results = retrain(config, data, todo, starts, seed, record, progress)
-        with Commit(out) as commit:  # the cells of one vmapped group appear together
-            for (m, lr), res in results.items():
-                write_json(commit.path(_cell_path(out, seed, m, lr)), res)
-        clock.tick()
-        log(f"seed {seed}: retrained {len(todo)} cells")
-
-    results = collect(out, config, base_info, wall_s=clock.tick())  # over every call that worked on it
-    results["invocation_s"] = clock.invocation_s
-    write_json(out / "results.json", results)
-    from isotpp.study_report import write_report
-
-    paths = write_report(results, out)
-    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
-    return results
+        starts = {m: start_piece(study, data, base, m, seed) for m, _ in methods if any(c == m for c, _ in todo)}
+        results = retrain(config, data, todo, starts, seed, study.record, study.progress)
+        study.save({_cell_path(out, seed, m, lr): res for (m, lr), res in results.items()})
+        study.log(f"seed {seed}: retrained {len(todo)} cells")
+    return study.finish(collect(study, base_info), write_report)
 
 
-def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> dict[str, Any]:
+def collect(study: Study, base_info: dict) -> dict[str, Any]:
     """results.json from the per-cell files of the configured seeds."""
+    config = study.config
     runs: dict[str, dict[str, dict[str, list]]] = {}
     keys = ("best_acc", "final_acc", "jsv_after_prune", "acc_per_epoch", "jsv_per_epoch")
     for m in config.methods:
@@ -464,9 +390,8 @@ def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> d
         for lr, _ in config.lr_schedules:
             cell = {k: [] for k in keys}
             for seed in config.seeds:
-                path = _cell_path(out, seed, m, lr)
-                if path.exists():
-                    res = read_json(path)
+                res = study.cell(_cell_path(study.out, seed, m, lr))
+                if res is not None:
                     for k in keys:
                         cell[k].append(res[k])
             runs[m][lr] = cell
@@ -475,5 +400,4 @@ def collect(out: Path, config: StudyConfig, base_info: dict, wall_s: float) -> d
         "config": config.to_dict(),
         "runs": runs,
         "base": {"acc": [base_info[s]["acc"] for s in seeds], "jsv": [base_info[s]["jsv"] for s in seeds]},
-        "wall_s": wall_s,
     }

@@ -36,18 +36,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isotpp import preemption
+from isotpp.data import load_dataset
+from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
-from isotpp.pai.masks import SCOPES, check_density, layer_densities, mask_density
+from isotpp.io import write_json
+from isotpp.models import create_model
+from isotpp.pai.autosparse import (
+    G0_DEFINITION,
+    load_scorer,
+    train_scorer,
+    validate_scorer,
+)
+from isotpp.pai.convnet import small_convnet
+from isotpp.pai.irp import load_irp_record, make_record, run_irp
+from isotpp.pai.masks import (
+    SCOPES,
+    apply_masks,
+    check_density,
+    layer_densities,
+    mask_density,
+)
 from isotpp.pai.methods import (
     ScoreContext,
     all_methods,
@@ -56,8 +73,19 @@ from isotpp.pai.methods import (
     parse_method,
     score_names,
 )
+from isotpp.pai.net import PrunableNet
+from isotpp.pai.spectral import isometrize, jsv_at_init
+from isotpp.pai.training import (
+    PaIData,
+    Split,
+    masked_group,
+    selected_accuracy,
+    train_runs,
+)
 from isotpp.progress import progress as progress_bar
-from isotpp.rundir import Commit
+from isotpp.studies import scaffold
+from isotpp.studies.pai_report import write_report
+from isotpp.studies.scaffold import Study, StudySettings, slug
 from isotpp.train import LRSchedule
 
 logger = logging.getLogger(__name__)
@@ -70,7 +98,7 @@ TRANSFER_METHODS = score_names(transfer=True)  # the default; any registered sco
 
 
 @dataclasses.dataclass(frozen=True)
-class PaIConfig:
+class PaIConfig(StudySettings):
     """Everything that defines the study (defaults: the full run)."""
 
     dataset: str = "fashion_mnist"
@@ -84,13 +112,13 @@ class PaIConfig:
     batch_size: int = 256
     weight_decay: float = 1e-4
     epochs: int = 10
-    lr: str = "0:0.1,5:0.01,8:0.001"
+    lr_schedule: str = "0:0.1,5:0.01,8:0.001"
     score_examples: int = 1000
     grasp_temperature: float = 200.0
     synflow_rounds: int = 100
     irp_rounds: int = 10
     irp_epochs: int = 2
-    irp_lr: str = "0:0.1,1:0.01"
+    irp_lr_schedule: str = "0:0.1,1:0.01"
     irp_rewind: str = "kernels"
     autosparse_seeds: tuple[int, int] = (100, 101)  # (scorer's IRP record, validation IRP record)
     autosparse_density: float = 0.01
@@ -109,12 +137,19 @@ class PaIConfig:
     irp_record_path: str | None = None  # train the scorer from this IRP record instead of running IRP
     quick: bool = False
 
-    # fields that may differ between runs sharing one directory
-    _REUSABLE = ("seeds", "methods", "densities", "data_dir", "transfer", "transfer_methods", "transfer_densities")
+    REUSABLE: ClassVar[tuple[str, ...]] = ("seeds", "methods", "densities", "data_dir", "transfer",
+                                           "transfer_methods", "transfer_densities", "scorer_path", "irp_record_path")
+    # a reduced run that shows every piece in a few minutes on a 2-core CPU
+    QUICK: ClassVar[Mapping[str, Any]] = {
+        "seeds": (0,), "densities": (0.05, 0.01), "epochs": 3, "lr_schedule": "0:0.1,2:0.01", "synflow_rounds": 20,
+        "irp_rounds": 3, "irp_epochs": 1, "irp_lr_schedule": "0:0.1", "scorer_epochs": 3, "ai_iters": 200,
+        "transfer_densities": (0.05,), "transfer_epochs": 2}
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "epochs", "score_examples", "synflow_rounds", "irp_rounds",
+                                           "irp_epochs", "scorer_epochs", "transfer_epochs", "jsv_samples", "val_size")
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("lr_schedule", "irp_lr_schedule")
+    RENAMED: ClassVar[Mapping[str, str]] = {"lr": "lr_schedule", "irp_lr": "irp_lr_schedule"}
 
-    def validate(self) -> PaIConfig:
-        if not self.seeds:
-            raise UserError("no seeds: pass --seeds N with N >= 1")
+    def check(self) -> None:
         for d in (*self.densities, *self.transfer_densities, self.autosparse_density):
             check_density(d)
         if not self.methods:
@@ -123,12 +158,6 @@ class PaIConfig:
             parse_method(m)
         if self.scope not in SCOPES:
             raise UserError(f"unknown scope {self.scope!r}: choose 'global' or 'layerwise'")
-        for text in (self.lr, self.irp_lr):
-            LRSchedule.parse(text)
-        for name in ("batch_size", "epochs", "score_examples", "synflow_rounds", "irp_rounds", "irp_epochs",
-                     "scorer_epochs", "transfer_epochs", "jsv_samples", "val_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.irp_rewind not in ("kernels", "all"):
             raise UserError(f"unknown IRP rewind {self.irp_rewind!r}: choose 'kernels' or 'all'")
         if len(self.autosparse_seeds) != 2 or self.autosparse_seeds[0] == self.autosparse_seeds[1]:
@@ -137,10 +166,6 @@ class PaIConfig:
         if shared:
             raise UserError(f"seed {shared[0]} is both a study seed and an AutoSparse IRP seed: the pruned networks "
                             "must not share a seed with the IRP runs; use other autosparse_seeds")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @property
     def methods_canonical(self) -> tuple[str, ...]:
@@ -152,12 +177,7 @@ class PaIConfig:
         return any(get_score(parse_method(m)[0]).needs_scorer for m in used)
 
 
-def quick_config(**overrides) -> PaIConfig:
-    """A reduced run that shows every piece in a few minutes on a 2-core CPU."""
-    base = {"seeds": (0,), "densities": (0.05, 0.01), "epochs": 3, "lr": "0:0.1,2:0.01", "synflow_rounds": 20,
-            "irp_rounds": 3, "irp_epochs": 1, "irp_lr": "0:0.1", "scorer_epochs": 3, "ai_iters": 200,
-            "transfer_densities": (0.05,), "transfer_epochs": 2, "quick": True}
-    return PaIConfig(**(base | overrides))
+quick_config = PaIConfig.quick_config
 
 
 # --------------------------------------------------------------------------
@@ -167,9 +187,6 @@ def quick_config(**overrides) -> PaIConfig:
 
 def load_data(config: PaIConfig):
     """Fashion-MNIST at 28×28: training split minus a held-out validation split, and the test split."""
-    from isotpp.data import load_dataset
-    from isotpp.pai.training import PaIData, Split
-
     train = load_dataset(config.dataset, "train", data_dir=config.data_dir, resize=None, limit=config.train_limit)
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir, resize=None)
     if train.images.shape[1:] != (28, 28, 1):
@@ -185,10 +202,6 @@ def load_data(config: PaIConfig):
 
 
 def make_net(arch: str, config: PaIConfig, seed: int):
-    from isotpp.models import create_model
-    from isotpp.pai.convnet import small_convnet
-    from isotpp.pai.net import PrunableNet
-
     if arch == TRANSFER_ARCH:
         return PrunableNet.from_model(small_convnet(seed=seed, init=config.init))
     return PrunableNet.from_model(create_model(arch, init=config.init, seed=seed))
@@ -199,8 +212,6 @@ def _progress(total: int, desc: str, enabled: bool, unit: str = "ep"):
 
 
 def _g0_spec(config: PaIConfig, data) -> dict[str, Any]:
-    from isotpp.pai.autosparse import G0_DEFINITION
-
     return {"definition": G0_DEFINITION, "batch_size": config.batch_size, "dataset": config.dataset,
             "examples": len(data.train)}
 
@@ -211,8 +222,6 @@ def _g0_spec(config: PaIConfig, data) -> dict[str, Any]:
 
 
 def _irp(config: PaIConfig, data, nets, densities, key, desc: str, progress: bool):
-    from isotpp.pai.irp import run_irp
-
     bar = _progress(config.irp_rounds * config.irp_epochs, desc, progress)
 
     def tick(j, e, m):
@@ -222,26 +231,24 @@ def _irp(config: PaIConfig, data, nets, densities, key, desc: str, progress: boo
 
     try:
         return run_irp(nets, densities, data, rounds=config.irp_rounds, epochs=config.irp_epochs,
-                       lr=LRSchedule.parse(config.irp_lr), weight_decay=config.weight_decay,
+                       lr=LRSchedule.parse(config.irp_lr_schedule), weight_decay=config.weight_decay,
                        batch_size=config.batch_size, key=key, rewind=config.irp_rewind, on_epoch=tick)
     finally:
         bar.close()
 
 
-def autosparse_scorer(config: PaIConfig, data, out: Path, record, log, progress: bool):
+def autosparse_scorer(study: Study, data):
     """The scorer (trained on one IRP record, validated on another) and its validation metrics."""
-    from isotpp.pai.autosparse import load_scorer, train_scorer, validate_scorer
-    from isotpp.pai.irp import load_irp_record, make_record
-
+    config, out = study.config, study.out
     adir = out / "autosparse"
     if config.scorer_path is not None:
         scorer = load_scorer(config.scorer_path)
         if scorer.meta.get("record_seed") in config.seeds:
             raise UserError(f"scorer {config.scorer_path} was trained on an IRP run of seed "
-                            f"{scorer.meta.get('record_seed')}, a study seed: use other --seeds or another scorer")
+                            f"{scorer.meta.get('record_seed')}, a study seed: use other seeds or another scorer")
         return scorer, dict(scorer.meta.get("validation") or {})
     if (adir / "scorer.npz").exists() and (adir / "validation.json").exists():
-        return load_scorer(adir / "scorer.npz"), read_json(adir / "validation.json")
+        return load_scorer(adir / "scorer.npz"), study.cell(adir / "validation.json")
 
     train_seed, val_seed = config.autosparse_seeds
     paths = {s: adir / f"irp_{ARCH}_seed{s}.npz" for s in (train_seed, val_seed)}
@@ -260,26 +267,26 @@ def autosparse_scorer(config: PaIConfig, data, out: Path, record, log, progress:
         nets = [make_net(ARCH, config, s) for s in todo]
         t0 = time.time()
         hist = _irp(config, data, nets, [config.autosparse_density] * len(todo), jax.random.key(7919),
-                    f"AutoSparse IRP records (seeds {todo})", progress)
-        with Commit(out) as commit:  # the records of one vmapped group appear together
+                    f"AutoSparse IRP records (seeds {todo})", study.progress)
+        with study.commit() as commit:  # the records of one vmapped group appear together
             for s, net, masks in zip(todo, nets, hist):
                 g0 = net.gradient_sum(data.train.x, data.train.y, config.batch_size)
                 records[s] = make_record(net, masks, seed=s, density=config.autosparse_density,
                                          rewind=config.irp_rewind, g0=g0, g0_spec=_g0_spec(config, data),
-                                         meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+                                         meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr_schedule})
                 records[s].save(commit.path(paths[s]))
-        log(f"AutoSparse: IRP records for seeds {todo} in {time.time() - t0:.0f} s")
-        record(phase="autosparse_irp", seeds=todo, wall_s=time.time() - t0)
+        study.log(f"AutoSparse: IRP records for seeds {todo} in {time.time() - t0:.0f} s")
+        study.record(phase="autosparse_irp", seeds=todo, wall_s=time.time() - t0)
     scorer = train_scorer(records[train_seed], hidden=config.scorer_hidden, epochs=config.scorer_epochs,
                           lr=config.scorer_lr, seed=train_seed)
     validation = validate_scorer(scorer, records[val_seed])
     scorer = dataclasses.replace(scorer, meta=scorer.meta | {"validation": validation})
-    with Commit(out) as commit:
+    with study.commit() as commit:
         scorer.save(commit.path(adir / "scorer.npz"))
         write_json(commit.path(adir / "validation.json"), validation)
-    log(f"AutoSparse scorer: validation MSE {validation['mse']:.4f} (constant {validation['mse_constant']:.4f}), "
-        f"Spearman {validation['spearman']:.3f}, ticket overlap {validation['ticket_overlap']:.3f} "
-        f"(|w0| {validation['ticket_overlap_magnitude']:.3f}, random {validation['ticket_overlap_random']:.3f})")
+    study.log(f"AutoSparse scorer: validation MSE {validation['mse']:.4f} (constant {validation['mse_constant']:.4f}), "
+              f"Spearman {validation['spearman']:.3f}, ticket overlap {validation['ticket_overlap']:.3f} "
+              f"(|w0| {validation['ticket_overlap_magnitude']:.3f}, random {validation['ticket_overlap_random']:.3f})")
     return scorer, validation
 
 
@@ -293,7 +300,7 @@ def _cells(methods, densities) -> list[tuple[str, float]]:
 
 
 def _cell_path(out: Path, part: str, seed: int, method: str, density: float) -> Path:
-    return out / part / f"seed{seed}" / f"{method.replace('+', '_plus_')}__d{density:g}.json"
+    return out / part / f"seed{seed}" / f"{slug(method)}__d{density:g}.json"
 
 
 def _score_batch(data, n: int, seed: int):
@@ -301,12 +308,10 @@ def _score_batch(data, n: int, seed: int):
     return data.train.x[jnp.asarray(idx)], data.train.y[jnp.asarray(idx)]
 
 
-def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, *, scorer, out: Path, part: str,
-                   log, progress: bool, record):
+def masks_for_seed(study: Study, data, net, seed: int, methods, densities, *, scorer, part: str):
     """``{(score, density): masks}`` for every registered score needed at this seed (the score's
     :meth:`~isotpp.pai.methods.Score.masks`, IRP trained here and kept as ``irp_d<density>.npz``)."""
-    from isotpp.pai.irp import load_irp_record, make_record
-
+    config, out = study.config, study.out
     bases = sorted({parse_method(m)[0] for m in methods}, key=score_names().index)
     key = jax.random.fold_in(jax.random.key(seed), 11)
     x, y = _score_batch(data, config.score_examples, seed)
@@ -317,11 +322,11 @@ def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, 
         todo = [d for d in densities if d not in by_d]
         if todo:
             hist = _irp(config, data, [net] * len(todo), todo, jax.random.fold_in(key, 5),
-                        f"seed {seed}: IRP at {len(todo)} densities", progress)
-            with Commit(out) as commit:  # the records of one vmapped group appear together
+                        f"seed {seed}: IRP at {len(todo)} densities", study.progress)
+            with study.commit() as commit:  # the records of one vmapped group appear together
                 for d, masks in zip(todo, hist):
                     rec = make_record(net, masks, seed=seed, density=d, rewind=config.irp_rewind,
-                                      meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr})
+                                      meta={"epochs_per_round": config.irp_epochs, "lr": config.irp_lr_schedule})
                     rec.save(commit.path(paths[d]))
                     by_d[d] = rec.final_masks()
         return by_d
@@ -334,23 +339,20 @@ def masks_for_seed(config: PaIConfig, data, net, seed: int, methods, densities, 
         by_d = get_score(base).masks(net, densities, ctx)
         for d in densities:
             out_masks[(base, d)] = {n: jnp.asarray(m) for n, m in by_d[d].items()}
-        record(phase="masks", part=part, seed=seed, method=base, wall_s=time.time() - t0)
+        study.record(phase="masks", part=part, seed=seed, method=base, wall_s=time.time() - t0)
     return out_masks
 
 
-def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities, epochs: int, *, scorer, out: Path,
-              part: str, log, progress: bool, record) -> None:
+def run_cells(study: Study, data, arch: str, seed: int, methods, densities, epochs: int, *, scorer,
+              part: str) -> None:
     """Mask, measure and train every (method, density) cell of one seed; write one JSON per cell."""
-    from isotpp.pai.spectral import isometrize, jsv_at_init
-    from isotpp.pai.training import masked_group, selected_accuracy, train_runs
-
+    config, out, progress = study.config, study.out, study.progress
     cells = [c for c in _cells(methods, densities) if not _cell_path(out, part, seed, *c).exists()]
     if not cells:
         return
     net = make_net(arch, config, seed)
     sparse_methods = sorted({m for m, _ in cells if m != "dense"}, key=list(methods).index)
-    masks = masks_for_seed(config, data, net, seed, sparse_methods, densities, scorer=scorer, out=out,
-                           part=part, log=log, progress=progress, record=record)
+    masks = masks_for_seed(study, data, net, seed, sparse_methods, densities, scorer=scorer, part=part)
     jsv_x = data.train.x[: config.jsv_samples]
     params, cell_masks, info = [], [], []
     ones = {n: jnp.ones(s, bool) for n, s in net.shapes().items()}
@@ -361,8 +363,6 @@ def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities,
         p = net.params
         if method != "dense" and parse_method(method)[1]:
             p = isometrize(net, m, iters=config.ai_iters, lr=config.ai_lr)
-        from isotpp.pai.masks import apply_masks
-
         p = apply_masks(p, m)
         jsv = jsv_at_init(net, p, jsv_x)
         params.append(p)
@@ -371,7 +371,7 @@ def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities,
                      "prep_s": time.time() - t0})
         bar.update()
     bar.close()
-    group = masked_group([net] * len(cells), cell_masks, LRSchedule.parse(config.lr),
+    group = masked_group([net] * len(cells), cell_masks, LRSchedule.parse(config.lr_schedule),
                          weight_decay=config.weight_decay, params=params)
     bar = _progress(epochs, f"seed {seed}: train {len(cells)} runs ({arch})", progress)
     t0 = time.time()
@@ -381,7 +381,7 @@ def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities,
         bar.set_postfix(test=f"{np.nanmax(mt['test_acc']):.1f}")
         bar.update()
         for i, (method, d) in enumerate(cells):
-            record(phase="train", part=part, seed=seed, method=method, density=d, epoch=e + 1,
+            study.record(phase="train", part=part, seed=seed, method=method, density=d, epoch=e + 1,
                    loss=mt["loss"][i], train_acc=mt["train_acc"][i], val_acc=mt["val_acc"][i],
                    test_acc=mt["test_acc"][i])
 
@@ -390,11 +390,10 @@ def run_cells(config: PaIConfig, data, arch: str, seed: int, methods, densities,
     bar.close()
     wall = time.time() - t0
     selected = selected_accuracy(hist["val_acc"], hist["test_acc"])
-    with Commit(out) as commit:  # the cells of one vmapped group appear together
-        for i, (method, d) in enumerate(cells):
-            write_json(commit.path(_cell_path(out, part, seed, method, d)), _cell_record(
-                info[i], method, d, seed, arch, i, hist, selected, wall))
-    log(f"seed {seed} ({arch}): trained {len(cells)} runs for {epochs} epochs in {wall:.0f} s")
+    study.save({_cell_path(out, part, seed, method, d): _cell_record(info[i], method, d, seed, arch, i, hist,
+                                                                      selected, wall)
+                for i, (method, d) in enumerate(cells)})  # the cells of one vmapped group appear together
+    study.log(f"seed {seed} ({arch}): trained {len(cells)} runs for {epochs} epochs in {wall:.0f} s")
 
 
 def _cell_record(info, method, d, seed, arch, i, hist, selected, wall) -> dict[str, Any]:
@@ -413,9 +412,6 @@ def _cell_record(info, method, d, seed, arch, i, hist, selected, wall) -> dict[s
 
 def _check_files(config: PaIConfig) -> None:
     """Refuse a scorer for other features or an IRP record of another architecture before any work."""
-    from isotpp.pai.autosparse import load_scorer
-    from isotpp.pai.irp import load_irp_record
-
     if config.scorer_path is not None:
         load_scorer(config.scorer_path)
     if config.irp_record_path is not None:
@@ -428,84 +424,60 @@ def run_study(config: PaIConfig, out: str | Path, *, progress: bool = True,
 
     ``out`` is locked while the study runs and refused if it holds a study
     with other settings; the given files and the data are checked before
-    anything is written. Each piece (IRP records, the scorer, a seed's cells)
-    is committed whole; SIGTERM stops at the next epoch with
-    :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
+    anything is written (:func:`isotpp.studies.scaffold.run_study`). Each piece
+    (IRP records, the scorer, a seed's cells) is committed whole; SIGTERM stops
+    at the next epoch with :class:`~isotpp.preemption.Preempted` and the same
+    call finishes the study.
     """
-    log = log or logger.info  # the command line passes print
-    from isotpp.preemption import sigterm_stops
-    from isotpp.data.identity import data_identity
-    from isotpp.rundir import open_run
-    from isotpp.studies.mlp_linear import RESUME_HINT
-
-    config = config.validate()
-    reusable = (*PaIConfig._REUSABLE, "scorer_path", "irp_record_path")
-    with sigterm_stops(RESUME_HINT), open_run(out, config.to_dict(), kind="study", reusable=reusable,
-                                              defaults=PaIConfig().to_dict()) as run:
-        _check_files(config)
-        data = load_data(config)
-        run.check_data(data_identity(config.dataset, train=(data.train.x, data.train.y),
-                                     val=(data.val.x, data.val.y), test=(data.test.x, data.test.y)))
-        run.record()
-        return _run(config, data, run.path, progress, log)
+    return scaffold.run_study(config, out, load_data=load_data, body=_run, check=_check_files, progress=progress,
+                              log=log, identity=lambda data: data_identity(
+                                  config.dataset, train=(data.train.x, data.train.y), val=(data.val.x, data.val.y),
+                                  test=(data.test.x, data.test.y)))
 
 
-def _run(config: PaIConfig, data, out: Path, progress: bool, log) -> dict[str, Any]:
-    from isotpp.studies.clock import StudyClock
-    from isotpp.studies.mlp_linear import Recorder
-
-    record = Recorder(out / "metrics.jsonl")
-    clock = StudyClock(out)
+def _run(study: Study, data) -> dict[str, Any]:
+    config = study.config
     methods = config.methods_canonical
-    log(f"{config.dataset}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test; "
-        f"seeds {list(config.seeds)}; densities {list(config.densities)}; {len(methods)} methods; out {out}")
+    study.log(f"{config.dataset}: {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test; "
+              f"seeds {list(config.seeds)}; densities {list(config.densities)}; {len(methods)} methods; "
+              f"out {study.out}")
     timings: dict[str, float] = {}
     scorer, validation = None, None
     if config.needs_scorer:
         t0 = time.time()
-        scorer, validation = autosparse_scorer(config, data, out, record, log, progress)
+        scorer, validation = autosparse_scorer(study, data)
         timings["autosparse_scorer_s"] = time.time() - t0
-        clock.tick()
+        study.clock.tick()
     t0 = time.time()
     for seed in config.seeds:
-        run_cells(config, data, ARCH, seed, methods, config.densities, config.epochs, scorer=scorer, out=out,
-                  part="lenet", log=log, progress=progress, record=record)
-        clock.tick()
+        run_cells(study, data, ARCH, seed, methods, config.densities, config.epochs, scorer=scorer, part="lenet")
+        study.clock.tick()
     timings["lenet_s"] = time.time() - t0
     transfer_methods = tuple(canonical(m) for m in config.transfer_methods) if config.transfer else ()
     if transfer_methods:
         t0 = time.time()
         for seed in config.seeds:
-            run_cells(config, data, TRANSFER_ARCH, seed, transfer_methods, config.transfer_densities,
-                      config.transfer_epochs, scorer=scorer, out=out, part="transfer", log=log, progress=progress,
-                      record=record)
-            clock.tick()
+            run_cells(study, data, TRANSFER_ARCH, seed, transfer_methods, config.transfer_densities,
+                      config.transfer_epochs, scorer=scorer, part="transfer")
+            study.clock.tick()
         timings["transfer_s"] = time.time() - t0
-    results = collect(out, config, methods, transfer_methods, validation, scorer)
-    results["wall_s"] = clock.tick()  # over every call that worked on the study
-    results["invocation_s"] = clock.invocation_s
+    results = collect(study, methods, transfer_methods, validation, scorer)
     results["timings"] = timings
-    write_json(out / "results.json", results)
-    from isotpp.studies.pai_report import write_report
-
-    paths = write_report(results, out)
-    results["files"] = {k: str(v) for k, v in paths.items()} | {"results": str(out / "results.json")}
-    return results
+    return study.finish(results, write_report)
 
 
 _KEYS = ("final_acc", "val_selected_acc", "density", "diverged")
 
 
-def _collect_part(out: Path, part: str, arch: str, config: PaIConfig, methods, densities) -> dict[str, Any]:
+def _collect_part(study: Study, part: str, arch: str, methods, densities) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     for method, d in _cells(methods, densities):
         cell: dict[str, list] = {k: [] for k in (*_KEYS, "jsv_mean", "jsv_zero_fraction", "seeds",
                                                  "test_acc_per_epoch", "layer_density")}
-        for seed in config.seeds:
-            p = _cell_path(out, part, seed, method, d)
-            if not p.exists():
+        for seed in study.config.seeds:
+            r = study.cell(_cell_path(study.out, part, seed, method, d))
+            if r is None:
                 continue
-            r = read_json(p)
             for k in _KEYS:
                 cell[k].append(r[k])
             cell["jsv_mean"].append(r["jsv_init"]["mean"])
@@ -517,11 +489,12 @@ def _collect_part(out: Path, part: str, arch: str, config: PaIConfig, methods, d
     return {"arch": arch, "densities": [float(d) for d in densities], "methods": ["dense", *methods], "runs": runs}
 
 
-def collect(out: Path, config: PaIConfig, methods, transfer_methods, validation, scorer) -> dict[str, Any]:
+def collect(study: Study, methods, transfer_methods, validation, scorer) -> dict[str, Any]:
+    config = study.config
     results = {"config": config.to_dict(),
-               "lenet": _collect_part(out, "lenet", ARCH, config, methods, config.densities)}
+               "lenet": _collect_part(study, "lenet", ARCH, methods, config.densities)}
     if transfer_methods:
-        results["transfer"] = _collect_part(out, "transfer", TRANSFER_ARCH, config, transfer_methods,
+        results["transfer"] = _collect_part(study, "transfer", TRANSFER_ARCH, transfer_methods,
                                             config.transfer_densities)
     if validation is not None:
         results["autosparse"] = {"validation": validation,

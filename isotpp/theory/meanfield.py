@@ -216,7 +216,7 @@ def _fixed_point(act: str, sigma_w: float, sigma_b: float) -> float:
         return 0.0
     top = sigma_w**2 + sigma_b**2 + 1.0  # phi^2 <= 1 bounds V
     lo = 1e-300 if sigma_b > 0 else 1e-12
-    f = lambda q: variance_map(act, q, sigma_w, sigma_b) - q  # noqa: E731
+    f = lambda q: variance_map(act, q, sigma_w, sigma_b) - q
     if f(lo) <= 0:  # sigma_b = 0 with sigma_w just above 1: q* below lo
         return 0.0
     return float(optimize.brentq(f, lo, top, xtol=1e-15, rtol=1e-14, maxiter=500))
@@ -323,7 +323,7 @@ def mean_field(act: str, sigma_w: float, sigma_b: float = 0.0) -> MeanField:
         return MeanField(act, sigma_w, sigma_b, q, chi, xi_q, None, None)
     c_star = 1.0
     if chi > 1 + 1e-12:  # chaotic: c = 1 is unstable, the stable fixed point lies below
-        f = lambda c: correlation_map(act, c, q, sigma_w, sigma_b)[0] - c  # noqa: E731
+        f = lambda c: correlation_map(act, c, q, sigma_w, sigma_b)[0] - c
         lo, hi = (-1.0 if f(-1.0) > 0 else 0.0), 1 - 1e-3  # f ~ -(chi - 1)(1 - c) there, above quadrature error
         if f(hi) >= 0:  # chi is barely above 1: the two fixed points merge
             c_star = 1.0
@@ -344,7 +344,7 @@ def chi_one_sigma_w(act: str, sigma_b: float) -> float:
         return math.sqrt(2.0)
     if sigma_b == 0:
         return 1.0
-    f = lambda s: s**2 * activation_derivative_moments(act, _fixed_point(act, s, sigma_b), 1) - 1  # noqa: E731
+    f = lambda s: s**2 * activation_derivative_moments(act, _fixed_point(act, s, sigma_b), 1) - 1
     hi = 1.0
     while f(hi) < 0:
         hi *= 1.5

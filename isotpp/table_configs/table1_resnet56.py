@@ -5,7 +5,7 @@ weight decay 5e-4 (the paper's base reaches 93.78 %). Pruning `*layer*.conv1`
 (the first conv of every residual block) at 0.3 / 0.5 / 0.7 / 0.9 / 0.95;
 retraining 120 epochs at LR 1e-2 (0:0.01,60:0.001,90:0.0001) or 1e-3
 (0:0.001,80:0.0001); 8 methods × 3 seeds: 240 runs + 3 base models.
-TPP: lw_opp 1000, update_reg_interval 10, stabilize_reg_interval 10000.
+TPP: lw_opp 1000, update_reg_interval 10, stabilize_iters 10000.
 KernOrth+L1 / OrthConv+L1: the same lw_opp, constant (the reference's opp_scheme
 v2 / v1), 50,000 iterations; L1+KernOrth / L1+OrthConv: lw_orth_reg 0.1
 (orth_reg_method CVPR17 / CVPR20). See docs/fidelity.md.
@@ -27,7 +27,7 @@ def get_config() -> TableSpec:
         seeds=(0, 1, 2),
         epochs=120,
         batch_size=128,
-        wd=5e-4,
+        weight_decay=5e-4,
         base=BaseRecipe(epochs=200, lr_schedule="0:0.1,100:0.01,150:0.001"),
-        prune_args=(("--lw-opp", "1000"), ("--update-reg-interval", "10"), ("--stabilize-reg-interval", "10000")),
+        prune_settings=(("lw_opp", 1000.0), ("update_reg_interval", 10), ("stabilize_iters", 10_000)),
     )

@@ -3,7 +3,8 @@
 Speedups 1.49× / 2.31× / 2.56× / 3.06× (`isotpp prune --dry-run` reproduces
 them), retraining 90 epochs, LR 0:0.01,30:0.001,60:0.0001,75:0.00001, batch
 256, weight decay 1e-4, TPP with update_reg_interval 5 and
-stabilize_reg_interval 40000. The base is torchvision's pretrained ResNet-50
+stabilize_iters 40000 (the reference's
+stabilize_reg_interval). The base is torchvision's pretrained ResNet-50
 (76.13 %): convert it once, offline, with
 ``python -c "from isotpp.convert import convert_file; convert_file('resnet50-0676ba61.pth', 'resnet50', 'resnet50_torchvision.npz')"``
 and point ``base.path`` (or ISOTPP_RESNET50) at the result. ImageNet is read from
@@ -35,8 +36,8 @@ def get_config() -> TableSpec:
         seeds=(0,),
         epochs=90,
         batch_size=256,
-        wd=1e-4,
+        weight_decay=1e-4,
         base=BaseRecipe(path=os.environ.get("ISOTPP_RESNET50", "resnet50_torchvision.npz")),
-        prune_args=(("--update-reg-interval", "5"), ("--stabilize-reg-interval", "40000")),
+        prune_settings=(("update_reg_interval", 5), ("stabilize_iters", 40_000)),
         notes="convert torchvision's resnet50 weights with isotpp.convert.convert_file and set ISOTPP_RESNET50",
     )

@@ -1,0 +1,114 @@
+"""The package's hygiene: importing it changes nothing outside it, function-local imports
+stay rare and say why, and the top-level API is what ``__all__`` lists."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import isotpp
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "isotpp"
+CLI = ("cli.py", "commands/")  # lazy imports keep `isotpp --help` free of JAX: allowed here, with a comment
+BOUND_PER_1000_LINES = 2
+
+
+def _environments(code: str) -> tuple[dict, dict]:
+    """os.environ before and after ``code`` in a fresh interpreter (without XLA_FLAGS)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ISOTPP_XLA_DEFAULTS")}
+    script = f"import json, os\nbefore = dict(os.environ)\n{code}\nprint(json.dumps([before, dict(os.environ)]))"
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                       check=True)
+    return tuple(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_isotpp_leaves_the_environment_alone():
+    before, after = _environments("import isotpp")
+    assert after == before
+    # the library's modules too (JAX itself sets a few variables when imported: it goes first)
+    before, after = _environments("import jax\nbefore = dict(os.environ)\n"
+                                  "import isotpp.studies.mlp_linear, isotpp.studies.pai, isotpp.tables")
+    assert after == before
+    _, configured = _environments("import isotpp\nisotpp.configure_cpu()")
+    from importlib.metadata import version
+
+    if version("jaxlib").startswith("0.10."):  # the versions the flags are known to work with
+        assert configured["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def test_configure_cpu_keeps_an_explicit_flag(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=all --other")
+    isotpp.configure_cpu()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=all --other"
+    monkeypatch.setenv("XLA_FLAGS", "--other")
+    monkeypatch.setenv("ISOTPP_XLA_DEFAULTS", "0")
+    isotpp.configure_cpu()
+    assert os.environ["XLA_FLAGS"] == "--other"
+
+
+def _required_modules() -> set[str]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower() for d in deps}
+    rename = {"pillow": "PIL", "orbax-checkpoint": "orbax"}
+    return {rename.get(n, n.replace("-", "_")) for n in names} | {"isotpp"} | set(sys.stdlib_module_names)
+
+
+def _local_imports(path: Path):
+    """(line, top-level module, has a comment) for each import inside a function of ``path``; the
+    comment may be on the import, on the line above it, or on any import of its block (the imports
+    that follow one another)."""
+    lines = path.read_text().splitlines()
+    tree = ast.parse("\n".join(lines))
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for body in (getattr(node, f, None) for node in ast.walk(fn) for f in ("body", "orelse", "handlers",
+                                                                               "finalbody")):
+            if not isinstance(body, list):
+                continue
+            block: list[ast.stmt] = []
+            for stmt in [*body, None]:
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    block.append(stmt)
+                    continue
+                if block:
+                    commented = "#" in "".join(lines[block[0].lineno - 2: block[-1].end_lineno])
+                    for node in block:
+                        module = node.names[0].name if isinstance(node, ast.Import) else (node.module or "")
+                        yield node.lineno, module.split(".")[0], commented
+                block = []
+
+
+def test_function_local_imports_are_rare_and_say_why():
+    required = _required_modules()
+    files = sorted(PACKAGE.rglob("*.py"))
+    n_lines = sum(len(p.read_text().splitlines()) for p in files)
+    counted, silent = [], []
+    for p in files:
+        rel = p.relative_to(PACKAGE).as_posix()
+        seen = set()
+        for line, module, commented in _local_imports(p):
+            if (rel, line) in seen:
+                continue
+            seen.add((rel, line))
+            if not commented:
+                silent.append(f"isotpp/{rel}:{line}")
+            if module in required and not rel.startswith(CLI):
+                counted.append(f"isotpp/{rel}:{line}")
+    assert not silent, f"function-local imports without a comment saying why: {silent}"
+    assert len(counted) <= BOUND_PER_1000_LINES * n_lines / 1000, (
+        f"{len(counted)} function-local imports of required modules in {n_lines} lines: {counted}")
+
+
+def test_the_public_api_is_all_of_it():
+    assert "configure_cpu" in isotpp.__all__ and len(set(isotpp.__all__)) == len(isotpp.__all__)
+    for name in isotpp.__all__:
+        assert callable(getattr(isotpp, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        isotpp.nothing  # noqa: B018
