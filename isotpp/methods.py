@@ -128,6 +128,7 @@ PhaseRunner = Callable[[Any, Phase, Any], tuple[Any, dict[str, Any]]]
 
 
 def _kernel_names(model) -> list[str]:
+    # imported on use: the registry loads without JAX (`isotpp --help` lists it)
     from isotpp.models import layer_names
 
     return [f"{n}.kernel" for n in layer_names(model)]
@@ -165,6 +166,7 @@ class Method:
 
     def select(self, model, settings: MethodSettings):
         """The :class:`~isotpp.plan.Plan` of filters to remove: L1 (smallest mean |w| per group)."""
+        # imported on use: the registry loads without JAX (`isotpp --help` lists it)
         from isotpp.plan import l1_plan
 
         return l1_plan(model, settings.ratios, list(settings.skip))
@@ -307,6 +309,7 @@ PENALTY_KINDS = {
 
 
 def _orthconv_v1(kernel):
+    # imported on use: the registry loads without JAX (`isotpp --help` lists it)
     from isotpp import penalties
 
     # the reference calls orth_regularization(w) here with its default transpose=True; dense and 1×1
@@ -322,6 +325,7 @@ def layer_penalty(kind: str, *, rule: str = "c_in") -> Callable:
     ``rule``: KernOrth+L1's transpose rule, ``"c_in"`` (the reference's) or
     ``"fan_in"`` (its evident intent; :func:`isotpp.penalties.orth_regularization`).
     """
+    # imported on use: the registry loads without JAX (`isotpp --help` lists it)
     from isotpp import penalties
 
     kinds = {"kernorth": penalties.orth_dist, "orthconv": penalties.orthconv_penalty,
@@ -339,6 +343,7 @@ def penalty_fn(kind: str, kernel_names: Sequence[str], *, rule: str = "c_in") ->
     three cover every kernel given. The weight (lw_orth_reg for the retraining
     penalties, lw_opp for the "X + L1" ones) is applied by the caller.
     """
+    # imported on use: the registry loads without JAX (`isotpp --help` lists it)
     from isotpp.groups import flat_arrays
 
     fn = layer_penalty(kind, rule=rule)
@@ -362,6 +367,7 @@ def _tpp_phase(model, plan, settings: MethodSettings, *, name: str, key: str, pe
     """TPP's penalty phases (REFERENCE §3) on the filters of ``plan``; with ``penalty``, the reference's
     ``opp_scheme`` loop: the same L2 ramp, BatchNorm L2 and zero-out, TPP's Gram term replaced by
     ``lw_opp`` (constant) times ``penalty`` over every layer."""
+    # imported on use: the registry loads without JAX (`isotpp --help` lists it)
     from isotpp.groups import channel_groups
     from isotpp.models import layer_names
     from isotpp.tpp import TPPConfig, describe, targets_for, tpp
@@ -420,6 +426,7 @@ class PenaltyThenL1(Method):
         name = f"{self.penalty}+L1"
         if self.selects_first(settings):
             return _tpp_phase(model, plan, settings, name=name, key=file_key(name), penalty=self.penalty)
+        # imported on use: the registry loads without JAX (`isotpp --help` lists it)
         from isotpp.train import reference_sgd
 
         fn = penalty_fn(self.penalty, _kernel_names(model), rule=settings.kernorth_rule)
@@ -445,6 +452,7 @@ class OrthP(Method):
     """L1, then exact orthogonalisation of every kernel (gain of the model's activation)."""
 
     def post(self, small, settings):
+        # imported on use: the registry loads without JAX (`isotpp --help` lists it)
         from isotpp.orthp import orthp
 
         return orthp(small, act=getattr(small, "act", "relu"))
@@ -455,6 +463,7 @@ class ApproximateIsometry(Method):
     """L1, then ``ai_iters`` SGD steps (rate ``ai_lr``) towards isometric kernels, data-free."""
 
     def post(self, small, settings):
+        # imported on use: the registry loads without JAX (`isotpp --help` lists it)
         from flax import nnx
 
         from isotpp.groups import flat_arrays, map_named
@@ -473,6 +482,7 @@ class Scratch(Method):
     """The pruned architecture, freshly initialised (``settings.new_model``)."""
 
     def post(self, small, settings):
+        # imported on use: the registry loads without JAX (`isotpp --help` lists it)
         from isotpp.models import widths_of
 
         if settings.new_model is None:
@@ -521,6 +531,7 @@ def removed_model(method: Method | str, base, settings: MethodSettings, *, run_p
     """The method's pre-removal phase, its selection and the physical removal: the pruned network before
     :meth:`Method.post`. ``run_phase`` trains (the caller's engine); ``on_plan`` sees (and may replace, e.g.
     by a saved copy) the plan as soon as it is chosen."""
+    # imported on use: the registry loads without JAX (`isotpp --help` lists it)
     from isotpp.plan import hard_prune
 
     method = get_method(method)

@@ -55,7 +55,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from threadpoolctl import threadpool_limits
 
 from isotpp import memory
 from isotpp import spectrum_stochastic as stochastic
@@ -89,6 +88,9 @@ def one_blas_thread():
     with its default 2 threads and 0.002-0.006 s with one, 1000 × 1000 ones 14×
     longer; the Jacobian rows, XLA's own work, are unaffected.
     """
+    # imported on use: threadpoolctl sets KMP_DUPLICATE_LIB_OK when imported, and `import isotpp` changes nothing
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 
