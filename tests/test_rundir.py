@@ -73,7 +73,7 @@ def test_a_study_refuses_other_data_and_accepts_the_same_data_elsewhere(fashion_
     from isotpp.studies import mlp_linear
 
     ran = []
-    monkeypatch.setattr(mlp_linear, "_run", lambda config, data, out, progress, log: ran.append(config.data_dir))
+    monkeypatch.setattr(mlp_linear, "_run", lambda study, data: ran.append(study.config.data_dir))
     out = tmp_path / "demo"
 
     def study(data_dir):
