@@ -52,6 +52,10 @@ DOCUMENTED: dict[str, tuple[str, str | None, str]] = {
         CHECK, "isotpp reproduce mlp-linear --quick --methods L1,TPP --out runs/random",
         "the reader's plugin module does not exist here: tests/test_extension.py runs a registered method "
         "through the linear study; the other arguments are validated"),
+    # docs/speed.md: the stochastic spectrum from the command line (already small: run as shown)
+    "isotpp spectrum --model mlp --depth 2 --width 256 --act tanh --input-dim 256 --num-classes 128 --init torch "
+    "--jsv-samples 8 --matvecs 16 --memory-budget 64MiB --json est.json": (
+        RUN, None, "a two-layer MLP with 128 outputs: seconds"),
     # pages merged from parallel branches (docs/fidelity.md, docs/reliability.md)
     "isotpp prune --dry-run --model resnet34 --ratios "
     "'layer1.[12].conv1:0.5,layer2.[12].conv1:0.6,layer3.[1-4].conv1:0.4'": (

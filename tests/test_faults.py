@@ -393,14 +393,14 @@ CONVNET = {"dataset": "synthetic", "train_limit": 64, "width_scale": 0.25, "base
 # In place of the Jacobian spectrum (seconds of tracing per call on ResNet-20; checked in
 # tests/test_study_convnet.py): a cheap deterministic function of the weights, so that the results still say
 # which weights each piece was computed from. What is under test is which pieces are kept, completed or redone.
-STAND_IN = """
+STAND_IN_DEF = """
 import jax, numpy as np
 from flax import nnx
 import isotpp.spectrum
 def _weights_as_spectrum(model, x, **kw):
     return np.array([float(np.abs(np.asarray(v)).sum()) for v in jax.tree.leaves(nnx.state(model, nnx.Param))])
-isotpp.spectrum.model_singular_values = _weights_as_spectrum
 """
+STAND_IN = STAND_IN_DEF + "isotpp.spectrum.model_singular_values = _weights_as_spectrum\n"
 CONVNET_STUDY = STAND_IN + """
 import json, sys
 from isotpp.studies import convnet
@@ -418,7 +418,7 @@ def test_convnet_study_killed_between_the_files_of_its_pieces_and_stopped_by_sig
     from isotpp.studies import convnet
 
     stand_in = {}
-    exec(STAND_IN, stand_in)  # noqa: S102 - the subprocesses' stand-in, the same text
+    exec(STAND_IN_DEF, stand_in)  # noqa: S102 - the subprocesses' stand-in (only defined here: monkeypatch sets it)
     monkeypatch.setattr(isotpp.spectrum, "model_singular_values", stand_in["_weights_as_spectrum"])
     config = convnet.quick_config(**CONVNET)
     ref = convnet.run_convnet_study(config, tmp_path / "ref", **QUIET)
