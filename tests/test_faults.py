@@ -38,29 +38,9 @@ PRUNE_ARGS = ["--model", "mlp", "--dataset", "synthetic", "--ratios", "*:0.5", "
 QUIET = {"log": lambda s: None}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """One persistent XLA compilation cache for this module's runs, in this process and in the subprocesses
-    (``_env``): a rerun or a killed run compiles nothing an earlier run compiled. The programs are the same,
-    so are the results; the suite's other modules are left without it."""
-    import jax
-    from jax._src import compilation_cache
-
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.getbasetemp() / "jax-cache"),
-                "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
-    before = {k: getattr(jax.config, k) for k in settings}
-    for k, v in settings.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()  # read the settings again at the next compilation
-    yield
-    for k, v in before.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-
 
 def _env(tmp_path, fault=None):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path.parent / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the session's compilation cache is inherited (conftest.py)
     env.pop("ISOTPP_FAULT", None)
     if fault:
         env["ISOTPP_FAULT"] = fault
