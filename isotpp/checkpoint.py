@@ -1,8 +1,9 @@
 """Model files: the weights of one network plus what rebuilds its architecture.
 
-A model file is a ``.npz`` archive holding every variable of the NNX state
-under its dotted path (``layer1.0.conv1.kernel``, ``bn1.mean``) and a JSON
-header (``__isotpp__``) with the build config (architecture, classes, input
+A model file is an artefact of kind ``isotpp.model``
+(:mod:`isotpp.storage.artifact`: a ``.npz`` archive plus one JSON header)
+holding every variable of the NNX state under its dotted path
+(``layer1.0.conv1.kernel``, ``bn1.mean``); its header carries the build config (architecture, classes, input
 shape, arch kwargs), the widths record of a pruned network and free-form
 metadata. Any other NNX module is saved with what rebuilds it: the import
 path of its constructor (when it has one), the per-sample input shape and the
@@ -18,7 +19,6 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from isotpp.errors import DataError, UserError
-from isotpp.files import Npz, json_header, open_npz
+from isotpp.errors import UserError
 from isotpp.group_trace import example_input
 from isotpp.groups import channel_groups
-from isotpp.io import atomic_write
 from isotpp.models import BuildConfig, widths_of
 from isotpp.plan import Plan, hard_prune
-
-_HEADER = "__isotpp__"
-FORMAT_VERSION = 1
+from isotpp.storage.artifact import MODEL, Artifact, read_artifact, write_artifact
 
 
 def _flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -86,56 +82,36 @@ def save_model(path: str | Path, model: nnx.Module, meta: dict[str, Any] | None 
     and, unless it has ``input_shape``, an example input ``x``.
     """
     config = getattr(model, "build_config", None)
-    header: dict[str, Any] = {"format": FORMAT_VERSION, "meta": meta or {}}
     if config is not None:
-
-        header |= {"build": config.to_dict(), "widths": widths_of(model)}
+        fields = {"build": config.to_dict(), "widths": widths_of(model)}
     else:
-        header["custom"] = _custom_header(model, constructor, x)
-    arrays = _flat_state(model)
-    arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    path = Path(path)
-    with atomic_write(path) as f:
-        np.savez(f, **arrays)
-    return path
-
-
-_FIX = "save it again with isotpp.checkpoint.save_model"
+        fields = {"custom": _custom_header(model, constructor, x)}
+    return write_artifact(path, MODEL, _flat_state(model), fields, meta)
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """The header of model file ``path`` (checked; no weights are read)."""
-    with _open(path) as data:
-        return _header(path, data)
+    return read_artifact(path, MODEL, _header)
 
 
-def _open(path: str | Path) -> Npz:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model file {path} does not exist: check the path")
-    return open_npz(path, what="model file", fix=_FIX)
-
-
-def _header(path, data: Npz) -> dict[str, Any]:
-    header = json_header(data, _HEADER, fix=_FIX)
-    build, widths, meta = header.get("build"), header.get("widths"), header.get("meta", {})
+def _header(file: Artifact) -> dict[str, Any]:
+    header = file.header
+    build, widths = header.get("build"), header.get("widths")
     if not isinstance(build, dict) and not isinstance(header.get("custom"), dict):
-        raise DataError(f"model file {path} has no build description (got {type(build).__name__}): {_FIX}")
+        raise file.corrupt(f"has no build description (got {type(build).__name__})")
     if widths is not None and not (isinstance(widths, dict) and all(
             isinstance(k, str) and type(v) is int and v >= 1 for k, v in widths.items())):
-        raise DataError(f"model file {path} has a corrupt widths record: {_FIX}")
-    if not isinstance(meta, dict):
-        raise DataError(f"model file {path} has corrupt metadata (a {type(meta).__name__}): {_FIX}")
+        raise file.corrupt("has a corrupt widths record")
     # Every size the header declares (classes, depth, width, input size, a layer's width) counts numbers the
     # file must hold; checked before the architecture is built, so a crafted header cannot make that slow.
-    held = sum(math.prod(data.shape(k)) for k in data.files if k != _HEADER)
+    held = file.held()
     build = build if isinstance(build, dict) else {}  # a module from outside the zoo: its sizes are in "custom"
     arch_kwargs = build.get("arch_kwargs") if isinstance(build.get("arch_kwargs"), dict) else {}
     sizes = {"num_classes": build.get("num_classes"), **arch_kwargs, **(widths or {})}
     for name, value in sizes.items():
         if type(value) is int and value > held:
-            raise DataError(f"model file {path} declares {name} = {value:,}, more than the {held:,} numbers it "
-                            f"holds: it is corrupt or crafted; {_FIX}")
+            raise file.corrupt(f"declares {name} = {value:,}, more than the {held:,} numbers it holds "
+                               "(it is corrupt or crafted)")
     return header
 
 
@@ -145,32 +121,33 @@ def load_model(path: str | Path, constructor: Callable[[], nnx.Module] | None = 
     A module saved from outside the zoo is rebuilt with ``constructor`` (or
     the one recorded in the file) and pruned to the stored group widths.
     """
-    with _open(path) as data:
-        header = _header(path, data)
-        if "custom" in header:
-            model, name = _rebuild_custom(path, header["custom"], constructor)
-            info = {"arch": name, "input_shape": header["custom"].get("input_shape"),
-                    "widths": header["custom"].get("group_widths"), "meta": header.get("meta", {})}
-        else:
+    return read_artifact(path, MODEL, functools.partial(_load, constructor=constructor))
 
-            config = BuildConfig.from_dict(header.get("build", {}))
-            model = config.create(widths=header.get("widths") or None, abstract=True)
-            name = config.name
-            info = {**header["build"], "widths": header.get("widths"), "meta": header.get("meta", {})}
-        _fill(path, data, model, name)
+
+def _load(file: Artifact, constructor) -> tuple[nnx.Module, dict[str, Any]]:
+    header = _header(file)
+    if "custom" in header:
+        model, name = _rebuild_custom(file.path, header["custom"], constructor)
+        info = {"arch": name, "input_shape": header["custom"].get("input_shape"),
+                "widths": header["custom"].get("group_widths"), "meta": file.meta}
+    else:
+        config = BuildConfig.from_dict(header.get("build", {}))
+        model = config.create(widths=header.get("widths") or None, abstract=True)
+        name = config.name
+        info = {**header["build"], "widths": header.get("widths"), "meta": file.meta}
+    _fill(file, model, name)
     return model, info
 
 
-def _fill(path, data, model: nnx.Module, name: str) -> None:
+def _fill(file: Artifact, model: nnx.Module, name: str) -> None:
     flat = []
     for key_path, var in nnx.to_flat_state(nnx.state(model)):
         key = ".".join(str(p) for p in key_path)
-        if key not in data.files:
-            raise UserError(f"model file {path} lacks {key} for {name}: it was saved from another architecture")
-        if tuple(data.shape(key)) != tuple(var.shape):  # checked before the array is read
-            raise UserError(f"model file {path}: {key} has shape {tuple(data.shape(key))}, {name} expects "
-                            f"{tuple(var.shape)}")
-        flat.append((key_path, var.replace(jax.numpy.asarray(data[key], dtype=var.dtype))))
+        if key not in file.names:
+            raise file.corrupt(f"lacks {key} for {name}", "it was saved from another architecture or is incomplete; "
+                               "save it again with isotpp.save_model")
+        array = file.array(key, tuple(var.shape))  # the shape is checked before the array is read
+        flat.append((key_path, var.replace(jax.numpy.asarray(array, dtype=var.dtype))))
     nnx.update(model, nnx.from_flat_state(flat))
 
 

@@ -10,27 +10,24 @@ as one :class:`~isotpp.errors.DataError` line naming the file:
 - :func:`read_bytes`: a whole file, refused when larger than ``limit``;
 - :class:`ByteStream`: raw or gzip bytes taken piece by piece (IDX files
   read their header first, then exactly the payload it declares);
-- :func:`open_npz`: a ``.npz`` archive (model files, IRP records, scorers,
-  preprocessing caches) whose members' shapes are checked against their
-  stored sizes before one is loaded; no pickles;
-- :func:`json_header`: the JSON header of such an archive, of the expected type.
+- :func:`open_npz`: a ``.npz`` archive (the artefacts of
+  :mod:`isotpp.storage.artifact`, preprocessing caches) whose members' shapes
+  are checked against their stored sizes before one is loaded; no pickles.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from isotpp.errors import DataError
 
-__all__ = ["DEFAULT_LIMIT", "ByteStream", "Npz", "fmt_bytes", "json_header", "open_npz", "read_bytes"]
+__all__ = ["DEFAULT_LIMIT", "ByteStream", "Npz", "fmt_bytes", "open_npz", "read_bytes"]
 
 DEFAULT_LIMIT = 4 << 30  # no file isotpp reads is legitimately larger than 4 GiB in memory
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -221,20 +218,3 @@ def open_npz(path: str | Path, *, what: str = "file", fix: str = "write it again
         zf.close()
         raise
     return Npz(path, zf, members, what, fix)
-
-
-def json_header(archive: Npz, key: str, *, fix: str) -> dict[str, Any]:
-    """The JSON object stored as uint8 bytes under ``key``; refused unless it is a JSON object."""
-    if key not in archive:
-        raise DataError(f"{archive.path} is not an isotpp {archive._what} (no {key} header): {fix}")
-    raw = archive[key]
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise DataError(f"{archive._what} {archive.path} has a corrupt header ({raw.dtype} {raw.shape}): {fix}")
-    try:
-        header = json.loads(raw.tobytes().decode())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{archive._what} {archive.path} has a corrupt header ({exc}): {fix}") from None
-    if not isinstance(header, dict):
-        raise DataError(f"{archive._what} {archive.path} has a header of type {type(header).__name__}, "
-                        f"not a JSON object: {fix}")
-    return header

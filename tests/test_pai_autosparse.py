@@ -97,10 +97,10 @@ def test_save_load_round_trip(tmp_path, scorer):
 def _rewrite_header(src, dst, **changes):
     with np.load(src) as data:
         arrays = {k: np.asarray(data[k]) for k in data.files}
-    header = json.loads(bytes(arrays["__header__"]).decode())
+    header = json.loads(bytes(arrays["__isotpp__"]).decode())
     for k, v in changes.items():
         header["spec"][k] = v
-    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    arrays["__isotpp__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(dst, **arrays)
 
 

@@ -95,9 +95,9 @@ def test_files_for_other_features_or_architectures_exit_2(tmp_path, fashion_mnis
     src = small_study[0] / "autosparse" / "scorer.npz"
     with np.load(src) as data:
         arrays = {k: np.asarray(data[k]) for k in data.files}
-    header = json.loads(bytes(arrays["__header__"]).decode())
+    header = json.loads(bytes(arrays["__isotpp__"]).decode())
     header["spec"]["features"] = ["w0", "g0", "fan_in"]
-    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    arrays["__isotpp__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(tmp_path / "other_features.npz", **arrays)
     cases = [
         (("--densities", "0"), "outside (0, 1]"),

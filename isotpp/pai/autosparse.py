@@ -29,7 +29,6 @@ computes.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,8 @@ import optax
 from scipy.stats import spearmanr
 
 from isotpp.errors import UserError
-from isotpp.files import json_header, open_npz
-from isotpp.io import atomic_write
 from isotpp.pai.masks import top_count_masks
+from isotpp.storage.artifact import SCORER, Artifact, read_artifact, write_artifact
 
 __all__ = [
     "FEATURES",
@@ -60,8 +58,6 @@ __all__ = [
 FEATURES = ("w0", "g0")
 # what g0 means; a scorer trained on any other definition is refused
 G0_DEFINITION = "sum over one pass of the training set of batch-mean cross-entropy gradients at init (v1)"
-_KIND = "isotpp.autosparse_scorer"
-_FORMAT = 1
 
 
 def feature_spec(batch_size: int) -> dict[str, Any]:
@@ -127,17 +123,14 @@ class Scorer:
     # ---------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> Path:
-        header = {"kind": _KIND, "format": _FORMAT, "spec": self.spec, "layers": len(self.params),
-                  "mean": np.asarray(self.mean).tolist(), "std": np.asarray(self.std).tolist(), "meta": self.meta}
+        """Write the scorer as an artefact of kind ``isotpp.autosparse_scorer`` (:mod:`isotpp.storage.artifact`)."""
+        fields = {"spec": self.spec, "layers": len(self.params), "mean": np.asarray(self.mean).tolist(),
+                  "std": np.asarray(self.std).tolist()}
         arrays = {}
         for i, (w, b) in enumerate(self.params):
             arrays[f"W{i}"] = np.asarray(w, np.float32)
             arrays[f"b{i}"] = np.asarray(b, np.float32)
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-        path = Path(path)
-        with atomic_write(path) as f:
-            np.savez(f, **arrays)
-        return path
+        return write_artifact(path, SCORER, arrays, fields, self.meta)
 
 
 def _stack(w0: Mapping[str, Any], g0: Mapping[str, Any]) -> np.ndarray:
@@ -147,36 +140,32 @@ def _stack(w0: Mapping[str, Any], g0: Mapping[str, Any]) -> np.ndarray:
 
 def load_scorer(path: str | Path, *, features: Sequence[str] = FEATURES) -> Scorer:
     """Read a scorer file; refuse one whose features are not ``features`` with this code's g0."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"scorer file {path} does not exist: check the path")
-    with open_npz(path, what="scorer file", fix="train it again") as data:
-        header = json_header(data, "__header__", fix="train it again")
-        arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
-    if header.get("kind") != _KIND or header.get("format") != _FORMAT:
-        raise UserError(f"{path} is not an AutoSparse scorer of format {_FORMAT}: train it again with this version")
-    try:
-        return _scorer_from(path, header, arrays, features)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        raise UserError(f"scorer file {path} has a corrupt header or arrays ({type(e).__name__}: {e}): "
-                        "train it again") from None
+    return read_artifact(path, SCORER, lambda file: _scorer_from(file, features))
 
 
-def _scorer_from(path: Path, header: dict, arrays: dict, features: Sequence[str]) -> Scorer:
+def _scorer_from(file: Artifact, features: Sequence[str]) -> Scorer:
+    header = file.header
     spec = dict(header.get("spec") or {})
     if list(spec.get("features") or []) != list(features) or spec.get("g0") != G0_DEFINITION:
-        raise UserError(f"scorer file {path} was trained on features {spec.get('features')} (g0: {spec.get('g0')!r}), "
-                        f"this code scores with {list(features)} (g0: {G0_DEFINITION!r}): train a new scorer")
-    if not isinstance(spec.get("g0_batch_size"), int) or spec["g0_batch_size"] < 1:
-        raise UserError(f"scorer file {path} does not say which batch size its g0 used: train it again")
-    try:
-        params = [(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(int(header["layers"]))]
-    except KeyError as e:
-        raise UserError(f"scorer file {path} lacks the array {e}: it is incomplete; train it again") from None
+        raise UserError(f"scorer file {file.path} was trained on features {spec.get('features')} (g0: "
+                        f"{spec.get('g0')!r}), this code scores with {list(features)} (g0: {G0_DEFINITION!r}): "
+                        "train a new scorer")
+    if type(spec.get("g0_batch_size")) is not int or spec["g0_batch_size"] < 1:
+        raise file.corrupt("does not say which batch size its g0 used")
     mean, std = np.asarray(header["mean"], np.float32), np.asarray(header["std"], np.float32)
-    if params[0][0].shape[0] != len(features) or mean.shape != (len(features),) or std.shape != mean.shape:
-        raise UserError(f"scorer file {path} does not take {len(features)} features: train a new scorer")
-    return Scorer(params, mean, std, spec, dict(header.get("meta") or {}))
+    if mean.shape != (len(features),) or std.shape != mean.shape:
+        raise UserError(f"scorer file {file.path} does not take {len(features)} features: train a new scorer")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise file.corrupt("has a standardisation that is not finite and positive")
+    layers = header["layers"]
+    if type(layers) is not int or layers < 1:
+        raise file.corrupt(f"has {layers!r} layers")
+    params, fan_in = [], len(features)
+    for i in range(layers):
+        fan_out = file.shape(f"W{i}")[-1] if i < layers - 1 else 1
+        params.append((file.array(f"W{i}", (fan_in, fan_out), dtype="f"), file.array(f"b{i}", (fan_out,), dtype="f")))
+        fan_in = fan_out
+    return Scorer(params, mean, std, spec, dict(file.meta))
 
 
 # --------------------------------------------------------------------------

@@ -20,7 +20,6 @@ weight (in how many of the K masks it is) and its label count / K follow.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,20 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp.errors import UserError
-from isotpp.files import json_header, open_npz
-from isotpp.io import atomic_write
 from isotpp.pai.masked_optim import masked, masked_train_state
 from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_masks
 from isotpp.pai.net import PrunableNet
 from isotpp.pai.training import train_runs
+from isotpp.storage.artifact import IRP_RECORD, Artifact, read_artifact, write_artifact
 from isotpp.train import RunGroup, reference_sgd, stack_runs, unstack_run
 
 __all__ = ["IRPRecord", "irp_keep_counts", "load_irp_record", "make_record", "run_irp"]
 
 Rewind = Literal["kernels", "all"]
 REWINDS = ("kernels", "all")
-_KIND = "isotpp.irp_record"
-_FORMAT = 1
 
 
 def irp_keep_counts(n: int, density, rounds: int) -> tuple[int, ...]:
@@ -100,56 +96,35 @@ class IRPRecord:
     # ---------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> Path:
-        header = {"kind": _KIND, "format": _FORMAT, "arch": self.arch, "seed": self.seed, "density": self.density,
-                  "rounds": self.rounds, "rewind": self.rewind, "names": list(self.names),
-                  "g0_spec": self.g0_spec, "meta": self.meta}
+        """Write the record as an artefact of kind ``isotpp.irp_record`` (:mod:`isotpp.storage.artifact`)."""
+        fields = {"arch": self.arch, "seed": self.seed, "density": self.density, "rounds": self.rounds,
+                  "rewind": self.rewind, "names": list(self.names), "g0_spec": self.g0_spec}
         arrays = {f"w0/{n}": np.asarray(self.w0[n], np.float32) for n in self.names}
         arrays |= {f"masks/{n}": np.asarray(self.masks[n], bool) for n in self.names}
         arrays |= {f"g0/{n}": np.asarray(self.g0[n], np.float32) for n in self.g0}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-        path = Path(path)
-        with atomic_write(path) as f:
-            np.savez(f, **arrays)
-        return path
+        return write_artifact(path, IRP_RECORD, arrays, fields, self.meta)
 
 
 def load_irp_record(path: str | Path, *, arch: str | None = None) -> IRPRecord:
     """Read an IRP record; with ``arch``, refuse a record made on another architecture."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"IRP record {path} does not exist: check the path")
-    with open_npz(path, what="IRP record", fix="record it again") as data:
-        header = json_header(data, "__header__", fix="record it again")
-        arrays = {k: np.asarray(data[k]) for k in data.files if k != "__header__"}
-    if header.get("kind") != _KIND or header.get("format") != _FORMAT:
-        raise UserError(f"{path} is not an IRP record of format {_FORMAT} (kind {header.get('kind')!r}): "
-                        "record it again with this version")
-    try:
-        return _record_from(path, header, arrays, arch)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        raise UserError(f"IRP record {path} has a corrupt header or arrays ({type(e).__name__}: {e}): "
-                        "record it again") from None
+    return read_artifact(path, IRP_RECORD, lambda file: _record_from(file, arch))
 
 
-def _record_from(path: Path, header: dict, arrays: dict, arch: str | None) -> IRPRecord:
+def _record_from(file: Artifact, arch: str | None) -> IRPRecord:
+    header = file.header
     if arch is not None and header["arch"] != arch:
-        raise UserError(f"IRP record {path} was made on {header['arch']}, not {arch}: "
+        raise UserError(f"IRP record {file.path} was made on {header['arch']}, not {arch}: "
                         f"pass a record made on {arch}")
-    names = tuple(header["names"])
-    try:
-        record = IRPRecord(
-            arch=header["arch"], seed=int(header["seed"]), density=float(header["density"]),
-            rounds=int(header["rounds"]), rewind=header["rewind"], names=names,
-            w0={n: arrays[f"w0/{n}"] for n in names}, masks={n: arrays[f"masks/{n}"] for n in names},
-            g0={n: arrays[f"g0/{n}"] for n in names if f"g0/{n}" in arrays},
-            g0_spec=dict(header.get("g0_spec") or {}), meta=dict(header.get("meta") or {}))
-    except KeyError as e:
-        raise UserError(f"IRP record {path} lacks the array {e}: it is incomplete; record it again") from None
-    for n in names:
-        if record.masks[n].shape != (record.rounds, *record.w0[n].shape):
-            raise UserError(f"IRP record {path}: masks of {n} have shape {record.masks[n].shape}, expected "
-                            f"{(record.rounds, *record.w0[n].shape)}; record it again")
-    return record
+    names, rounds = tuple(header["names"]), int(header["rounds"])
+    if not all(isinstance(n, str) for n in names) or rounds < 1 or header["rewind"] not in REWINDS:
+        raise file.corrupt(f"has a corrupt header (names, {rounds} rounds, rewind {header['rewind']!r})")
+    w0 = {n: file.array(f"w0/{n}", dtype="f") for n in names}
+    return IRPRecord(
+        arch=header["arch"], seed=int(header["seed"]), density=float(header["density"]), rounds=rounds,
+        rewind=header["rewind"], names=names, w0=w0,
+        masks={n: file.array(f"masks/{n}", (rounds, *w0[n].shape), dtype="b") for n in names},
+        g0={n: file.array(f"g0/{n}", w0[n].shape, dtype="f") for n in names if f"g0/{n}" in file.names},
+        g0_spec=dict(header.get("g0_spec") or {}), meta=dict(file.meta))
 
 
 # --------------------------------------------------------------------------
