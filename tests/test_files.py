@@ -8,16 +8,22 @@ import struct
 import tracemalloc
 import zipfile
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+import isotpp
 from isotpp.checkpoint import load_model, save_model
 from isotpp.data.cifar import read_cifar_batch
 from isotpp.data.idx import read_idx
 from isotpp.errors import DataError, UserError
 from isotpp.files import open_npz
-from isotpp.pai.autosparse import load_scorer
-from isotpp.pai.irp import load_irp_record
+from isotpp.groups import flat_arrays
+from isotpp.models import create_model
+from isotpp.pai.autosparse import Scorer, feature_spec, load_scorer
+from isotpp.pai.irp import IRPRecord, load_irp_record
+from isotpp.storage.artifact import IRP_RECORD, MODEL, SCORER
 
 
 def _peak(fn):
@@ -76,24 +82,167 @@ def test_an_npz_member_declaring_terabytes_is_refused_before_allocation(tmp_path
     assert peak < 1 << 20
 
 
-@pytest.mark.parametrize("loader,what", [(load_model, "model file"), (load_irp_record, "IRP record"),
-                                         (load_scorer, "scorer file")])
-@pytest.mark.parametrize("content,needle", [
-    (b"", "is empty"),
-    (b"PK\x03\x04garbage", "not readable"),
-    (b"\x00" * 100, "not readable"),
-])
-def test_empty_and_garbage_npz_are_one_line(tmp_path, loader, what, content, needle):
-    path = tmp_path / "x.npz"
-    path.write_bytes(content)
-    _one_line(pytest.raises(UserError, loader, path).value, what, needle)
+# --------------------------------------------------------------------------
+# Artefacts (model files, scorers, IRP records): one format, one corrupt-file path.
+# --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [[1, 2], "text", 3, None])
-def test_model_headers_of_the_wrong_json_type_are_one_line(tmp_path, header):
-    path = tmp_path / "m.npz"
-    np.savez(path, __isotpp__=np.frombuffer(json.dumps(header).encode(), np.uint8))
-    _one_line(pytest.raises(UserError, load_model, path).value, "not a JSON object")
+def _good_model(path):
+    return save_model(path, create_model("mlp", depth=2, width=3, input_dim=4, num_classes=2), {"note": "m"})
+
+
+def _good_scorer(path):
+    rng = np.random.default_rng(0)
+    params = [(rng.normal(size=(2, 4)).astype(np.float32), np.zeros(4, np.float32)),
+              (rng.normal(size=(4, 1)).astype(np.float32), np.zeros(1, np.float32))]
+    return Scorer(params, np.zeros(2, np.float32), np.ones(2, np.float32), feature_spec(32), {"note": "s"}).save(path)
+
+
+def _good_record(path):
+    w0 = {"a.kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    return IRPRecord(arch="mlp", seed=1, density=0.5, rounds=2, rewind="kernels", names=("a.kernel",), w0=w0,
+                     masks={"a.kernel": np.ones((2, 2, 3), bool)}, g0={"a.kernel": np.ones((2, 3), np.float32)},
+                     g0_spec={"batch_size": 32}, meta={"note": "i"}).save(path)
+
+
+# artefact -> (kind, writer of a good file, loader, a float array to damage, an array whose shape the rest fixes)
+ARTEFACTS = {
+    "model": (MODEL, _good_model, load_model, "net.0.kernel", "net.0.kernel"),
+    "scorer": (SCORER, _good_scorer, load_scorer, "W0", "b0"),
+    "irp": (IRP_RECORD, _good_record, load_irp_record, "w0/a.kernel", "masks/a.kernel"),
+}
+
+
+def _members(path):
+    with np.load(path) as data:
+        return {k: np.asarray(data[k]) for k in data.files}
+
+
+def _header(arrays):
+    return json.loads(arrays["__isotpp__"].tobytes())
+
+
+def _with_header(arrays, header):
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return arrays | {"__isotpp__": np.frombuffer(raw, np.uint8)}
+
+
+def _npz_bytes(arrays, raw_members=()):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    if raw_members:
+        with zipfile.ZipFile(buf, "a") as zf:
+            for name, data in raw_members:
+                zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _object_npy():
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    return buf.getvalue() + pickle.dumps([None])
+
+
+def _other(name):
+    names = list(ARTEFACTS)
+    return names[(names.index(name) + 1) % len(names)]
+
+
+def _header_change(**change):
+    return lambda a, raw, n, x: _npz_bytes(_with_header(a, _header(a) | change))
+
+
+# corruption -> (bytes of the bad file from (good arrays, good bytes, artefact, array to damage), needle)
+# (the array to damage is the float one, or for "array of another shape" the one whose shape the rest fixes)
+CORRUPTIONS = {
+    "missing": (None, "does not exist"),
+    "empty": (lambda a, raw, n, x: b"", "is empty"),
+    "garbage zip": (lambda a, raw, n, x: b"PK\x03\x04garbage", "not readable"),
+    "zeros": (lambda a, raw, n, x: b"\x00" * 100, "not readable"),
+    "truncated": (lambda a, raw, n, x: raw[: len(raw) // 2], "it may be truncated"),
+    "member not .npy": (lambda a, raw, n, x: _npz_bytes(a, [("junk.npy", b"junk")]), "member 'junk' is not a .npy"),
+    "pickled member": (lambda a, raw, n, x: _npz_bytes(a, [("obj.npy", _object_npy())]), "holds Python objects"),
+    "no header": (lambda a, raw, n, x: _npz_bytes({k: v for k, v in a.items() if k != "__isotpp__"}),
+                  "has no __isotpp__ header"),
+    "bad JSON": (lambda a, raw, n, x: _npz_bytes(_with_header(a, b"{not json")), "has a corrupt header"),
+    "header not bytes": (lambda a, raw, n, x: _npz_bytes(a | {"__isotpp__": np.zeros(3)}),
+                         "has a corrupt header (float64 (3,))"),
+    "header a list": (lambda a, raw, n, x: _npz_bytes(_with_header(a, [1, 2])), "not a JSON object"),
+    "header text": (lambda a, raw, n, x: _npz_bytes(_with_header(a, "text")), "not a JSON object"),
+    "header a number": (lambda a, raw, n, x: _npz_bytes(_with_header(a, 3)), "not a JSON object"),
+    "header null": (lambda a, raw, n, x: _npz_bytes(_with_header(a, None)), "not a JSON object"),
+    "another kind": (lambda a, raw, n, x: _npz_bytes(_with_header(a, _header(a) | {
+        "kind": ARTEFACTS[_other(n)][0].name})), "holds an isotpp"),
+    "unknown kind": (_header_change(kind="x.y"), "holds an artefact of kind 'x.y'"),
+    "newer format": (_header_change(format=99), "has format 99 (written by isotpp 0.1.0), newer than the 2 this"),
+    "format 0": (_header_change(format=0), "has format 0, which this isotpp no longer reads"),
+    "format a string": (_header_change(format="2"), "has no format version"),
+    "metadata not a dict": (_header_change(meta=7), "has corrupt metadata (a int)"),
+    "array missing": (lambda a, raw, n, x: _npz_bytes({k: v for k, v in a.items() if k != x}), "lacks"),
+    "array of another shape": (lambda a, raw, n, x: _npz_bytes(a | {x: np.zeros((7, 7), np.float32)}),
+                               "of shape (7, 7)"),
+    "NaN": (lambda a, raw, n, x: _npz_bytes(a | {x: np.full_like(a[x], np.nan)}), "NaN or infinite values in"),
+}
+
+
+@pytest.mark.parametrize("artefact", ARTEFACTS)
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_every_corrupt_artefact_is_one_line_naming_the_file_and_what_to_do(tmp_path, artefact, corruption):
+    kind, write, load, damaged, shaped = ARTEFACTS[artefact]
+    damaged = shaped if corruption == "array of another shape" else damaged
+    good = write(tmp_path / "good.npz")
+    make, needle = CORRUPTIONS[corruption]
+    bad = tmp_path / "bad.npz"
+    if make is not None:
+        bad.write_bytes(make(_members(good), good.read_bytes(), artefact, damaged))
+    msg = _one_line(pytest.raises(DataError, load, bad).value, needle)
+    # one style: "<what> <path> <problem>: <what to do>"
+    assert msg.startswith((f"{kind.what} {bad} ", f"{kind.what} {bad}: ")), msg
+    assert ": " in msg.removeprefix(f"{kind.what} {bad}: "), msg
+    if corruption in ("array missing", "array of another shape", "NaN"):
+        assert damaged in msg, msg
+    if corruption == "another kind":
+        assert f"holds an isotpp {ARTEFACTS[_other(artefact)][0].what}, not a {kind.what}: pass a" in msg, msg
+    load(good)  # the untouched file still loads
+
+
+def _write_format_1(artefact, good, path):
+    """What the code before the artefact format wrote for the same content (its save, as it was)."""
+    arrays = _members(good)
+    header = _header(arrays)
+    del arrays["__isotpp__"]
+    if artefact == "model":  # header "__isotpp__": format, meta, build, widths; no kind, no isotpp version
+        old = {"format": 1, "meta": header["meta"], "build": header["build"], "widths": header["widths"]}
+        np.savez(path, **arrays, __isotpp__=np.frombuffer(json.dumps(old).encode(), dtype=np.uint8))
+    else:  # header "__header__": kind, format 1, the kind's fields and meta
+        old = {"kind": header["kind"], "format": 1, **{k: v for k, v in header.items()
+                                                        if k not in ("kind", "format", "isotpp")}}
+        np.savez(path, **arrays, __header__=np.frombuffer(json.dumps(old).encode(), np.uint8))
+    return path
+
+
+def _assert_same(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert type(x) is type(y)
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("artefact", ARTEFACTS)
+def test_files_of_the_format_before_still_load_to_the_same_content(tmp_path, artefact):
+    kind, write, load, *_ = ARTEFACTS[artefact]
+    good = write(tmp_path / "new.npz")
+    header = _header(_members(good))
+    assert (header["kind"], header["format"], header["isotpp"]) == (kind.name, 2, isotpp.__version__)
+    old = _write_format_1(artefact, good, tmp_path / "old.npz")
+    new, back = load(good), load(old)
+    if artefact == "model":
+        assert back[1] == new[1] and new[1]["meta"] == {"note": "m"}
+        new, back = flat_arrays(nnx.state(new[0])), flat_arrays(nnx.state(back[0]))
+    else:
+        assert back.meta == new.meta == {"note": artefact[0]}
+        new, back = vars(new), vars(back)
+    _assert_same(new, back)
 
 
 @pytest.mark.parametrize("mutate,needle", [
@@ -106,8 +255,6 @@ def test_model_headers_of_the_wrong_json_type_are_one_line(tmp_path, header):
      "declares depth = 1,000,000,000, more than the 23 numbers it holds"),
 ])
 def test_model_header_fields_of_the_wrong_type_are_one_line(tmp_path, mutate, needle):
-    from isotpp.models import create_model
-
     good = save_model(tmp_path / "good.npz", create_model("mlp", depth=2, width=3, input_dim=4, num_classes=2))
     with np.load(good) as data:
         arrays = {k: data[k] for k in data.files}

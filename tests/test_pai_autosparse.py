@@ -114,11 +114,7 @@ def test_a_scorer_for_other_features_is_refused(tmp_path, scorer):
         load_scorer(tmp_path / "oldg0.npz")
     with pytest.raises(UserError, match="train a new scorer"):
         load_scorer(path, features=("w0", "g0", "fan_in"))
-    with pytest.raises(UserError, match="does not exist"):
-        load_scorer(tmp_path / "nope.npz")
-    (tmp_path / "bad.npz").write_bytes(b"garbage")
-    with pytest.raises(UserError, match="not readable"):
-        load_scorer(tmp_path / "bad.npz")
+    # missing, garbage and every other corrupt file: tests/test_files.py, over every kind of artefact
 
 
 def test_a_record_without_g0_or_with_another_g0_is_refused():
