@@ -17,7 +17,11 @@ A dense layer that reads a flattened feature map (LeNet-5's ``fc1`` when
 conv3 leaves more than 1x1, an MLP on multi-channel images) sees its inputs in
 H, W, C order here but C, H, W order in torch: its input rows are permuted on
 the way in and out, so the converted network computes the same function on the
-same images (NHWC here, NCHW there).
+same images (NHWC here, NCHW there). Which layers read a flattened map, and
+how, is read from the model's traced channel groups (the ``in`` slot's
+:attr:`~isotpp.groups.Slot.interleave`; :mod:`isotpp.group_trace`), not
+re-derived here; a dense layer that reads the model's input reads it
+flattened from ``input_shape``.
 
 Typical use (ImageNet runs start from torchvision's pretrained weights, which
 the user downloads elsewhere)::
@@ -48,9 +52,14 @@ from flax import nnx
 
 from isotpp.checkpoint import save_model
 from isotpp.errors import UserError
-from isotpp.groups import flat_arrays
-from isotpp.models import BuildConfig, create_model, iter_modules, layer_names
-from isotpp.models.layers import Flatten
+from isotpp.groups import Slot, channel_groups, flat_arrays, program_layers
+from isotpp.models import (
+    BuildConfig,
+    create_model,
+    iter_modules,
+    layer_names,
+    widths_of,
+)
 from isotpp.models.resnet_cifar import ZeroPadShortcut
 
 __all__ = [
@@ -71,7 +80,7 @@ _IGNORED_SUFFIX = ".num_batches_tracked"
 _BN_KEYS = (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Entry:
     """One model variable and the torch tensor it corresponds to."""
 
@@ -80,9 +89,8 @@ class _Entry:
     key: str  # torch key, "layer1.0.conv1.weight"
     torch_shape: tuple[int, ...]
     kind: str  # "conv", "dense", "vector"
-    flat: tuple[int, int] | None = None  # dense after a flatten: (channels, spatial positions)
+    order: np.ndarray | None = None  # dense after a flatten: the torch input index of each kernel row
     classifier: bool = False
-    sized_by_input: bool = False  # a dense layer whose inputs depend on the input size
 
 
 def _fmt(items, limit: int = 4) -> str:
@@ -114,39 +122,58 @@ def _fixed_maps(model) -> list[tuple[str, nnx.Module]]:
     return [(n, m) for n, m in _modules(model) if isinstance(m, ZeroPadShortcut)]
 
 
-def _plan(model) -> list[_Entry]:
+def _torch_order(slot: Slot, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(isotpp positions, torch positions) along a dense kernel's input axis of the channels of ``slot``.
+
+    NHWC flattening puts channel k of position p at p · C + k here, NCHW at
+    k · P + p in torch (C channels of the map, P positions; ``slot`` says
+    where the group's channels sit among the C: offset, inner).
+    """
+    here = slot.position_grid(size)  # (channel, repeat · inner): p · period + offset + c · inner + q
+    p = np.repeat(np.arange(slot.interleave), slot.inner)[None, :]
+    q = np.tile(np.arange(slot.inner), slot.interleave)[None, :]
+    k = slot.offset + np.arange(size)[:, None] * slot.inner + q
+    return here.reshape(-1), (k * slot.interleave + p).reshape(-1)
+
+
+def _flatten_orders(model, x) -> tuple[dict[str, np.ndarray], str | None]:
+    """From the traced channel groups: per dense layer that reads a flattened multi-position map the
+    torch input index of each of its input rows; and the classifier (the program's last layer)."""
+    groups = channel_groups(model, x)
+    program = program_layers(model, x)
+    shapes = {k: tuple(v.shape) for k, v in flat_arrays(nnx.state(model)).items()}
+    kernels = {s.param.rpartition(".")[0]: s.param for g in groups for s in g.slots_with("out")}
+    dense = {n for n in program if len(shapes[kernels[n]]) == 2}
+    reads: dict[str, list[tuple[Slot, int]]] = {}
+    for g in groups:
+        for s in g.slots_with("in"):
+            if s.param.rpartition(".")[0] in dense:
+                reads.setdefault(s.param.rpartition(".")[0], []).append((s, g.size))
+    input_shape = tuple(getattr(model, "input_shape", ()) or ())
+    for layer in dense - set(reads):  # reads the model's input, flattened (an MLP on images)
+        if len(input_shape) == 3 and shapes[kernels[layer]][0] == math.prod(input_shape):
+            reads[layer] = [(Slot(kernels[layer], -2, "in", math.prod(input_shape[:2])), input_shape[-1])]
+    orders = {}
+    for layer, slots in reads.items():
+        if all(s.interleave == 1 for s, _ in slots):
+            continue  # one position per channel: the same order in both layouts
+        n = shapes[kernels[layer]][0]
+        order = np.arange(n)
+        for s, size in slots:
+            here, there = _torch_order(s, size)
+            order[here] = there
+        if not np.array_equal(np.sort(order), np.arange(n)):
+            raise UserError(f"{_arch(model)}: the inputs of {layer} are not one flattened feature map: "
+                            "this model cannot be converted")
+        orders[layer] = order
+    return orders, (program[-1] if program else None)
+
+
+def _plan(model, x=None) -> list[_Entry]:
     """Every variable of ``model`` (option-A maps aside) with its torch key, in forward order."""
 
     modules = _modules(model)
-    dense_names = [n for n, m in modules if isinstance(m, nnx.Conv | nnx.Linear)]
-    classifier = dense_names[-1] if dense_names else None
-    # dense layers that read a flattened multi-channel map: (channels, positions)
-    flat_inputs: dict[str, tuple[int, int]] = {}
-    sized_by_input: set[str] = set()
-    input_shape = tuple(getattr(model, "input_shape", ()) or ())
-    first = next(((n, m) for n, m in modules if isinstance(m, nnx.Linear | nnx.Conv)), None)
-    if first is not None and isinstance(first[1], nnx.Linear):  # an MLP: flattens its input
-        sized_by_input.add(first[0])
-        c = int(input_shape[-1]) if len(input_shape) == 3 else 1
-        if c > 1 and first[1].in_features == math.prod(input_shape):
-            flat_inputs[first[0]] = (c, math.prod(input_shape[:2]))
-    last_conv, after_flatten = None, False
-    for name, m in modules:
-        if isinstance(m, Flatten):
-            after_flatten = True
-        elif isinstance(m, nnx.Conv):
-            last_conv, after_flatten = m, False
-        elif isinstance(m, nnx.Linear):
-            if after_flatten and last_conv is not None:
-                sized_by_input.add(name)
-                c = int(last_conv.out_features)
-                if m.in_features % c:
-                    raise UserError(f"{_arch(model)}: {name} has {m.in_features} inputs, not a multiple of the "
-                                    f"{c} channels flattened into it: this model cannot be converted")
-                if c > 1 and m.in_features > c:
-                    flat_inputs[name] = (c, m.in_features // c)
-            after_flatten = False
-
+    flat_inputs, classifier = _flatten_orders(model, x)
     entries: list[_Entry] = []
     covered: set[str] = set()
     for name, m in modules:
@@ -155,7 +182,7 @@ def _plan(model) -> list[_Entry]:
             shape = tuple(m.kernel.shape)
             tshape = (shape[-1], shape[-2], *shape[:-2]) if conv else (shape[1], shape[0])
             entries.append(_Entry(name, "kernel", f"{name}.weight", tshape, "conv" if conv else "dense",
-                                  flat_inputs.get(name), name == classifier, name in sized_by_input))
+                                  flat_inputs.get(name), name == classifier))
             covered.add(f"{name}.kernel")
             if m.bias is not None:
                 entries.append(_Entry(name, "bias", f"{name}.bias", tuple(m.bias.shape), "vector",
@@ -177,15 +204,23 @@ def _plan(model) -> list[_Entry]:
     return entries
 
 
+def _sized_by_input(model, layer: str) -> bool:
+    """Whether the inputs of dense ``layer`` of a zoo model depend on the input size (its architecture built
+    for twice the input's side has another kernel there); only asked to explain a shape mismatch."""
+    config, shape = getattr(model, "build_config", None), getattr(model, "input_shape", None)
+    if config is None or not shape:
+        return False
+    bigger = (*(2 * d for d in shape[:2]), *shape[2:]) if len(shape) == 3 else tuple(2 * d for d in shape)
+    other = dataclasses.replace(config, input_shape=bigger).create(widths=widths_of(model), abstract=True)
+    here = dict(iter_modules(model))[layer].kernel.shape
+    return dict(iter_modules(other))[layer].kernel.shape != here
+
+
 def _to_isotpp(e: _Entry, w: np.ndarray) -> np.ndarray:
     if e.kind == "conv":  # (out, in, kh, kw) -> (kh, kw, in, out)
         return np.transpose(w, (2, 3, 1, 0))
     if e.kind == "dense":  # (out, in) -> (in, out); C,H,W -> H,W,C inputs after a flatten
-        if e.flat is None:
-            return w.T
-        c, s = e.flat
-        out = w.shape[0]
-        return np.transpose(w.reshape(out, c, s), (2, 1, 0)).reshape(s * c, out)
+        return w.T if e.order is None else w.T[e.order]
     return w
 
 
@@ -193,11 +228,11 @@ def _to_torch(e: _Entry, k: np.ndarray) -> np.ndarray:
     if e.kind == "conv":
         return np.transpose(k, (3, 2, 0, 1))
     if e.kind == "dense":
-        if e.flat is None:
+        if e.order is None:
             return k.T
-        c, s = e.flat
-        out = k.shape[-1]
-        return np.transpose(k.reshape(s, c, out), (2, 1, 0)).reshape(out, c * s)
+        rows = np.empty_like(k)
+        rows[e.order] = k
+        return rows.T
     return k
 
 
@@ -255,7 +290,8 @@ def _shape(value: Any) -> tuple[int, ...]:
 # --------------------------------------------------------------------------
 
 
-def from_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, strict: bool = True) -> nnx.Module:
+def from_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, strict: bool = True,
+                          x=None) -> nnx.Module:
     """Fill ``model`` (in place; also returned) from a torch-layout state dict.
 
     ``state_dict`` maps torch keys to torch tensors or numpy arrays; a
@@ -267,11 +303,14 @@ def from_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, s
     With ``strict`` (default) every model variable must be in the state dict
     and every key must be used (``num_batches_tracked`` aside); without it,
     missing variables keep the model's values and unused keys are ignored.
-    Shape mismatches are always errors.
+    Shape mismatches are always errors. ``x`` (one example batch, or its
+    ``jax.ShapeDtypeStruct``) is needed only for a model without
+    ``input_shape``: the flatten order of dense layers comes from its traced
+    channel groups.
     """
     arch = _arch(model)
     sd = _normalize(state_dict)
-    entries = _plan(model)
+    entries = _plan(model, x)
     fixed = _fixed_maps(model)
     fixed_keys = {f"{n}.proj" for n, _ in fixed}
     wanted = {e.key for e in entries}
@@ -298,7 +337,7 @@ def from_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, s
         if got != e.torch_shape:
             if e.classifier and got[:1] != e.torch_shape[:1]:
                 hint = f"build the model with num_classes={got[0]}" if got else "check the checkpoint"
-            elif e.sized_by_input and got[:1] == e.torch_shape[:1]:
+            elif e.kind == "dense" and got[:1] == e.torch_shape[:1] and _sized_by_input(model, e.layer):
                 hint = "build the model with the input_shape the checkpoint was trained on"
             else:
                 hint = ("a pruned checkpoint needs matching widths: "
@@ -320,17 +359,17 @@ def from_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *, s
     return model
 
 
-def to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+def to_torch_state_dict(model: nnx.Module, *, x=None) -> dict[str, np.ndarray]:
     """The torch-layout state dict of ``model`` as numpy arrays, keys in forward order.
 
     BatchNorm layers get ``num_batches_tracked`` = 0 (int64) so the keys are
     exactly those of the torch module; option-A channel maps have no torch
     counterpart and are left out. ``torch.from_numpy`` each value (or pass
-    the dict to :func:`from_torch_state_dict`).
+    the dict to :func:`from_torch_state_dict`). ``x`` as there.
     """
     modules = dict(_modules(model))
     out: dict[str, np.ndarray] = {}
-    for e in _plan(model):
+    for e in _plan(model, x):
         value = getattr(modules[e.layer], e.attr).get_value()
         if _is_abstract(value):
             raise UserError(f"{_arch(model)} is abstract (built with nnx.eval_shape) and has no values to export: "
