@@ -18,7 +18,13 @@ from user_models import (
 
 from isotpp.errors import UserError
 from isotpp.groups import Slot, channel_groups, program_layers, resolve_ratios
-from isotpp.models import MODEL_NAMES, BuildConfig, model_spec
+from isotpp.models import (
+    MODEL_NAMES,
+    BuildConfig,
+    layer_names,
+    model_spec,
+    residual_streams,
+)
 from isotpp.tables import load_spec
 
 
@@ -30,11 +36,36 @@ def _key(g):
     return (g.name, tuple(sorted(g.layers)), g.size, frozenset(g.slots), g.prunable, "" if g.prunable else g.why_not)
 
 
+def _assert_streams_are_traced(model, traced):
+    """The residual streams the model declares (its WidthsPlan, checked before it is built) are exactly the
+    traced groups of more than one producer, member for member; a declared singleton is a traced group too."""
+    declared = {frozenset(s) for s in residual_streams(model)}
+    groups = {frozenset(g.layers) for g in traced}
+    assert {d for d in declared if len(d) > 1} == {g for g in groups if len(g) > 1}
+    assert declared <= groups
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_traced_groups_equal_the_declared_ones(name):
     model = _abstract(name)
     traced, declared = channel_groups(model), declared_groups(model)
     assert [_key(g) for g in traced] == [_key(g) for g in declared]
+    _assert_streams_are_traced(model, traced)
+
+
+# the deep CIFAR ResNets repeat the blocks of resnet20/32 (same declaration code): checked at full width above
+TINY = [n for n in MODEL_NAMES if not n.startswith(("resnet44", "resnet56", "resnet110"))]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_declared_streams_equal_the_traced_groups_at_tiny_widths(name):
+    """Every layer 2 wide: sets of equal size, so a tracer that tied two streams together (or a declaration
+    that split one) would show; at canonical widths stages of different widths could never merge."""
+    names = layer_names(_abstract(name))
+    model = BuildConfig(name, model_spec(name).num_classes, None).create(widths=dict.fromkeys(names[:-1], 2),
+                                                                         abstract=True)
+    _assert_streams_are_traced(model, channel_groups(model))
+    assert bool(residual_streams(model)) == name.startswith("resnet")
 
 
 def test_every_published_pattern_resolves_the_same():
