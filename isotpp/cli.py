@@ -367,12 +367,16 @@ def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, ar
 
     if checkpoint is not None:
         # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
-        from isotpp.checkpoint import read_header
+        from isotpp.checkpoint import load_model, read_header
         from isotpp.models import BuildConfig
 
         header = read_header(checkpoint)
-        net = BuildConfig.from_dict(header["build"]).create(widths=header.get("widths") or None, abstract=True)
-        title = f"{checkpoint} ({net.build_config.name})"
+        if "build" in header:
+            net = BuildConfig.from_dict(header["build"]).create(widths=header.get("widths") or None, abstract=True)
+            title = f"{checkpoint} ({net.build_config.name})"
+        else:  # a module from outside the zoo: rebuilt by the constructor the file records
+            net, info = load_model(checkpoint)
+            title = f"{checkpoint} ({info['arch']})"
     else:
         # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.models import BuildConfig

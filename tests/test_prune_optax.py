@@ -2,6 +2,8 @@
 optimiser; done with every pruned entry exactly 0, kept at 0, and equal to the hard-pruned network; the
 other structured methods; saving and reloading a user model."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,7 +223,7 @@ def test_user_model_saved_and_reloaded(tmp_path):
         load_model(path2, constructor=MLP)
 
 
-def test_cli_spectrum_reads_a_user_model_file(tmp_path):
+def test_cli_spectrum_reads_a_user_model_file(tmp_path, capsys):
     import json
 
     from isotpp.cli import main
@@ -233,3 +235,7 @@ def test_cli_spectrum_reads_a_user_model_file(tmp_path):
     assert main(["spectrum", "--checkpoint", str(path), "--samples", "2", "--json", str(tmp_path / "s.json")]) == 0
     out = json.loads((tmp_path / "s.json").read_text())
     assert out["model"] == "ConvBN" and out["n_samples"] == 2 and out["method"] == "gram" and out["mean"] > 0
+    capsys.readouterr()
+    assert main(["spectrum", "--list-layers", "--checkpoint", str(path)]) == 0  # its layers, at the saved widths
+    table = capsys.readouterr().out
+    assert f"{path} (ConvBN): 3 layers" in table and re.search(r"\| c1 +\| 5 +\| yes", table), table
