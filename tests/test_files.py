@@ -8,6 +8,7 @@ import struct
 import tracemalloc
 import zipfile
 
+import format1_fixtures
 import jax
 import numpy as np
 import pytest
@@ -206,43 +207,42 @@ def test_every_corrupt_artefact_is_one_line_naming_the_file_and_what_to_do(tmp_p
     load(good)  # the untouched file still loads
 
 
-def _write_format_1(artefact, good, path):
-    """What the code before the artefact format wrote for the same content (its save, as it was)."""
-    arrays = _members(good)
-    header = _header(arrays)
-    del arrays["__isotpp__"]
-    if artefact == "model":  # header "__isotpp__": format, meta, build, widths; no kind, no isotpp version
-        old = {"format": 1, "meta": header["meta"], "build": header["build"], "widths": header["widths"]}
-        np.savez(path, **arrays, __isotpp__=np.frombuffer(json.dumps(old).encode(), dtype=np.uint8))
-    else:  # header "__header__": kind, format 1, the kind's fields and meta
-        old = {"kind": header["kind"], "format": 1, **{k: v for k, v in header.items()
-                                                        if k not in ("kind", "format", "isotpp")}}
-        np.savez(path, **arrays, __header__=np.frombuffer(json.dumps(old).encode(), np.uint8))
-    return path
-
-
 def _assert_same(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        assert type(x) is type(y)
+        assert type(x) is type(y) and np.asarray(x).dtype == np.asarray(y).dtype
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("artefact", ARTEFACTS)
-def test_files_of_the_format_before_still_load_to_the_same_content(tmp_path, artefact):
-    kind, write, load, *_ = ARTEFACTS[artefact]
-    good = write(tmp_path / "new.npz")
-    header = _header(_members(good))
-    assert (header["kind"], header["format"], header["isotpp"]) == (kind.name, 2, isotpp.__version__)
-    old = _write_format_1(artefact, good, tmp_path / "old.npz")
-    new, back = load(good), load(old)
+def _content(artefact, loaded):
     if artefact == "model":
-        assert back[1] == new[1] and new[1]["meta"] == {"note": "m"}
-        new, back = flat_arrays(nnx.state(new[0])), flat_arrays(nnx.state(back[0]))
+        model, info = loaded
+        return {"arrays": {k: np.asarray(v) for k, v in flat_arrays(nnx.state(model)).items()}, "info": info}
+    return vars(loaded)
+
+
+SAVE = {
+    "model": lambda m, path: save_model(path, m, {"note": "model"}),
+    "scorer": lambda s, path: s.save(path),
+    "irp": lambda r, path: r.save(path),
+}
+
+
+@pytest.mark.parametrize("artefact", ARTEFACTS)
+def test_files_written_before_the_artefact_format_still_load(tmp_path, artefact):
+    """tests/data/format1/: the bytes the code before this format wrote (tests/format1_fixtures.py)."""
+    kind, _, load, *_ = ARTEFACTS[artefact]
+    expected = getattr(format1_fixtures, {"irp": "record"}.get(artefact, artefact))()
+    new_path = SAVE[artefact](expected, tmp_path / "new.npz")
+    header = _header(_members(new_path))
+    assert (header["kind"], header["format"], header["isotpp"]) == (kind.name, 2, isotpp.__version__)
+    old, new = _content(artefact, load(format1_fixtures.DIR / f"{artefact}.npz")), _content(artefact, load(new_path))
+    _assert_same(old, new)
+    if artefact == "model":  # and the values are the ones the fixture was made of
+        _assert_same(old["arrays"], {k: np.asarray(v) for k, v in flat_arrays(nnx.state(expected)).items()})
+        assert old["info"]["meta"] == {"note": "model"} and old["info"]["widths"] == {"net.0": 3, "net.2": 2}
     else:
-        assert back.meta == new.meta == {"note": artefact[0]}
-        new, back = vars(new), vars(back)
-    _assert_same(new, back)
+        _assert_same(old, vars(expected))
 
 
 @pytest.mark.parametrize("mutate,needle", [
