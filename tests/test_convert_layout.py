@@ -7,13 +7,14 @@ import pytest
 
 from isotpp.convert import (
     _flatten_orders,
+    _plan,
     _torch_order,
     from_torch_state_dict,
     to_torch_state_dict,
 )
 from isotpp.errors import UserError
 from isotpp.groups import Slot
-from isotpp.models import BuildConfig, create_model
+from isotpp.models import BuildConfig
 
 
 def _nchw_order(channels: int, positions: int) -> list[int]:
@@ -41,16 +42,16 @@ def test_a_block_of_a_concatenated_map():
 
 
 def test_numpy_state_dicts_land_in_the_hand_computed_rows_and_round_trip():
-    model = create_model("lenet5", input_shape=(40, 44, 1))
-    sd = to_torch_state_dict(model)
-    k, t = np.asarray(model.fc1.kernel[...]), sd["fc1.weight"]
-    assert t.shape == (84, 1440) and k[5 * 120 + 7, 3] == t[3, 7 * 12 + 5]
     rng = np.random.default_rng(0)
-    sd = {n: rng.normal(size=v.shape).astype(v.dtype) if v.ndim else v for n, v in sd.items()}
-    back = to_torch_state_dict(from_torch_state_dict(BuildConfig("lenet5", 10, (40, 44, 1)).create(abstract=True), sd))
+    abstract = BuildConfig("lenet5", 10, (40, 44, 1)).create(abstract=True)
+    sd = {e.key: rng.normal(size=e.torch_shape).astype(np.float32) for e in _plan(abstract)}
+    model = from_torch_state_dict(abstract, sd)
+    k, t = np.asarray(model.fc1.kernel[...]), sd["fc1.weight"]
+    assert t.shape == (84, 1440) and k[5 * 120 + 7, 3] == t[3, 7 * 12 + 5]  # row p*C + c holds input c*P + p
+    back = to_torch_state_dict(model)
     assert list(back) == list(sd)
-    for n in sd:
-        np.testing.assert_array_equal(back[n], sd[n])
+    for n, v in sd.items():
+        np.testing.assert_array_equal(back[n], v)
     # a dense layer sized by the input is explained as such; a globally pooled one as a matter of widths
     with pytest.raises(UserError, match=r"fc1\.weight has shape \(84, 1440\).*input_shape the checkpoint"):
         from_torch_state_dict(BuildConfig("lenet5", 10, None).create(abstract=True), sd)
