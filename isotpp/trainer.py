@@ -92,6 +92,8 @@ class TrainConfig:
     ``max_steps``: stop after this many optimiser steps in all, inside an
     epoch if need be (a fixed iteration budget such as TPP's penalty phase);
     that last, partial epoch is evaluated, logged and checkpointed like any.
+    ``tensorboard``: also write the metrics as TensorBoard scalars into
+    ``workdir/tensorboard`` (needs ``pip install isotpp[tensorboard]``).
     """
 
     epochs: int
@@ -107,6 +109,7 @@ class TrainConfig:
     method: str | None = None
     checkpoints: bool = True
     max_steps: int | None = None
+    tensorboard: bool = False
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -249,7 +252,8 @@ class Trainer:
         self._train_step = jax.jit(train_step, out_shardings=(rep, rep), donate_argnums=0)
         self._eval_step = _sharded_eval_step(self.fns, self.mesh)
         self._checkpointer = None
-        self._metrics = MetricsWriter(self.workdir / "metrics.jsonl") if self.workdir is not None else None
+        self._metrics = (MetricsWriter(self.workdir / "metrics.jsonl", tensorboard=config.tensorboard)
+                         if self.workdir is not None else None)
 
     @property
     def checkpointer(self):
@@ -265,6 +269,8 @@ class Trainer:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+        if self._metrics is not None:
+            self._metrics.close()
 
     # ------------------------------------------------------------------
     # Views of the state.

@@ -138,6 +138,19 @@ def test_metrics_writer_offers_tensorboard_scalars(tmp_path):
     write.close()
     assert _read_scalars(tmp_path / "tensorboard") == {"retrain/L1/test_acc": [(1, 80.0), (2, 85.5)]}
 
+    x, y = _data(32)  # the Trainer's records, through the same writer
+    mesh = parallel.make_mesh()
+    work = tmp_path / "work"
+    trainer = Trainer(_mlp(), reference_sgd(), InMemoryData(x, y, batch_size=16, mesh=mesh),
+                      TrainConfig(epochs=2, lr_schedule="0.05", progress=False, checkpoints=False, tensorboard=True),
+                      work, eval_data=InMemoryEval(*_data(20, seed=9), mesh))
+    history, _ = trainer.fit()
+    scalars = _read_scalars(work / "tensorboard")
+    assert [step for step, _ in scalars["test_acc"]] == [r["step"] for r in history] == [2, 4]
+    np.testing.assert_allclose([v for _, v in scalars["test_acc"]], [r["test_acc"] for r in history], rtol=1e-6)
+    assert [json.loads(line)["test_acc"] for line in (work / "metrics.jsonl").read_text().splitlines()] == [
+        r["test_acc"] for r in history]
+
 
 def test_run_group_saves_and_restores_through_the_trainers_checkpointer(tmp_path):
     x, y = _data(64)

@@ -19,7 +19,10 @@ NaN/inf become ``null`` (strict JSON), NumPy and JAX scalars plain numbers.
 On a process other than 0 (``jax.process_index() != 0``) every method does
 nothing, so every process may call it. ``tensorboard=True`` also writes each
 record's numbers as TensorBoard scalars into ``<directory>/tensorboard`` (the
-optional ``tensorboardX`` package: ``pip install isotpp[tensorboard]``).
+optional ``tensorboardX`` package: ``pip install isotpp[tensorboard]``),
+against the record's ``step`` (else ``iteration``, else ``epoch``) and named
+after its string labels (``phase``, ``part``, ``method``, ``lr``):
+``retrain/L1/0.01/test_acc``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = ["MetricsWriter"]
 logger = logging.getLogger(__name__)
 
 STEP_KEYS = ("step", "iteration", "epoch")  # the x axis of a TensorBoard scalar, first found
+GROUP_KEYS = ("phase", "part", "method", "lr")  # string labels that name a scalar's group (a study's cell)
 
 
 class MetricsWriter:
@@ -54,11 +58,12 @@ class MetricsWriter:
         self.path = Path(path)
         self.timestamps = timestamps
         self._tb = None
+        self._tb_dir = self.path.parent / "tensorboard" if tensorboard else None
         if not self.active:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
-            self._tb = _tensorboard_writer(self.path.parent / "tensorboard")
+        if self._tb_dir is not None:
+            self._tb = _tensorboard_writer(self._tb_dir)  # now: a missing tensorboardX is said before training
 
     @property
     def active(self) -> bool:
@@ -78,12 +83,14 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
             f.flush()
-        if self._tb is not None:
+        if self._tb_dir is not None:
             self._scalars(record)
 
     def _scalars(self, record: dict[str, Any]) -> None:
+        if self._tb is None:  # closed (a trainer closes its writers after restoring): a new event file
+            self._tb = _tensorboard_writer(self._tb_dir)
         step = next((record[k] for k in STEP_KEYS if isinstance(record.get(k), int)), 0)
-        prefix = "/".join(str(record[k]) for k in ("phase", "method", "lr") if k in record)
+        prefix = "/".join(record[k] for k in GROUP_KEYS if isinstance(record.get(k), str))
         for key, value in record.items():
             if key in STEP_KEYS or key == "time" or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -105,6 +112,7 @@ class MetricsWriter:
         write_text(self.path, "".join(k + "\n" for k in kept))
 
     def close(self) -> None:
+        """Flush and close the TensorBoard event file (a later record opens a new one)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
