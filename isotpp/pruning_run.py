@@ -42,7 +42,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,8 +74,8 @@ from isotpp.preemption import check, sigterm_stops
 from isotpp.prune_config import PruneConfig, is_imagenet
 from isotpp.rundir import check_path, open_run
 from isotpp.spectrum import model_singular_values
-from isotpp.train import LRSchedule, ModelFns, make_eval_fn, reference_sgd
-from isotpp.trainer import TrainConfig, Trainer, jsv_hook
+from isotpp.train import LRSchedule, reference_sgd
+from isotpp.trainer import TrainConfig, Trainer, evaluate_model, jsv_hook
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class _Data:
     The interface the stages use, shared with :class:`_FolderData`:
     ``num_train``, ``num_classes``, ``input_shape``, ``steps_per_epoch(batch)``,
     ``source(config, seed, augment)`` (training), ``evaluation()`` (eval
-    source), ``probe(n)`` (JSV inputs) and ``accuracy(model)``.
+    source: what :func:`evaluate` measures) and ``probe(n)`` (JSV inputs).
     """
 
     train: Any  # isotpp.data.Dataset
@@ -130,16 +129,6 @@ class _Data:
     def probe(self, n: int) -> np.ndarray:
         """The first ``n`` training images: the JSV inputs (as the reference, from the train set)."""
         return np.asarray(self.train.images[:n])
-
-    def accuracy(self, model) -> float:
-        """Test accuracy (%) of a model in eval mode."""
-
-
-        fns, params, rest = ModelFns.from_model(model)
-        acc, _ = jax.jit(make_eval_fn(fns, batch_size=500))(params, rest, jnp.asarray(self.test.images),
-                                                             jnp.asarray(self.test.labels))
-        return float(acc)
-
 
 @dataclasses.dataclass
 class _FolderData:
@@ -195,26 +184,6 @@ class _FolderData:
             transform = EvalTransform(self.image_size, self.resize)
             self._probe = np.stack([transform((*self.val[i], True))[0] for i in range(n)])
         return self._probe[:n]
-
-    def accuracy(self, model) -> float:
-        """Validation accuracy (%) of a model in eval mode, streamed from the eval source."""
-
-
-        fns, params, rest = ModelFns.from_model(model)
-        params, rest = parallel.put_replicated((params, rest), self.mesh)
-
-        def step(params, rest, x, y, valid):
-            logits = fns.eval_apply(params, rest, x)
-            correct = (jnp.argmax(logits, -1) == y) & valid
-            return correct.sum(), valid.sum()
-
-        step = jax.jit(step, out_shardings=parallel.replicated(self.mesh))
-        correct, count = 0, 0
-        for x, y, valid in self.evaluation().batches():
-            c, k = jax.device_get(step(params, rest, x, y, valid))
-            correct, count = correct + int(c), count + int(k)
-        return 100.0 * correct / max(count, 1)
-
 
 RunData = _Data | _FolderData  # what the stages read their data from
 
@@ -472,5 +441,6 @@ def _run_stages(config: PruneConfig, data: RunData, out: Path, shared: Path, log
 
 
 def evaluate(model, data: RunData) -> float:
-    """Test (ImageNet: validation) accuracy (%) of a model in eval mode."""
-    return data.accuracy(model)
+    """Test (ImageNet: validation) accuracy (%) of a model in eval mode: the trainer's evaluation
+    (:func:`isotpp.trainer.evaluate_model`) over the run's evaluation source."""
+    return evaluate_model(model, data.evaluation(), data.mesh)["test_acc"]

@@ -1,12 +1,31 @@
-"""The training engine: one jitted epoch per call, data held on device.
+"""The training engine: one step, one epoch order, one evaluation, one NaN check, two regimes.
 
-An epoch is a ``lax.scan`` over its batches; the batch indices come from a
-per-epoch permutation, so the data set never leaves the device. The state is a
-plain pytree (:class:`TrainState`), which makes two things cheap:
+Everything a training loop needs exists once, here, and both regimes use it:
 
-* several runs that share an architecture (methods × learning rates × seeds of
-  a study) train as one program with ``jax.vmap`` over their states, and
-* checkpoints and sharding see ordinary arrays.
+* the step :func:`make_update_fn` (cross-entropy + weighted penalties, any
+  optax transformation: TPP's state rides in the optimiser state);
+* the epoch order :func:`epoch_batches` (a permutation drawn from
+  ``fold_in(key, epoch)``, topped up from its start);
+* the evaluation step :func:`make_eval_step` (sums over a padded, masked
+  batch), mapped over chunks on device (:func:`make_eval_fn`) or summed over
+  a source's batches (:func:`evaluate_batches`);
+* the divergence check :func:`check_finite` (one one-line error,
+  :func:`divergence`).
+
+The two regimes (drivers) are
+
+* :class:`RunGroup` (this module): R runs of one small architecture held on
+  the device, trained as one program — ``jax.vmap`` over their stacked
+  :class:`TrainState`, an epoch a ``lax.scan`` over its batches — for the
+  linear study, PaI and IRP;
+* :class:`isotpp.trainer.Trainer`: one model, one jitted, donated step per
+  batch, data-parallel over a mesh, for ``isotpp prune`` and ``isotpp train``.
+
+Progress goes through :func:`isotpp.progress.progress` (``enabled=`` a bool),
+metrics through :class:`isotpp.training.metrics.MetricsWriter`, checkpoints
+through :class:`isotpp.train_checkpoint.TrainCheckpointer` (:meth:`RunGroup.save`,
+:meth:`RunGroup.restore`); see :mod:`isotpp.training` for which layer owns
+which file.
 
 The optimiser is the reference's: SGD with momentum 0.9 and weight decay added
 to the gradient (PyTorch's ``weight_decay``), with the learning rate a
@@ -22,7 +41,7 @@ import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +50,9 @@ import optax
 from flax import nnx
 
 from isotpp.errors import UserError
+
+if TYPE_CHECKING:  # the checkpointer is passed in: importing orbax here would slow every study's import
+    from isotpp.train_checkpoint import TrainCheckpointer
 
 # --------------------------------------------------------------------------
 # Learning-rate schedules in the reference's string form.
@@ -244,13 +266,19 @@ def make_epoch_fn(
     return epoch
 
 
-def epoch_batches(key, n_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
-    """A shuffled (steps, batch) index array for one epoch.
+def epoch_batches(key, n_examples: int, batch_size: int, *, epoch=None, drop_last: bool = False) -> jax.Array:
+    """The engine's one epoch order: a shuffled (steps, batch) index array.
 
+    The permutation is drawn from ``key`` (from ``fold_in(key, epoch)`` when
+    ``epoch`` is given: any epoch's order without drawing the ones before it).
     With ``drop_last=False`` the last partial batch is filled up with examples
     from the start of the permutation (every example is seen at least once and
-    every batch has the same size, which ``lax.scan`` needs).
+    every batch has the same size, which ``lax.scan`` needs). Both regimes use
+    it: :meth:`RunGroup.train_epoch` and the sharded trainer's in-memory source
+    (:class:`isotpp.data.pipeline.InMemoryData`).
     """
+    if epoch is not None:
+        key = jax.random.fold_in(key, epoch)
     perm = jax.random.permutation(key, n_examples)
     steps = n_examples // batch_size if drop_last else -(-n_examples // batch_size)
     if steps == 0:
@@ -261,12 +289,40 @@ def epoch_batches(key, n_examples: int, batch_size: int, *, drop_last: bool = Fa
     return perm[:total].reshape(steps, batch_size)
 
 
+# --------------------------------------------------------------------------
+# Evaluation: one step, mapped over chunks on device or summed over a source's batches.
+# --------------------------------------------------------------------------
+
+
+def make_eval_step(fns: ModelFns) -> Callable:
+    """``eval_step(params, rest, x, y, valid) -> {"correct", "nll", "count"}``: sums over one padded batch.
+
+    The one evaluation step of the project: eval mode, logits in at least
+    float32, the examples where ``valid`` is False (padding) counted nowhere.
+    :func:`make_eval_fn` maps it over the chunks of a data set held on device
+    (vmapped over runs by :class:`RunGroup`); the sharded trainer jits it over
+    its mesh and sums it over an evaluation source's batches
+    (:func:`evaluate_batches`).
+    """
+
+    def eval_step(params, rest, x, y, valid):
+        logits = fns.eval_apply(params, rest, x)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, -1) == y) & valid
+        return {"correct": correct.sum(), "nll": jnp.where(valid, nll, 0.0).sum(), "count": valid.sum()}
+
+    return eval_step
+
+
 def make_eval_fn(fns: ModelFns, *, batch_size: int = 1000) -> Callable:
     """``evaluate(params, rest, images, labels) -> (accuracy %, mean loss)`` in eval mode.
 
-    Runs as a ``lax.map`` over fixed-size chunks (padded), so memory stays
-    bounded and one compiled program serves any test-set size.
+    :func:`make_eval_step` as a ``lax.map`` over fixed-size chunks (the last
+    one padded and masked), so memory stays bounded and one compiled program
+    serves any test-set size.
     """
+    step = make_eval_step(fns)
 
     def evaluate(params, rest, images, labels):
         n = images.shape[0]
@@ -276,24 +332,52 @@ def make_eval_fn(fns: ModelFns, *, batch_size: int = 1000) -> Callable:
         xs = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
         ys = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)]) if pad else labels
         valid = jnp.arange(chunks * bs) < n
-        xs = xs.reshape(chunks, bs, *images.shape[1:])
-
-        def chunk(x):
-            return fns.eval_apply(params, rest, x)
-
-        logits = jax.lax.map(chunk, xs).reshape(chunks * bs, -1).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, ys)
-        correct = (jnp.argmax(logits, -1) == ys) & valid
-        return 100.0 * correct.sum() / n, jnp.where(valid, nll, 0.0).sum() / n
+        sums = jax.lax.map(lambda c: step(params, rest, *c),
+                           (xs.reshape(chunks, bs, *images.shape[1:]), ys.reshape(chunks, bs), valid.reshape(chunks, bs)))
+        return 100.0 * sums["correct"].sum() / n, sums["nll"].sum() / n
 
     return evaluate
 
 
-def check_finite(loss: float | np.ndarray, *, where: str) -> None:
-    """Raise a one-line UserError when training diverged."""
-    arr = np.asarray(loss)
-    if not np.all(np.isfinite(arr)):
-        raise UserError(f"training diverged ({where}: loss is NaN/inf): lower the learning rate or check the data")
+def evaluate_batches(eval_step: Callable, params, rest, batches) -> dict[str, float]:
+    """``{"test_acc": %, "test_loss": mean}`` over every valid example of ``(x, y, valid)`` ``batches``.
+
+    ``eval_step``: :func:`make_eval_step`'s, jitted as the caller's devices
+    need (the sharded trainer: replicated output over its mesh).
+    """
+    totals = None
+    for x, y, valid in batches:
+        out = eval_step(params, rest, x, y, valid)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    if totals is None:
+        raise UserError("the evaluation set is empty: check the data")
+    totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    n = max(totals["count"], 1.0)
+    return {"test_acc": 100.0 * totals["correct"] / n, "test_loss": totals["nll"] / n}
+
+
+# --------------------------------------------------------------------------
+# Divergence.
+# --------------------------------------------------------------------------
+
+
+def divergence(where: str, *, what: str = "loss", kept_step: int | None = None) -> UserError:
+    """The one-line error of a diverged run: ``training diverged <where> (<what> NaN/inf): lower the learning
+    rate or check the data`` (and which checkpoint is kept, if any)."""
+    kept = f"; the last good checkpoint (step {kept_step}) is kept" if kept_step is not None else ""
+    return UserError(f"training diverged {where} ({what} NaN/inf): lower the learning rate or check the data{kept}")
+
+
+def check_finite(*values, where: str | Callable[[int], str], what: str = "loss", kept_step: int | None = None) -> None:
+    """Raise :func:`divergence` unless every entry of ``values`` (arrays of one shape) is finite.
+
+    ``where``: ``"in base training, seed 0, epoch 3"``, or a function of the
+    index of the first non-finite entry (the sharded trainer: the step).
+    """
+    finite = np.logical_and.reduce([np.isfinite(np.asarray(v, np.float64)) for v in values]).reshape(-1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise divergence(where(bad) if callable(where) else where, what=what, kept_step=kept_step)
 
 
 # --------------------------------------------------------------------------
@@ -336,7 +420,7 @@ class RunGroup:
         return len(self.lrs)
 
     def run_epoch(self, images, labels, batches, epoch: int) -> dict[str, np.ndarray]:
-        """One epoch (or the first ``len(batches)`` steps of one) for every run."""
+        """One epoch (or the first ``len(batches)`` steps of one) for every run, over the given batches."""
         lr = jnp.asarray([s(epoch) for s in self.lrs], jnp.float32)
         w = {k: jnp.asarray(self.weights.get(k, np.zeros(self.n_runs)), jnp.float32) for k in self.penalties}
         self.state, m = self._epoch(self.state, images, labels, batches, lr, w)
@@ -344,6 +428,51 @@ class RunGroup:
         correct = np.asarray(m["correct"])
         return {"loss": loss.mean(axis=1), "train_acc": 100.0 * correct.sum(axis=1) / batches.size}
 
+    def train_epoch(self, images, labels, key, epoch: int, batch_size: int, *, steps: int | None = None,
+                    lr_epoch: int | None = None) -> dict[str, np.ndarray]:
+        """Epoch ``epoch`` in the engine's order (:func:`epoch_batches` of ``fold_in(key, epoch)``).
+
+        ``steps``: only the first ``steps`` batches of it (an iteration budget);
+        ``lr_epoch``: the epoch whose learning rate applies (default ``epoch``).
+        Returns :meth:`run_epoch`'s per-run ``loss`` and ``train_acc`` and the
+        number of ``steps`` run. The losses are not checked: a caller stops
+        with :func:`check_finite` or marks the diverged runs.
+        """
+        batches = epoch_batches(key, int(labels.shape[0]), batch_size, epoch=epoch)
+        if steps is not None:
+            batches = batches[:steps]
+        m = self.run_epoch(images, labels, batches, epoch if lr_epoch is None else lr_epoch)
+        return {**m, "steps": int(batches.shape[0])}
+
     def evaluate(self, images, labels) -> np.ndarray:
+        """Per-run test accuracy (%) with :func:`make_eval_step` (float32)."""
         acc, _ = self._eval(self.state.params, self.state.rest, images, labels)
         return np.asarray(acc)
+
+    # Checkpoints: the sharded trainer's class (isotpp.train_checkpoint.TrainCheckpointer), one format.
+
+    def _meta(self) -> dict[str, Any]:
+        return {"regime": "run_group", "runs": self.n_runs, "lrs": [str(s) for s in self.lrs],
+                "penalties": sorted(self.penalties)}
+
+    def save(self, checkpointer: TrainCheckpointer, step: int, meta: Mapping[str, Any] | None = None) -> None:
+        """Save the stacked state as checkpoint ``step`` of ``checkpointer`` (with ``meta``: JSON-able facts
+        such as the epoch); call ``checkpointer.wait()`` (or close it) before relying on the files."""
+        checkpointer.save(step, {"train": self.state}, {**self._meta(), **dict(meta or {})})
+
+    def restore(self, checkpointer: TrainCheckpointer, step: int | None = None) -> dict[str, Any] | None:
+        """Load the newest readable checkpoint (or ``step``) into :attr:`state`; its metadata, or None when
+        there is none. A checkpoint of another number of runs, schedules or penalties is refused."""
+
+        def check(meta: dict[str, Any]) -> None:
+            theirs = {k: meta.get(k) for k in self._meta()}
+            if theirs != self._meta():
+                raise UserError(f"the checkpoint in {checkpointer.directory} is of another group of runs "
+                                f"({theirs}, this one {self._meta()}): use another directory")
+
+        found = checkpointer.restore({"train": self.state}, step=step, check=check)
+        if found is None:
+            return None
+        _step, payload, meta = found
+        self.state = payload["train"]
+        return meta

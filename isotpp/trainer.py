@@ -1,48 +1,54 @@
-"""The ConvNet trainer: one jitted, donated, data-parallel step on every device and host.
+"""The sharded regime of the training engine: one jitted, donated, data-parallel step per batch.
 
     trainer = Trainer(model, tx, train_data, TrainConfig(epochs=120, lr_schedule="0:0.01,60:0.001,90:0.0001"),
                       workdir="runs/r56", eval_data=test_data, hooks=[jsv_hook(x_probe)])
     history, model = trainer.fit(resume=True)
 
-The step is :func:`isotpp.train.make_update_fn`'s — the one the scanned
-epochs of the linear study use — jitted with the parameters and optimiser
-state replicated and the batch split over the mesh's ``data`` axis, so
-BatchNorm sees the global batch and any optax transformation (TPP's wrapper
-with its state in ``opt_state``) trains unchanged on 1 or 512 devices. The
-learning rate of each epoch comes from an :class:`~isotpp.train.LRSchedule`
-and is set inside the step (one compiled program for the whole run).
+This is the engine's (:mod:`isotpp.train`) driver for one model on a mesh
+(``isotpp prune``, ``isotpp train``); :class:`isotpp.train.RunGroup` is its
+driver for a stack of small runs. Both use the engine's step
+(:func:`~isotpp.train.make_update_fn`), here jitted with the parameters and
+optimiser state replicated and the batch split over the mesh's ``data`` axis,
+so BatchNorm sees the global batch and any optax transformation (TPP's
+wrapper with its state in ``opt_state``) trains unchanged on 1 or 512
+devices; its evaluation step (:func:`~isotpp.train.make_eval_step`, summed
+over an evaluation source's padded batches: :func:`evaluate_model` for any
+model); its epoch order (:func:`~isotpp.train.epoch_batches`, inside
+:class:`~isotpp.data.pipeline.InMemoryData`) and its divergence check
+(:func:`~isotpp.train.check_finite`). The learning rate of each epoch comes
+from an :class:`~isotpp.train.LRSchedule` and is set inside the step (one
+compiled program for the whole run).
 
 Per epoch: train over the source's batches (from any step: resumption is
 exact), evaluate, run the hooks (e.g. the mean JSV), append a record to
-``workdir/metrics.jsonl``, save a checkpoint. Checkpoints also every
-``checkpoint_every_steps`` steps and on SIGTERM (then :class:`Preempted` is
-raised; the command line exits with :data:`PREEMPTED_EXIT_CODE`). A NaN/inf
-loss stops the run with a :class:`~isotpp.errors.UserError` before anything
-is saved, so the last checkpoint stays good. Only process 0 writes files
-(orbax coordinates checkpoint writes across processes).
+``workdir/metrics.jsonl`` (:class:`~isotpp.training.metrics.MetricsWriter`),
+save a checkpoint (:class:`~isotpp.train_checkpoint.TrainCheckpointer`, in
+``workdir/checkpoints``). Checkpoints also every ``checkpoint_every_steps``
+steps and on SIGTERM (then :class:`Preempted` is raised; the command line
+exits with :data:`PREEMPTED_EXIT_CODE`). A NaN/inf loss stops the run with a
+:class:`~isotpp.errors.UserError` before anything is saved, so the last
+checkpoint stays good. Only process 0 writes files (orbax coordinates
+checkpoint writes across processes). The Trainer owns ``workdir/config.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from isotpp import parallel, preemption
 from isotpp.errors import UserError
-from isotpp.io import write_json, write_text
+from isotpp.io import write_json
 from isotpp.models import widths_of
 from isotpp.preemption import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401 (re-exported)
 from isotpp.progress import progress as progress_bar
@@ -52,11 +58,15 @@ from isotpp.train import (
     ModelFns,
     Penalty,
     TrainState,
+    check_finite,
+    evaluate_batches,
+    make_eval_step,
     make_update_fn,
     penalty_weights,
     set_learning_rate,
 )
 from isotpp.train_checkpoint import TrainCheckpointer
+from isotpp.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +92,8 @@ class TrainConfig:
     ``max_steps``: stop after this many optimiser steps in all, inside an
     epoch if need be (a fixed iteration budget such as TPP's penalty phase);
     that last, partial epoch is evaluated, logged and checkpointed like any.
+    ``tensorboard``: also write the metrics as TensorBoard scalars into
+    ``workdir/tensorboard`` (needs ``pip install isotpp[tensorboard]``).
     """
 
     epochs: int
@@ -97,6 +109,7 @@ class TrainConfig:
     method: str | None = None
     checkpoints: bool = True
     max_steps: int | None = None
+    tensorboard: bool = False
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -136,6 +149,21 @@ def jsv_hook(x: Any, *, bn: str = "eval", method: str = "auto", prefix: str = "j
         return {f"{prefix}_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
 
     return hook
+
+
+def _sharded_eval_step(fns: ModelFns, mesh):
+    """The engine's evaluation step (:func:`isotpp.train.make_eval_step`) jitted over ``mesh``: the batch as its
+    source shards it, the sums replicated."""
+    return jax.jit(make_eval_step(fns), out_shardings=parallel.replicated(mesh))
+
+
+def evaluate_model(model: nnx.Module, eval_data, mesh=None) -> dict[str, float]:
+    """``{"test_acc": %, "test_loss": mean}`` of ``model`` (eval mode) over an evaluation source
+    (``isotpp.data.pipeline.InMemoryEval``, ``HostEval``): what :meth:`Trainer.evaluate` computes."""
+    mesh = mesh or getattr(eval_data, "mesh", None) or parallel.make_mesh()
+    fns, params, rest = ModelFns.from_model(model)
+    params, rest = parallel.put_replicated((params, rest), mesh)
+    return evaluate_batches(_sharded_eval_step(fns, mesh), params, rest, eval_data.batches())
 
 
 def _to_host(tree):
@@ -221,16 +249,11 @@ class Trainer:
                 state = state._replace(opt_state=set_learning_rate(state.opt_state, lr))
             return update(state, x, y, weights)
 
-        def eval_step(params, rest, x, y, valid):
-            logits = self.fns.eval_apply(params, rest, x)
-            logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-            nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = (jnp.argmax(logits, -1) == y) & valid
-            return {"correct": correct.sum(), "nll": jnp.where(valid, nll, 0.0).sum(), "count": valid.sum()}
-
         self._train_step = jax.jit(train_step, out_shardings=(rep, rep), donate_argnums=0)
-        self._eval_step = jax.jit(eval_step, out_shardings=rep)
+        self._eval_step = _sharded_eval_step(self.fns, self.mesh)
         self._checkpointer = None
+        self._metrics = (MetricsWriter(self.workdir / "metrics.jsonl", tensorboard=config.tensorboard)
+                         if self.workdir is not None else None)
 
     @property
     def checkpointer(self):
@@ -246,6 +269,8 @@ class Trainer:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+        if self._metrics is not None:
+            self._metrics.close()
 
     # ------------------------------------------------------------------
     # Views of the state.
@@ -293,13 +318,7 @@ class Trainer:
         data = eval_data if eval_data is not None else self.eval_data
         if data is None:
             raise UserError("no evaluation data given")
-        totals = None
-        for x, y, valid in data.batches():
-            out = self._eval_step(self.state.params, self.state.rest, x, y, valid)
-            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-        totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-        n = max(totals["count"], 1.0)
-        return {"test_acc": 100.0 * totals["correct"] / n, "test_loss": totals["nll"] / n}
+        return evaluate_batches(self._eval_step, self.state.params, self.state.rest, data.batches())
 
     # ------------------------------------------------------------------
     # Files.
@@ -338,28 +357,13 @@ class Trainer:
         return {"train": self.state, **parallel.put_replicated(counters, self.mesh)}
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.workdir is None or not parallel.is_main_process():
-            return
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        line = json.dumps(record)
-        with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(line + "\n")
-            f.flush()
+        if self._metrics is not None:
+            self._metrics.write(record)
 
     def _trim_metrics(self, up_to_step: int) -> None:
         """Drop records written after the checkpoint we resume from (they will be written again)."""
-        path = self.workdir / "metrics.jsonl" if self.workdir else None
-        if path is None or not parallel.is_main_process() or not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= up_to_step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-
-        write_text(path, "".join(k + "\n" for k in kept))
+        if self._metrics is not None:
+            self._metrics.trim(up_to_step)
 
     def _save(self) -> None:
         if self.checkpointer is not None:
@@ -413,13 +417,11 @@ class Trainer:
         pending.clear()
         losses = np.asarray([m["loss"] for m in fetched], np.float64)
         norms = np.asarray([m["param_norm"] for m in fetched], np.float64)
-        finite = np.isfinite(losses) & np.isfinite(norms)  # a finite loss can still leave inf parameters
-        if not finite.all():
-            bad = self.step - len(fetched) + int(np.argmin(finite)) + 1
+        first = self.step - len(fetched) + 1
+        if not (np.isfinite(losses) & np.isfinite(norms)).all():  # a finite loss can still leave inf parameters
             kept = self.checkpointer.latest_step() if self.checkpointer else None
-            where = f"; the last good checkpoint (step {kept}) is kept" if kept is not None else ""
-            raise UserError(f"training diverged at step {bad} (loss or parameters NaN/inf): lower the learning rate or "
-                            f"check the data{where}")  # fmt: skip
+            check_finite(losses, norms, where=lambda i: f"at step {first + i}", what="loss or parameters",
+                         kept_step=kept)
         self._sums["loss"] += float(losses.sum())
         self._sums["correct"] += float(sum(float(m["correct"]) for m in fetched))
         self._sums["steps"] += len(fetched)

@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "isotpp.spectrum", "isotpp.theory.fuss_catalan", "isotpp.plots", "isotpp.plan", "isotpp.cost", "isotpp.models.registry",
     "isotpp.data", "isotpp.data.bundled", "isotpp.study_report", "isotpp.report", "isotpp.progress",
+    "isotpp.training.metrics",
 ]  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 
 from isotpp import parallel
 from isotpp.errors import UserError
+from isotpp.train import epoch_batches
 
 Batch = tuple[jax.Array, jax.Array]  # (images, labels), global arrays
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, valid)
@@ -104,15 +105,6 @@ def random_crop_flip(key: jax.Array, images: jax.Array, *, padding: int = 4, fil
 # --------------------------------------------------------------------------
 
 
-def _epoch_order(key, n: int, batch: int, steps: int) -> jax.Array:
-    """(steps, batch) example indices: a permutation, topped up from its start when n % batch != 0."""
-    perm = jax.random.permutation(key, n)
-    total = steps * batch
-    if total > n:
-        perm = jnp.concatenate([perm, perm[: total - n]])
-    return perm[:total].reshape(steps, batch)
-
-
 @dataclasses.dataclass
 class InMemoryData:
     """A training split on every device, batched (and augmented) there.
@@ -154,8 +146,8 @@ class InMemoryData:
         key = jax.random.key(self.seed)
         self._order_key, self._augment_key = jax.random.split(key)
         rep, bat = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
-        steps, batch = self.steps_per_epoch, self.batch_size
-        self._order = jax.jit(lambda k, e: _epoch_order(jax.random.fold_in(k, e), n, batch, steps), out_shardings=rep)
+        batch, drop_last = self.batch_size, self.drop_last
+        self._order = jax.jit(lambda k, e: epoch_batches(k, n, batch, epoch=e, drop_last=drop_last), out_shardings=rep)
         self._take = jax.jit(self._take_fn, out_shardings=(bat, bat))
 
     def _take_fn(self, images, labels, order, step, global_step):

@@ -34,7 +34,7 @@ from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_m
 from isotpp.pai.net import PrunableNet
 from isotpp.pai.training import train_runs
 from isotpp.storage.artifact import IRP_RECORD, Artifact, read_artifact, write_artifact
-from isotpp.train import RunGroup, reference_sgd, stack_runs, unstack_run
+from isotpp.train import RunGroup, check_finite, reference_sgd, stack_runs, unstack_run
 
 __all__ = ["IRPRecord", "irp_keep_counts", "load_irp_record", "make_record", "run_irp"]
 
@@ -167,8 +167,7 @@ def run_irp(nets: Sequence[PrunableNet], densities: Sequence[float], data, *, ro
         cb = None if on_epoch is None else (lambda e, m, j=j: on_epoch(j, e, m))
         res = train_runs(group, data, epochs=epochs, batch_size=batch_size, key=jax.random.fold_in(key, j),
                          evaluate=False, on_epoch=cb)
-        if res["diverged"].any():
-            raise UserError(f"IRP training diverged in round {j + 1}: lower the IRP learning rate")
+        check_finite(res["loss"], where=f"in IRP round {j + 1}")
         states = []
         for r, net in enumerate(nets):
             params = unstack_run(group.state.params, r)

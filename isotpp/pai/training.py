@@ -18,7 +18,7 @@ import numpy as np
 
 from isotpp.pai.masked_optim import masked, masked_train_state
 from isotpp.pai.net import PrunableNet
-from isotpp.train import LRSchedule, RunGroup, epoch_batches, reference_sgd, stack_runs
+from isotpp.train import LRSchedule, RunGroup, reference_sgd, stack_runs
 
 __all__ = ["PaIData", "Split", "masked_group", "selected_accuracy", "train_runs"]
 
@@ -63,11 +63,9 @@ def train_runs(group: RunGroup, data: PaIData, *, epochs: int, batch_size: int, 
     ``val_acc`` and ``test_acc`` (R, epochs) measured after each epoch, and
     ``diverged`` (R,) bool. ``on_epoch(epoch, metrics)`` is called after each epoch.
     """
-    n = len(data.train)
     hist: dict[str, list] = {"loss": [], "train_acc": [], "val_acc": [], "test_acc": []}
     for epoch in range(epochs):
-        batches = epoch_batches(jax.random.fold_in(key, epoch), n, batch_size)
-        m = group.run_epoch(data.train.x, data.train.y, batches, epoch)
+        m = group.train_epoch(data.train.x, data.train.y, key, epoch, batch_size)
         hist["loss"].append(m["loss"])
         hist["train_acc"].append(m["train_acc"])
         if evaluate:

@@ -46,7 +46,7 @@ from isotpp.models import create_model, layer_names
 from isotpp.progress import progress as progress_bar
 from isotpp.spectrum import kernel_product_singular_values, model_singular_values
 from isotpp.studies import scaffold
-from isotpp.studies.scaffold import Recorder, Study, StudySettings, slug
+from isotpp.studies.scaffold import Study, StudySettings, slug
 from isotpp.study_report import write_report
 from isotpp.tpp import TPPConfig
 from isotpp.train import (
@@ -54,12 +54,12 @@ from isotpp.train import (
     ModelFns,
     RunGroup,
     check_finite,
-    epoch_batches,
     init_state,
     reference_sgd,
     stack_runs,
     unstack_run,
 )
+from isotpp.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +165,11 @@ def model_mean_jsv(model) -> float:
     return float(np.mean(model_singular_values(model, None, method="linear")))
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    return progress_bar(total, desc, unit="ep", enabled=enabled)
-
-
 def _kernel_names(model) -> list[str]:
     return [f"{n}.kernel" for n in layer_names(model)]
 
 
-def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, progress: bool):
+def train_base(config: StudyConfig, data: Data, seed: int, record: MetricsWriter, progress: bool):
     """MLP-7-Linear from scratch; returns (model, test accuracy, mean JSV)."""
     model = create_model(ARCH, init=config.init, seed=seed)
     fns, params, rest = ModelFns.from_model(model)
@@ -181,12 +177,11 @@ def train_base(config: StudyConfig, data: Data, seed: int, record: Recorder, pro
     group = RunGroup(fns, tx, stack_runs([init_state(params, rest, tx)]), [LRSchedule.parse(config.base_lr_schedule)])
     jsv = jax.jit(jax.vmap(mean_jsv_fn(_kernel_names(model))))
     key = jax.random.fold_in(jax.random.key(seed), 1)
-    bar = _progress(config.base_epochs, f"seed {seed}: base", progress)
+    bar = progress_bar(config.base_epochs, f"seed {seed}: base", unit="ep", enabled=progress)
     acc = np.zeros(1)
     for epoch in range(config.base_epochs):
-        batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
-        m = group.run_epoch(data.train_x, data.train_y, batches, epoch)
-        check_finite(m["loss"], where=f"base training, seed {seed}, epoch {epoch + 1}")
+        m = group.train_epoch(data.train_x, data.train_y, key, epoch, config.batch_size)
+        check_finite(m["loss"], where=f"in base training, seed {seed}, epoch {epoch + 1}")
         acc = group.evaluate(data.test_x, data.test_y)
         j = np.asarray(jsv(group.state.params))
         preemption.check()
@@ -210,7 +205,7 @@ def method_settings(config: StudyConfig, seed: int) -> MethodSettings:
         new_model=lambda widths: create_model(ARCH, widths=widths, init=config.init, seed=seed + 1000))
 
 
-def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, record: Recorder, progress: bool):
+def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, record: MetricsWriter, progress: bool):
     """A method's pre-removal phase (TPP's penalty phases, say) from the trained base, as a one-run group;
     returns the trained (unpruned) model and the phase's summary."""
     fns, params, rest = ModelFns.from_model(base)
@@ -221,14 +216,13 @@ def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, re
     total = phase.steps
     steps = -(-data.n_train // config.batch_size)
     n_epochs = -(-total // steps)
-    bar = _progress(n_epochs, f"seed {seed}: {phase.name}", progress)
+    bar = progress_bar(n_epochs, f"seed {seed}: {phase.name}", unit="ep", enabled=progress)
     done = 0
     for epoch in range(n_epochs):
-        batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
-        batches = batches[: total - done]
-        m = group.run_epoch(data.train_x, data.train_y, batches, 0)
-        done += int(batches.shape[0])
-        check_finite(m["loss"], where=f"{phase.name}, seed {seed}, iteration {done}")
+        m = group.train_epoch(data.train_x, data.train_y, key, epoch, config.batch_size, steps=total - done,
+                              lr_epoch=0)
+        done += m["steps"]
+        check_finite(m["loss"], where=f"in {phase.name}, seed {seed}, iteration {done}")
         preemption.check()
         info = phase.progress(unstack_run(group.state.opt_state, 0)) if phase.progress else {}
         record(phase=phase.key, seed=seed, iteration=done, loss=m["loss"][0], **info)
@@ -271,7 +265,7 @@ def start_piece(study: Study, data: Data, base, method: str, seed: int):
 
 
 def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], starts: dict, seed: int,
-            record: Recorder, progress: bool) -> dict[tuple[str, str], dict]:
+            record: MetricsWriter, progress: bool) -> dict[tuple[str, str], dict]:
     """Retrain every (method, LR) cell of a seed as one vmapped group, each with its method's retraining
     penalties (weight 0 in the other cells); per-cell results."""
     schedules = dict(config.lr_schedules)
@@ -294,12 +288,12 @@ def retrain(config: StudyConfig, data: Data, cells: list[tuple[str, str]], start
     jsv = jax.jit(jax.vmap(mean_jsv_fn(kernel_names)))
     key = jax.random.fold_in(jax.random.key(seed), 3)
     acc_hist, jsv_hist = [], []
-    bar = _progress(config.retrain_epochs, f"seed {seed}: retrain {len(cells)} runs", progress)
+    bar = progress_bar(config.retrain_epochs, f"seed {seed}: retrain {len(cells)} runs", unit="ep",
+                       enabled=progress)
     for epoch in range(config.retrain_epochs):
-        batches = epoch_batches(jax.random.fold_in(key, epoch), data.n_train, config.batch_size)
-        m = group.run_epoch(data.train_x, data.train_y, batches, epoch)
+        m = group.train_epoch(data.train_x, data.train_y, key, epoch, config.batch_size)
         for i, (method, lr) in enumerate(cells):
-            check_finite(m["loss"][i], where=f"retraining {method} at LR {lr}, seed {seed}, epoch {epoch + 1}")
+            check_finite(m["loss"][i], where=f"in retraining {method} at LR {lr}, seed {seed}, epoch {epoch + 1}")
         preemption.check()
         acc = group.evaluate(data.test_x, data.test_y)
         j = np.asarray(jsv(group.state.params))

@@ -207,10 +207,6 @@ def make_net(arch: str, config: PaIConfig, seed: int):
     return PrunableNet.from_model(create_model(arch, init=config.init, seed=seed))
 
 
-def _progress(total: int, desc: str, enabled: bool, unit: str = "ep"):
-    return progress_bar(total, desc, unit=unit, enabled=enabled)
-
-
 def _g0_spec(config: PaIConfig, data) -> dict[str, Any]:
     return {"definition": G0_DEFINITION, "batch_size": config.batch_size, "dataset": config.dataset,
             "examples": len(data.train)}
@@ -222,7 +218,7 @@ def _g0_spec(config: PaIConfig, data) -> dict[str, Any]:
 
 
 def _irp(config: PaIConfig, data, nets, densities, key, desc: str, progress: bool):
-    bar = _progress(config.irp_rounds * config.irp_epochs, desc, progress)
+    bar = progress_bar(config.irp_rounds * config.irp_epochs, desc, unit="ep", enabled=progress)
 
     def tick(j, e, m):
         preemption.check()
@@ -356,7 +352,7 @@ def run_cells(study: Study, data, arch: str, seed: int, methods, densities, epoc
     jsv_x = data.train.x[: config.jsv_samples]
     params, cell_masks, info = [], [], []
     ones = {n: jnp.ones(s, bool) for n, s in net.shapes().items()}
-    bar = _progress(len(cells), f"seed {seed}: masks, AI, JSV ({arch})", progress, unit="cell")
+    bar = progress_bar(len(cells), f"seed {seed}: masks, AI, JSV ({arch})", unit="cell", enabled=progress)
     for method, d in cells:
         t0 = time.time()
         m = ones if method == "dense" else masks[(parse_method(method)[0], d)]
@@ -373,7 +369,7 @@ def run_cells(study: Study, data, arch: str, seed: int, methods, densities, epoc
     bar.close()
     group = masked_group([net] * len(cells), cell_masks, LRSchedule.parse(config.lr_schedule),
                          weight_decay=config.weight_decay, params=params)
-    bar = _progress(epochs, f"seed {seed}: train {len(cells)} runs ({arch})", progress)
+    bar = progress_bar(epochs, f"seed {seed}: train {len(cells)} runs ({arch})", unit="ep", enabled=progress)
     t0 = time.time()
 
     def tick(e, mt):

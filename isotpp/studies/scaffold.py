@@ -17,7 +17,8 @@ any time. The scaffolding around the grid is the same for each of them:
 * :class:`Study` — the cell store (a cell is computed once, committed
   atomically with :class:`~isotpp.rundir.Commit` and read back on a rerun),
   the wall clock over every call (:class:`~isotpp.studies.clock.StudyClock`),
-  the metrics file (``metrics.jsonl``) and :meth:`Study.finish`, which writes
+  the metrics file (``metrics.jsonl``, the engine's
+  :class:`~isotpp.training.metrics.MetricsWriter` with time stamps) and :meth:`Study.finish`, which writes
   ``results.json`` and the report (table and figure).
 
 The paper-table runner (:mod:`isotpp.tables`) uses the cell store's
@@ -28,19 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 from isotpp.errors import UserError
-from isotpp.io import jsonable, read_json, write_json
+from isotpp.io import read_json, write_json
 from isotpp.preemption import sigterm_stops
 from isotpp.rundir import Commit, open_run
 from isotpp.studies.clock import StudyClock
 from isotpp.train import LRSchedule
+from isotpp.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -101,19 +101,6 @@ def slug(name: str) -> str:
     return name.replace("+", "_plus_").replace("/", "_")
 
 
-class Recorder:
-    """Appends metrics as JSON lines to ``path`` (one line per event, with its time)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, **record) -> None:
-        record = {"time": round(time.time(), 3), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(jsonable(record)) + "\n")
-
-
 @dataclasses.dataclass
 class Study:
     """An opened study directory: the cell store, the clock, the metrics file and the log."""
@@ -123,11 +110,11 @@ class Study:
     log: Callable[[str], None]
     progress: bool = True
     clock: StudyClock = dataclasses.field(init=False)
-    record: Recorder = dataclasses.field(init=False)
+    record: MetricsWriter = dataclasses.field(init=False)
 
     def __post_init__(self):
         self.clock = StudyClock(self.out)
-        self.record = Recorder(self.out / "metrics.jsonl")
+        self.record = MetricsWriter(self.out / "metrics.jsonl", timestamps=True)
 
     def cell(self, path: Path) -> dict[str, Any] | None:
         """The committed record at ``path`` (None while it is not computed)."""
