@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from isotpp.commands.args import positive_float, positive_int
+from isotpp.cli.args import positive_float, positive_int
 
 __all__ = ["choice_list", "depth_list", "positive_float", "positive_int", "public", "ratio_list", "script_main", "write_outputs"]
 
@@ -57,7 +57,7 @@ def public(result: dict) -> dict:
 
 def write_outputs(out: Path, name: str, text: str, record: dict, figure: Callable | None = None):
     """<out>/<name>.json (``record``), <name>.md (``text``) and, with ``figure(path)``, <name>.png."""
-    from isotpp.io import write_json, write_text
+    from isotpp.storage.atomic import write_json, write_text
 
     paths = {"json": write_json(out / f"{name}.json", record)}
     write_text(out / f"{name}.md", text)
@@ -69,7 +69,7 @@ def write_outputs(out: Path, name: str, text: str, record: dict, figure: Callabl
 def script_main(prog: str, doc: str, argv, options: Sequence[tuple], compute: Callable,
                 write: Callable) -> int:
     """Parse ``options`` ((flag, type, default, help) each, plus --out), compute, write, print."""
-    from isotpp.commands.args import Parser  # one-line errors, exit 2
+    from isotpp.cli.args import Parser  # one-line errors, exit 2
     from isotpp.errors import UserError
 
     ap = Parser(prog=prog, description=doc.split("\n\n")[0])

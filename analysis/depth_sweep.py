@@ -33,7 +33,7 @@ def _nets_singular_values(depth: int, width: int, init: str, sigma_w: float, net
     import jax
 
     from isotpp.models import create_model
-    from isotpp.spectrum import model_singular_values, to_float64
+    from isotpp.spectra.jacobian import model_singular_values, to_float64
 
     out = []
     with jax.enable_x64(True):
@@ -68,7 +68,7 @@ def sweep(depths, width: int, nets: int, sigma_w: float) -> dict:
 
 
 def table(result: dict) -> str:
-    from isotpp.report import markdown_table
+    from isotpp.reporting.tables import markdown_table
 
     body = []
     for r in result["rows"]:
@@ -91,7 +91,7 @@ def figure(result: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     from isotpp import theory
-    from isotpp.plots import save_figure
+    from isotpp.reporting.figures import save_figure
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax, bx = fig.subplots(1, 2)

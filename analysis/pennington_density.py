@@ -70,7 +70,7 @@ def run(depths, width: int, nets: int, seed: int = 0) -> dict:
 
 
 def table(result: dict) -> str:
-    from isotpp.report import markdown_table
+    from isotpp.reporting.tables import markdown_table
 
     body = [[r["act"], r["init"], str(r["depth"]), f"{r['sigma_w']:.4f}", f"{r['sigma_b']:.2f}",
              f"{r['measured']['mean_s']:.4g}", f"{r['theory']['mean_s']:.4g}",
@@ -88,7 +88,7 @@ def table(result: dict) -> str:
 def figure(result: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from isotpp.plots import save_figure
+    from isotpp.reporting.figures import save_figure
 
     fig = Figure(figsize=(11, 10), layout="constrained")
     axes = fig.subplots(len(ACTS), 2)

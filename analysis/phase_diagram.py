@@ -60,7 +60,7 @@ def run(depth: int, width: int, nets: int, seed: int = 0) -> dict:
 
 
 def table(result: dict) -> str:
-    from isotpp.report import markdown_table
+    from isotpp.reporting.tables import markdown_table
 
     body = [[f"{r['sigma_w']:.2f}", f"{r['sigma_b']:.2f}", r["init"], f"{r['q_star']:.4g}", f"{r['chi']:.3f}",
              r["phase"], f"{r['measured']['mean_lambda']:.4g}", f"{r['theory']['mean_lambda']:.4g}",
@@ -75,7 +75,7 @@ def table(result: dict) -> str:
 def figure(result: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from isotpp.plots import save_figure
+    from isotpp.reporting.figures import save_figure
 
     fig = Figure(figsize=(14, 4.3), layout="constrained")
     ax, bx, cx = fig.subplots(1, 3)

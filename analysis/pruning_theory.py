@@ -4,7 +4,7 @@ MLP-7-Linear's shape (1024 -> 100 x 6 -> 10, linear) with Gaussian or orthogonal
 weights (sigma_w = 1). Every hidden layer loses a fraction p of its units, chosen
 at random or by isotpp's L1 plan (smallest mean |w| of the unit's incoming
 weights), on the same initialisations; the pruned network is built physically
-smaller (isotpp.plan.hard_prune) and its exact, input-free JSV measured: the
+smaller (isotpp.pruning.plan.hard_prune) and its exact, input-free JSV measured: the
 singular values of the product of its kernels, in float64 (a linear MLP's
 Jacobian; ``isotpp spectrum``'s linear method computes the same).
 
@@ -45,7 +45,7 @@ def _measure(init: str, ratios, nets: int, rng_seed: int) -> dict:
     """{ratio: {"random" | "l1": {"mean", "sem"}}}: mean JSV after pruning every hidden layer
     at each ratio, over ``nets`` networks (seeds 0 .. nets-1), each pruned at every ratio."""
     from isotpp.models import create_model
-    from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
+    from isotpp.pruning.plan import Plan, hard_prune, l1_plan, n_pruned
 
     rng = np.random.default_rng(rng_seed)
     hidden = [f"net.{2 * i}" for i in range(len(WIDTHS) - 2)]
@@ -75,7 +75,7 @@ INITS = ("gaussian", "orthogonal")
 
 def run(ratios, nets: int, inits=INITS) -> dict:
     from isotpp import theory
-    from isotpp.plan import n_pruned
+    from isotpp.pruning.plan import n_pruned
 
     rows = []
     for init in inits:
@@ -92,7 +92,7 @@ def run(ratios, nets: int, inits=INITS) -> dict:
 
 
 def table(result: dict) -> str:
-    from isotpp.report import markdown_table
+    from isotpp.reporting.tables import markdown_table
 
     body = []
     for r in result["rows"]:
@@ -110,7 +110,7 @@ def table(result: dict) -> str:
 def figure(result: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from isotpp.plots import save_figure
+    from isotpp.reporting.figures import save_figure
 
     inits = result["inits"]
     fig = Figure(figsize=(5 * len(inits), 4.2), layout="constrained")

@@ -51,7 +51,7 @@ def command(act: str, init: str, depth: int, width: int, samples: int, nets: int
 
 def run(depths, width: int, samples: int, nets: int, acts=ACTS) -> dict:
     from isotpp import theory
-    from isotpp.cli import main as cli_main
+    from isotpp.cli.app import main as cli_main
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +90,7 @@ def _num(x, fmt=".4g") -> str:
 
 
 def table(result: dict) -> str:
-    from isotpp.report import markdown_table
+    from isotpp.reporting.tables import markdown_table
 
     body = []
     for r in result["rows"]:
@@ -113,8 +113,8 @@ def table(result: dict) -> str:
 def figure(result: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from isotpp.plots import save_figure
-    from isotpp.theory_plots import draw_law
+    from isotpp.reporting.figures import save_figure
+    from isotpp.theory.figures import draw_law
 
     L = max(result["depths"])
     rows = {(r["act"], r["init"]): r for r in result["rows"] if r["depth"] == L}

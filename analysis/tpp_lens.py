@@ -41,7 +41,7 @@ INITS = ("torch", "gaussian", "orthogonal")
 
 def run(nets: int, inits=INITS) -> dict:
     from isotpp import theory
-    from isotpp.plan import n_pruned
+    from isotpp.pruning.plan import n_pruned
 
     keep = 1 - n_pruned(RATIO, WIDTHS[1]) / WIDTHS[1]
     rows = []
@@ -65,7 +65,7 @@ def run(nets: int, inits=INITS) -> dict:
 
 
 def table(result: dict) -> str:
-    from isotpp.report import markdown_table
+    from isotpp.reporting.tables import markdown_table
 
     body = [[r["init"], f"{r['weights']} σ_w={r['sigma_w']:.3g}", f"{r['theory_init']:.4g}",
              f"{r['measured_init']:.4g}", f"{r['theory_random_pruned']:.3g}", f"{r['measured_random_pruned']:.3g}",

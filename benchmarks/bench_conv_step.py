@@ -5,7 +5,7 @@
 Each formulation runs in its own process (XLA flags are fixed per process),
 rounds interleaved so the machine's drift hits all of them alike:
 
-* ``isotpp``: the default — conv inputs materialised (``isotpp.ops``) and
+* ``isotpp``: the default — conv inputs materialised (``isotpp.models.ops``) and
   XLA's YNNPACK conv fusions off (``isotpp.configure_cpu``);
 * ``lax+ynn``: plain ``lax.conv_general_dilated`` with XLA's defaults (the
   "first Flax version");
@@ -58,17 +58,17 @@ def worker(name: str, repeats: int) -> dict:
     import jax
 
     from isotpp.models import create_model
-    from isotpp.train import ModelFns, init_state, make_update_fn, reference_sgd
+    from isotpp.training.engine import ModelFns, init_state, make_update_fn, reference_sgd
 
     conv_fn = jax.lax.conv_general_dilated if spec["conv"] == "lax" else None
     model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(0.01, weight_decay=5e-4)
     if spec["tpp"]:
-        from isotpp.groups import channel_groups
+        from isotpp.pruning.groups import channel_groups
         from isotpp.models import layer_names
-        from isotpp.plan import l1_plan
-        from isotpp.tpp import TPPConfig, targets_for, tpp
+        from isotpp.pruning.plan import l1_plan
+        from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
 
         plan = l1_plan(model, "*layer*.conv1:0.5")
         cfg = TPPConfig()

@@ -24,11 +24,11 @@ import time
 import jax
 
 from _bench import mib, peak_memory, peak_rss_bytes
-from isotpp.groups import channel_groups
+from isotpp.pruning.groups import channel_groups
 from isotpp.models import create_model, layer_names
-from isotpp.plan import hard_prune, l1_plan
-from isotpp.tpp import TPPConfig, targets_for, tpp
-from isotpp.train import (
+from isotpp.pruning.plan import hard_prune, l1_plan
+from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
+from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
     RunGroup,

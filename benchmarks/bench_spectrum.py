@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from isotpp import spectrum as sp
+from isotpp.spectra import jacobian as sp
 from isotpp.models import create_model
 
 from _bench import emit, machine, mib, run_worker

@@ -8,8 +8,8 @@ per class after compilation (reported separately), and each worker's peak
 memory. Above 32 classes it times the former path ("before": the class
 blocks of 32 vmapped VJPs inside a ``lax.map``, OpenBLAS's default threads for
 ``eigvalsh``), the same blocks unrolled in one program
-(:func:`isotpp.spectrum.jacobian_rows`) and the current path ("after": those
-blocks, ``eigvalsh`` in one BLAS thread, :func:`isotpp.spectrum.one_blas_thread`),
+(:func:`isotpp.spectra.jacobian.jacobian_rows`) and the current path ("after": those
+blocks, ``eigvalsh`` in one BLAS thread, :func:`isotpp.spectra.jacobian.one_blas_thread`),
 one after the other, each in its own process.
 
 Measured (2 vCPU shared with four other engineers' jobs, load average 13–15,
@@ -58,7 +58,7 @@ def worker(classes: int, variant: str, samples: int, repeats: int) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from isotpp import spectrum as sp
+    from isotpp.spectra import jacobian as sp
     from isotpp.models import create_model
 
     model = create_model("lenet5", num_classes=classes, input_shape=(32, 32, 3), seed=0)

@@ -6,7 +6,7 @@
 1. ResNet56 with a 100-class head (CIFAR shape, Kaiming init, BatchNorm running
    statistics), ``--samples`` Gaussian inputs: the exact spectrum (``gram``,
    100 VJPs per chunk) against the stochastic estimate (Hutchinson + SLQ,
-   isotpp.spectrum_stochastic) at each budget of J·Jᵀ products per sample:
+   isotpp.spectra.stochastic) at each budget of J·Jᵀ products per sample:
    relative error of the mean λ and of the mean JSV (with the estimate's own
    standard error), W₁ between the pooled densities over the exact mean JSV,
    the largest Ritz value over the exact s_max, time per sample and peak memory.
@@ -64,8 +64,8 @@ def worker(args) -> None:
     import jax
 
     from isotpp import memory
-    from isotpp import spectrum as sp
-    from isotpp import spectrum_stochastic as sps
+    from isotpp.spectra import jacobian as sp
+    from isotpp.spectra import stochastic as sps
 
     kind, arch, classes, n = args.worker, args.arch, args.classes, args.n
     shape = (32, 32, 3) if arch == "resnet56" else (224, 224, 3)
@@ -116,7 +116,7 @@ def _worker_args(script, kind, arch, classes, n, out, matvecs=0, mem=0.0):
 
 
 def error_table(script, budgets, n, tmp):
-    from isotpp import spectrum_stochastic as sps
+    from isotpp.spectra import stochastic as sps
 
     exact_path = os.path.join(tmp, "exact.npy")
     ex = _worker_args(script, "exact", "resnet56", 100, n, exact_path)

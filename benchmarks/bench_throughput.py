@@ -2,7 +2,7 @@
 
     python benchmarks/bench_throughput.py [--cases resnet56,resnet50] [--steps 5] [--bf16] [--json out.json]
 
-Times the trainer's jitted, donated step (isotpp.trainer.Trainer.train_step)
+Times the trainer's jitted, donated step (isotpp.training.sharded.Trainer.train_step)
 on every device present, for plain SGD and for TPP (the optax wrapper with the
 paper's plan: ``*layer*.conv1:0.5`` for ResNet56, the stage ratios
 ``*layer[1-3]*conv[1-2]:0.3,*layer4*conv[1-2]:0.14`` for ResNet-50):
@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp import parallel
-from isotpp.groups import channel_groups
+from isotpp.pruning.groups import channel_groups
 from isotpp.models import create_model, layer_names
-from isotpp.plan import l1_plan
-from isotpp.tpp import TPPConfig, targets_for, tpp
-from isotpp.train import reference_sgd
-from isotpp.trainer import TrainConfig, Trainer
+from isotpp.pruning.plan import l1_plan
+from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
+from isotpp.training.engine import reference_sgd
+from isotpp.training.sharded import TrainConfig, Trainer
 
 from _bench import mib, peak_memory
 
@@ -124,7 +124,7 @@ def main() -> None:
                   f"{r['peak_source']} so far {mib(r['peak_bytes'])})",
                   flush=True)  # fmt: skip
     if args.json:
-        from isotpp.io import write_json
+        from isotpp.storage.atomic import write_json
 
         write_json(args.json, {"devices": parallel.describe(mesh), "header": header, "results": results})
 

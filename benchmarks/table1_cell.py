@@ -4,7 +4,7 @@
 
 ResNet56 (CIFAR-10 shape, 32×32×3, 10 classes), TPP on: the paper's optimiser
 wrapper with the L1 plan ``*layer*.conv1:RATIO`` and its CIFAR settings
-(isotpp.tpp.TPPConfig defaults), SGD momentum 0.9, weight decay 5e-4, LR 1e-3,
+(isotpp.pruning.tpp.TPPConfig defaults), SGD momentum 0.9, weight decay 5e-4, LR 1e-3,
 on a fixed set of 16 random batches whose labels a random linear teacher gives
 (so the loss can fall). Prints the device kind, the median step time and
 images/s, the loss at the start and the end, the mean JSV (``gram``, batch
@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isotpp import spectrum as sp
-from isotpp.groups import channel_groups
+from isotpp.spectra import jacobian as sp
+from isotpp.pruning.groups import channel_groups
 from isotpp.models import create_model, layer_names
-from isotpp.plan import l1_plan
-from isotpp.tpp import TPPConfig, targets_for, tpp
-from isotpp.train import ModelFns, init_state, make_update_fn, reference_sgd
+from isotpp.pruning.plan import l1_plan
+from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
+from isotpp.training.engine import ModelFns, init_state, make_update_fn, reference_sgd
 
 from _bench import machine, mib, peak_memory
 

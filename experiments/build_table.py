@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from isotpp.errors import UserError
-from isotpp.tables import build_table, load_spec
+from isotpp.studies.paper_tables import build_table, load_spec
 
 
 def main(argv=None) -> int:
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     try:
         table = build_table(load_spec(args.config), args.out, metric=args.metric)
         if args.write:
-            from isotpp.io import write_text
+            from isotpp.storage.atomic import write_text
 
             write_text(args.write, table + "\n")
     except UserError as e:

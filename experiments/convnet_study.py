@@ -10,7 +10,7 @@ work (:mod:`isotpp.studies.convnet`); this file only forwards the arguments.
 
 import sys
 
-from isotpp.cli import main
+from isotpp.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main(["reproduce", "convnet", *sys.argv[1:]]))

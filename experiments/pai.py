@@ -9,7 +9,7 @@ work (:mod:`isotpp.studies.pai`); this file only forwards the arguments.
 
 import sys
 
-from isotpp.cli import main
+from isotpp.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main(["reproduce", "pai", *sys.argv[1:]]))

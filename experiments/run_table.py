@@ -3,7 +3,7 @@
     python experiments/run_table.py table1_resnet56 --out runs/table1 [--only 'TPP__*'] [--data-dir DIR]
     python experiments/run_table.py table1_resnet56 --out runs/table1 --list   # command lines for a scheduler
 
-Configs are the modules of isotpp/table_configs/ (or a path). Each cell is a pruning run in
+Configs are the modules of isotpp/studies/table_configs/ (or a path). Each cell is a pruning run in
 OUT/cells/<cell>; rerunning continues where it stopped.
 """
 
@@ -13,7 +13,7 @@ import sys
 import isotpp
 from isotpp.errors import UserError
 from isotpp.preemption import Preempted
-from isotpp.tables import commands, load_spec, run_table
+from isotpp.studies.paper_tables import commands, load_spec, run_table
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ See ``isotpp train --help`` and docs/launching.md.
 
 import sys
 
-from isotpp.commands.train import (  # noqa: F401 (the script's API: train_imagenet.py builds on it)
+from isotpp.cli.train import (  # noqa: F401 (the script's API: train_imagenet.py builds on it)
     PROG,
     _Parser,
     _positive_float,
@@ -21,7 +21,7 @@ from isotpp.commands.train import (  # noqa: F401 (the script's API: train_image
     scaled_widths,
     train_config,
 )
-from isotpp.commands.train import main as _main
+from isotpp.cli.train import main as _main
 
 
 def main(argv=None, **kwargs) -> int:

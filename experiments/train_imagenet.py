@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_cifar
 
-from isotpp.commands import args as A
+from isotpp.cli import args as A
 
 PROG = "train_imagenet"
 
@@ -41,12 +41,12 @@ def run(args, hooks=()) -> int:
 
     parallel.initialize(True if args.distributed else None)
 
-    from isotpp.commands.args import recorded
-    from isotpp.commands.train import training_run
+    from isotpp.cli.args import recorded
+    from isotpp.cli.train import training_run
     from isotpp.data.imagefolder import imagefolder_data
     from isotpp.errors import UserError
-    from isotpp.train import LRSchedule, reference_sgd
-    from isotpp.trainer import Trainer
+    from isotpp.training.engine import LRSchedule, reference_sgd
+    from isotpp.training.sharded import Trainer
 
     if not args.data_dir:
         raise UserError("--data-dir is required: the directory holding train/ and val/")

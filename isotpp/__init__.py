@@ -36,7 +36,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 # XLA's CPU backend: YNNPACK's convolution fusions run weight-gradient convolutions
-# 2-5x slower than the Eigen path (measured; see isotpp/ops.py and docs/results.md).
+# 2-5x slower than the Eigen path (measured; see isotpp/models/ops.py and docs/results.md).
 _CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 
@@ -75,18 +75,18 @@ def configure_cpu() -> None:
 
 # The one-call API, imported on first use (keeps `import isotpp` and `isotpp --help` fast).
 _LAZY = {
-    "prune_optax": "isotpp.optax_pruning",
-    "pruned_model": "isotpp.optax_pruning",
-    "fit_schedule": "isotpp.optax_pruning",
-    "tpp_state": "isotpp.tpp",
-    "describe": "isotpp.tpp",
-    "channel_groups": "isotpp.groups",
-    "l1_plan": "isotpp.plan",
-    "soft_prune": "isotpp.plan",
-    "hard_prune": "isotpp.plan",
-    "save_model": "isotpp.checkpoint",
-    "load_model": "isotpp.checkpoint",
-    "model_singular_values": "isotpp.spectrum",
+    "prune_optax": "isotpp.pruning.optax_prune",
+    "pruned_model": "isotpp.pruning.optax_prune",
+    "fit_schedule": "isotpp.pruning.optax_prune",
+    "tpp_state": "isotpp.pruning.tpp",
+    "describe": "isotpp.pruning.tpp",
+    "channel_groups": "isotpp.pruning.groups",
+    "l1_plan": "isotpp.pruning.plan",
+    "soft_prune": "isotpp.pruning.plan",
+    "hard_prune": "isotpp.pruning.plan",
+    "save_model": "isotpp.pruning.model_file",
+    "load_model": "isotpp.pruning.model_file",
+    "model_singular_values": "isotpp.spectra.jacobian",
 }
 
 

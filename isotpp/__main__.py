@@ -2,7 +2,7 @@
 
 import sys
 
-from isotpp.cli import main
+from isotpp.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

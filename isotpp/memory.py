@@ -22,7 +22,7 @@ import jax
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.files import fmt_bytes
+from isotpp.storage.npz import fmt_bytes
 
 __all__ = ["available_bytes", "chunk_for_budget", "compiled_bytes", "parameter_count", "peak_bytes", "require",
            "require_for_training"]

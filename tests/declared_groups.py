@@ -1,6 +1,6 @@
 """The zoo's channel groups as they were declared by hand, per architecture.
 
-isotpp traces groups from the forward program (isotpp.group_trace); these
+isotpp traces groups from the forward program (isotpp.pruning.trace); these
 hand declarations are the independent second implementation the tests hold
 the tracer to (tests/test_group_trace.py): for every zoo model the two agree.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from flax import nnx
 
-from isotpp.groups import Group, Slot, flat_arrays
+from isotpp.pruning.groups import Group, Slot, flat_arrays
 from isotpp.models import iter_layers, model_spec
 
 

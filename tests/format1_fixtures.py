@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from isotpp.checkpoint import save_model
+from isotpp.pruning.model_file import save_model
 from isotpp.models import create_model
 from isotpp.pai.autosparse import Scorer, feature_spec
 from isotpp.pai.irp import IRPRecord

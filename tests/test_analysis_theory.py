@@ -56,7 +56,7 @@ def test_phase_diagram(tmp_path):
 
 def test_pruning_theory_and_tpp_lens(tmp_path):
     from isotpp.models import create_model
-    from isotpp.spectrum import model_singular_values
+    from isotpp.spectra.jacobian import model_singular_values
 
     net = create_model("mlp", depth=3, width=12, act="linear", input_dim=20, num_classes=5, init="gaussian", seed=1)
     measured = _module("pruning_theory")._kernel_product_sv(net)  # the scripts' JSV: the kernel product's

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import isotpp
-from isotpp.cli import build_parser, main
-from isotpp.commands import args as A
+from isotpp.cli.app import build_parser, main
+from isotpp.cli import args as A
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def test_help_imports_no_jax_and_shows_examples_and_defaults():
     commands = [" ".join(words) for words, _ in _subparsers(build_parser())]
     code = (
         "import sys, io, contextlib\n"
-        "from isotpp.cli import main\n"
+        "from isotpp.cli.app import main\n"
         f"for words in [[]] + [c.split() for c in {commands!r}]:\n"
         "    buf = io.StringIO()\n"
         "    with contextlib.redirect_stdout(buf):\n"
@@ -70,7 +70,7 @@ def test_help_imports_no_jax_and_shows_examples_and_defaults():
 
 def test_the_mirrored_names_are_the_librarys():
     from isotpp import data
-    from isotpp.methods import ALIASES, METHODS
+    from isotpp.pruning.methods import ALIASES, METHODS
     from isotpp.models import MODEL_NAMES
     from isotpp.models.init import INIT_SCHEMES
 

@@ -32,8 +32,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from isotpp.checkpoint import save_model
-from isotpp.cli import main
+from isotpp.pruning.model_file import save_model
+from isotpp.cli.app import main
 from isotpp.models import create_model
 
 _SETTINGS = dict(deadline=None, derandomize=True, database=None,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from isotpp.cli import main
+from isotpp.cli.app import main
 
 
 def _run(tmp_path, *args, name="out.json"):
@@ -82,7 +82,7 @@ def test_generic_methods_agree_with_the_closed_form(tmp_path):
 
 
 def test_summary_keys_plot_and_checkpoint(tmp_path):
-    from isotpp.checkpoint import save_model
+    from isotpp.pruning.model_file import save_model
     from isotpp.models import create_model
 
     model = create_model("resnet20", init="kaiming", seed=3)

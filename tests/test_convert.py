@@ -1,4 +1,4 @@
-"""PyTorch state dicts <-> isotpp models (isotpp.convert).
+"""PyTorch state dicts <-> isotpp models (isotpp.pruning.torch_convert).
 
 The torch side is written here independently of isotpp's models: key/shape
 tables follow torchvision's ``resnet.py`` (``ResNet.__init__``, ``_make_layer``,
@@ -20,8 +20,8 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F
 
-from isotpp.checkpoint import load_model
-from isotpp.convert import (
+from isotpp.pruning.model_file import load_model
+from isotpp.pruning.torch_convert import (
     convert_file,
     from_torch_state_dict,
     infer_widths,

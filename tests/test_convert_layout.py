@@ -1,11 +1,11 @@
-"""isotpp.convert without PyTorch: which dense layers read a flattened map, and in which order, comes from
+"""isotpp.pruning.torch_convert without PyTorch: which dense layers read a flattened map, and in which order, comes from
 the traced channel groups and equals the NCHW order computed by hand; numpy state dicts round-trip.
 (tests/test_convert.py checks the same layouts against torch's own forward, when torch is installed.)"""
 
 import numpy as np
 import pytest
 
-from isotpp.convert import (
+from isotpp.pruning.torch_convert import (
     _flatten_orders,
     _plan,
     _torch_order,
@@ -13,7 +13,7 @@ from isotpp.convert import (
     to_torch_state_dict,
 )
 from isotpp.errors import UserError
-from isotpp.groups import Slot
+from isotpp.pruning.groups import Slot
 from isotpp.models import BuildConfig
 
 

@@ -1,8 +1,8 @@
-"""Parameters, FLOPs, sparsity and speedup (isotpp.cost) and ``isotpp prune --dry-run``.
+"""Parameters, FLOPs, sparsity and speedup (isotpp.pruning.cost) and ``isotpp prune --dry-run``.
 
 Counts are checked against hand computations and closed-form sums written
-here independently of the tracing in isotpp.cost, and against the published
-headers of the TPP paper's Tables 1 and 2 (see the module doc of isotpp.cost
+here independently of the tracing in isotpp.pruning.cost, and against the published
+headers of the TPP paper's Tables 1 and 2 (see the module doc of isotpp.pruning.cost
 for the convention).
 """
 
@@ -15,12 +15,12 @@ import sys
 import numpy as np
 import pytest
 
-from isotpp import cli
-from isotpp.commands.prune import add_parser
-from isotpp.cost import count_cost, plan_cost, ratios_cost, widths_after, widths_cost
+from isotpp.cli import app as cli
+from isotpp.cli.prune import add_parser
+from isotpp.pruning.cost import count_cost, plan_cost, ratios_cost, widths_after, widths_cost
 from isotpp.errors import UserError
 from isotpp.models import BuildConfig
-from isotpp.plan import Plan, hard_prune, l1_plan
+from isotpp.pruning.plan import Plan, hard_prune, l1_plan
 
 
 def _abstract(name, num_classes=None, **kw):
@@ -200,7 +200,7 @@ def _printed(table, suffix=""):
 
 @pytest.fixture(scope="module")
 def table1(tmp_path_factory):
-    from isotpp.commands.prune import run_prune
+    from isotpp.cli.prune import run_prune
 
     out = {}
     for r in TABLE1_PUBLISHED:
@@ -237,7 +237,7 @@ def test_table1_rounded_counts_by_hand(table1):
 
 
 def test_published_rounding_is_none_below_its_precision():
-    from isotpp.cost import as_published
+    from isotpp.pruning.cost import as_published
 
     pub = as_published(1_000, 500, 100_000, 50_000)  # 0.001 M params, 0.0002 G: nothing left to divide by
     assert pub["params_pruned_m"] == 0.001 and pub["flops_pruned_g"] == 0.0 and pub["speedup"] is None
@@ -297,7 +297,7 @@ def test_resnet50_table2_speedups():
 def test_resnet34_table2_config_gives_the_published_1_32x():
     """The ResNet-34 config's one setting (Li et al.'s pruned-B) gives the paper's 1.32x, exactly and with
     the paper's rounding, pruning only the 8 non-skipped first convs of the basic blocks."""
-    from isotpp.tables import load_spec
+    from isotpp.studies.paper_tables import load_spec
 
     spec = load_spec("table2_resnet34")
     assert [label for label, _ in spec.ratios] == ["1.32x"]
@@ -395,8 +395,8 @@ def test_cli_bad_input_exits_2_with_one_line(run_cli, argv, needle):
 
 _SUBPROCESS = """
 import sys
-from isotpp import cli
-from isotpp.commands.prune import add_parser
+from isotpp.cli import app as cli
+from isotpp.cli.prune import add_parser
 parser = cli.build_parser()
 if not any("prune" in (getattr(a, "choices", None) or ()) for a in parser._actions):
     cli._COMMANDS.append(add_parser)

@@ -6,8 +6,8 @@ import importlib
 import pytest
 
 MODULES = [
-    "isotpp.spectrum", "isotpp.theory.fuss_catalan", "isotpp.plots", "isotpp.plan", "isotpp.cost", "isotpp.models.registry",
-    "isotpp.data", "isotpp.data.bundled", "isotpp.study_report", "isotpp.report", "isotpp.progress",
+    "isotpp.spectra.jacobian", "isotpp.theory.fuss_catalan", "isotpp.reporting.figures", "isotpp.pruning.plan", "isotpp.pruning.cost", "isotpp.models.registry",
+    "isotpp.data", "isotpp.data.bundled", "isotpp.studies.linear_report", "isotpp.reporting.tables", "isotpp.progress",
     "isotpp.training.metrics",
 ]  # fmt: skip
 

@@ -15,7 +15,7 @@ each ``&&``/``;``/``|``-separated part that invokes ``isotpp`` (also as
 A command the docs show that is neither cheap nor listed fails the test, which
 prints the line to add. Commands run in a fresh directory holding ``experiments``
 and ``.venv`` links, with this venv's ``bin`` first on PATH; ``isotpp`` commands
-run through ``isotpp.cli.main`` in-process (the entry point's target, checked
+run through ``isotpp.cli.app.main`` in-process (the entry point's target, checked
 once through the installed script below) and ``python experiments/x.py`` through
 ``runpy``, which keeps the suite fast; the README's main command goes through the
 installed entry point itself.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from isotpp.cli import main
+from isotpp.cli.app import main
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN, CHECK = "run", "check"

@@ -15,12 +15,12 @@ import pytest
 from flax import nnx
 
 import isotpp
-from isotpp.checkpoint import load_model, save_model
-from isotpp.cli import main
+from isotpp.pruning.model_file import load_model, save_model
+from isotpp.cli.app import main
 from isotpp.errors import UserError
-from isotpp.groups import channel_groups, flat_arrays, resolve_ratios
-from isotpp.io import read_json
-from isotpp.methods import (
+from isotpp.pruning.groups import channel_groups, flat_arrays, resolve_ratios
+from isotpp.storage.atomic import read_json
+from isotpp.pruning.methods import (
     Method,
     MethodSettings,
     Phase,
@@ -32,9 +32,9 @@ from isotpp.methods import (
 )
 from isotpp.models import create_model, layer_names, widths_of
 from isotpp.pai.masks import keep_count, mask_density, masks_from_scores
-from isotpp.pai.methods import Score, get_score, register_score, unregister_score
-from isotpp.plan import Plan, hard_prune, l1_plan, n_pruned
-from isotpp.train import reference_sgd
+from isotpp.pai.registry import Score, get_score, register_score, unregister_score
+from isotpp.pruning.plan import Plan, hard_prune, l1_plan, n_pruned
+from isotpp.training.engine import reference_sgd
 
 NAME, KEY, SCORE = "Rand+Shrink", "rand_plus_shrink", "antimag"
 
@@ -98,7 +98,7 @@ def test_the_registry_reads_them(registered):
     method, score = registered
     assert get_method("rand+shrink") is method and get_score("AntiMag") is score
     assert method_names()[-1] == NAME and method_colour(NAME) == "C9"
-    from isotpp.pai.methods import all_methods, colour, display_name
+    from isotpp.pai.registry import all_methods, colour, display_name
 
     assert f"{SCORE}+ai" in all_methods() and display_name(f"{SCORE}+ai") == "AntiMag+AI"
     assert colour(SCORE) == "tab:olive"
@@ -196,7 +196,7 @@ def test_the_extending_page_runs_as_written(monkeypatch, tmp_path):
 
 def test_plugins_are_imported_before_the_parsers_are_built(tmp_path, monkeypatch):
     (tmp_path / "isotpp_test_plugin.py").write_text(
-        "from isotpp.methods import Method, register_method\n"
+        "from isotpp.pruning.methods import Method, register_method\n"
         "register_method(Method('PluggedL1', 'L1 under another name, from a plugin module'))\n")
     env = {**os.environ, "ISOTPP_PLUGINS": "isotpp_test_plugin", "PYTHONPATH": str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", "isotpp", "prune", "--help"], capture_output=True, text=True,

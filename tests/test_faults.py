@@ -2,7 +2,7 @@
 of the studies (between the two files of one artefact too), SIGTERM at stage boundaries (exit 75, exact
 resume), two runs into one directory, a full disk, other settings, failed calls that must leave nothing.
 
-Kills are real (a subprocess told where to die through the test-only ISOTPP_FAULT hook, isotpp.faults);
+Kills are real (a subprocess told where to die through the test-only ISOTPP_FAULT hook, isotpp.storage.faults);
 the reruns, the SIGTERM runs and the references run in this process (tiny models, synthetic data)."""
 
 import contextlib
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isotpp.cli import main as cli_main
+from isotpp.cli.app import main as cli_main
 from isotpp.data.bundled import SUBSET_DIR
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
+from isotpp.storage.atomic import read_json, write_json
 from isotpp.preemption import Preempted
-from isotpp.pruning_run import PruneConfig, run_pruning
-from isotpp.rundir import LOCK_NAME, Commit, locked, recover
+from isotpp.studies.pruning_run import PruneConfig, run_pruning
+from isotpp.studies.rundir import LOCK_NAME, Commit, locked, recover
 
 ISOTPP = Path(sys.executable).parent / "isotpp"
 PRUNE = {"model": "mlp", "dataset": "synthetic", "ratios": "*:0.5", "skip": ("net.12",), "method": "L1",
@@ -174,7 +174,7 @@ def test_a_second_run_into_a_locked_directory_is_refused(reference, tmp_path):
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     d = tmp_path / "d"
-    dead = _python(tmp_path, "import sys, os, signal\nfrom isotpp.rundir import locked\n"
+    dead = _python(tmp_path, "import sys, os, signal\nfrom isotpp.studies.rundir import locked\n"
                              "with locked(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)", d)
     assert dead.returncode == -signal.SIGKILL, dead.stderr
     assert '"pid"' in (d / LOCK_NAME).read_text()  # left behind by the dead owner
@@ -203,7 +203,7 @@ def test_failed_calls_leave_no_directory_and_do_not_touch_another_run(tmp_path):
     for empty in ("", "  "):
         with pytest.raises(UserError, match="the output directory is empty"):
             run_pruning(PruneConfig(out=empty, **PRUNE), **QUIET)
-    from isotpp.commands.train import main as train
+    from isotpp.cli.train import main as train
 
     with pytest.raises(SystemExit) as refused:  # the parser refuses it, before anything runs
         train(["--model", "mlp", "--dataset", "synthetic", "--workdir", ""])
@@ -217,8 +217,8 @@ def test_failed_calls_leave_no_directory_and_do_not_touch_another_run(tmp_path):
 COMMIT = """
 import sys
 from pathlib import Path
-from isotpp.io import write_json
-from isotpp.rundir import Commit
+from isotpp.storage.atomic import write_json
+from isotpp.studies.rundir import Commit
 root = Path(sys.argv[1])
 with Commit(root) as c:
     write_json(c.path(root / "seed0" / "a.json"), {"a": 1})
@@ -376,11 +376,11 @@ CONVNET = {"dataset": "synthetic", "train_limit": 64, "width_scale": 0.25, "base
 STAND_IN_DEF = """
 import jax, numpy as np
 from flax import nnx
-import isotpp.spectrum
+import isotpp.spectra.jacobian
 def _weights_as_spectrum(model, x, **kw):
     return np.array([float(np.abs(np.asarray(v)).sum()) for v in jax.tree.leaves(nnx.state(model, nnx.Param))])
 """
-STAND_IN = STAND_IN_DEF + "isotpp.spectrum.model_singular_values = _weights_as_spectrum\n"
+STAND_IN = STAND_IN_DEF + "isotpp.spectra.jacobian.model_singular_values = _weights_as_spectrum\n"
 CONVNET_STUDY = STAND_IN + """
 import json, sys
 from isotpp.studies import convnet
@@ -394,12 +394,12 @@ def test_convnet_study_killed_between_the_files_of_its_pieces_and_stopped_by_sig
     """The ConvNet study (one method, one learning rate, ResNet-20 at a quarter width, one epoch each) killed
     between its base model and base.json, stopped by SIGTERM after base.json, killed before the pruned network
     is written: the rerun's results and final weights equal an uninterrupted study's."""
-    import isotpp.spectrum
+    import isotpp.spectra.jacobian
     from isotpp.studies import convnet
 
     stand_in = {}
     exec(STAND_IN_DEF, stand_in)  # noqa: S102 - the subprocesses' stand-in (only defined here: monkeypatch sets it)
-    monkeypatch.setattr(isotpp.spectrum, "model_singular_values", stand_in["_weights_as_spectrum"])
+    monkeypatch.setattr(isotpp.spectra.jacobian, "model_singular_values", stand_in["_weights_as_spectrum"])
     config = convnet.quick_config(**CONVNET)
     ref = convnet.run_convnet_study(config, tmp_path / "ref", **QUIET)
     out, cell = tmp_path / "run", Path("seed0", "L1", "lr0.01")

@@ -17,7 +17,7 @@ from user_models import (
 )
 
 from isotpp.errors import UserError
-from isotpp.groups import Slot, channel_groups, program_layers, resolve_ratios
+from isotpp.pruning.groups import Slot, channel_groups, program_layers, resolve_ratios
 from isotpp.models import (
     MODEL_NAMES,
     BuildConfig,
@@ -25,7 +25,7 @@ from isotpp.models import (
     model_spec,
     residual_streams,
 )
-from isotpp.tables import load_spec
+from isotpp.studies.paper_tables import load_spec
 
 
 def _abstract(name):

@@ -149,8 +149,8 @@ def test_imagefolder_feeds_the_trainer(tree):
     from flax import nnx
 
     from isotpp import parallel
-    from isotpp.train import reference_sgd
-    from isotpp.trainer import TrainConfig, Trainer
+    from isotpp.training.engine import reference_sgd
+    from isotpp.training.sharded import TrainConfig, Trainer
 
     class Tiny(nnx.Module):
         def __init__(self):

@@ -33,7 +33,7 @@ def test_importing_isotpp_leaves_the_environment_alone():
     assert after == before
     # the library's modules too (JAX itself sets a few variables when imported: it goes first)
     before, after = _environments("import jax\nbefore = dict(os.environ)\n"
-                                  "import isotpp.studies.mlp_linear, isotpp.studies.pai, isotpp.tables")
+                                  "import isotpp.studies.mlp_linear, isotpp.studies.pai, isotpp.studies.paper_tables")
     assert after == before
     _, configured = _environments("import isotpp\nisotpp.configure_cpu()")
     from importlib.metadata import version

@@ -1,4 +1,4 @@
-"""The method registry (isotpp.methods): the paper's methods with their metadata, name lookup, and
+"""The method registry (isotpp.pruning.methods): the paper's methods with their metadata, name lookup, and
 pruned_start running each method's hooks in order (with a recording stand-in for the training engine)."""
 
 import dataclasses
@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.groups import flat_arrays
-from isotpp.methods import (
+from isotpp.pruning.groups import flat_arrays
+from isotpp.pruning.methods import (
     LW_OPP,
     TABLE1_METHODS,
     Method,
@@ -23,8 +23,8 @@ from isotpp.methods import (
     study_methods,
 )
 from isotpp.models import create_model, widths_of
-from isotpp.plan import l1_plan
-from isotpp.tpp import TPPConfig
+from isotpp.pruning.plan import l1_plan
+from isotpp.pruning.tpp import TPPConfig
 
 SETTINGS = MethodSettings(ratios={"*": 0.5}, skip=("net.6",), pre_iters=7, tpp_reg_granularity=0.5,
                           tpp_update_reg_interval=1, tpp_stabilize_iters=3, tpp_zero_out_interval=1)

@@ -9,12 +9,12 @@ import pytest
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.groups import flat_arrays
-from isotpp.isometry import approximate_isometry, isometry_loss
+from isotpp.pruning.groups import flat_arrays
+from isotpp.pruning.isometry import approximate_isometry, isometry_loss
 from isotpp.models import create_model, layer_names
-from isotpp.orthp import orthogonalize, orthp
-from isotpp.plan import hard_prune, l1_plan
-from isotpp.spectrum import model_singular_values
+from isotpp.pruning.orthp import orthogonalize, orthp
+from isotpp.pruning.plan import hard_prune, l1_plan
+from isotpp.spectra.jacobian import model_singular_values
 
 
 def _kernel(shape, seed=0, dtype=np.float32):

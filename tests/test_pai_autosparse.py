@@ -129,7 +129,7 @@ def test_a_record_without_g0_or_with_another_g0_is_refused():
 
 def test_scores_apply_to_another_architecture():
     """The same scorer ranks the weights of a differently shaped network (the transfer case)."""
-    from isotpp.pai.convnet import small_convnet
+    from isotpp.pai.small_convnet import small_convnet
     from isotpp.pai.masks import keep_count, masks_from_scores
     from isotpp.pai.net import PrunableNet
 

@@ -35,7 +35,7 @@ def test_keep_counts_remove_the_same_number_each_round():
 def tiny():
     from isotpp.models import create_model
     from isotpp.pai.net import PrunableNet
-    from isotpp.pai.training import PaIData, Split
+    from isotpp.pai.runs import PaIData, Split
 
     nets = [PrunableNet.from_model(create_model("mlp", depth=3, width=12, input_dim=6, num_classes=3, act="relu",
                                                 init="kaiming", seed=s)) for s in (0, 1)]
@@ -46,7 +46,7 @@ def tiny():
 
 
 def test_irp_final_mask_has_the_target_density_and_nested_rounds(tiny):
-    from isotpp.train import LRSchedule
+    from isotpp.training.engine import LRSchedule
 
     nets, data = tiny
     hist = run_irp(nets, [0.1, 0.3], data, rounds=3, epochs=1, lr=LRSchedule.parse("0.05"), weight_decay=1e-4,
@@ -71,7 +71,7 @@ def test_rewind_kernels_or_everything(tiny):
     net = nets[0]
     trained = jax.tree.map(lambda a: a + 1.0, net.params)
     masks = {n: jnp.asarray(np.arange(np.prod(s)).reshape(s) % 2 == 0) for n, s in net.shapes().items()}
-    from isotpp.groups import flat_arrays
+    from isotpp.pruning.groups import flat_arrays
 
     p, _ = _rewound(net, trained, net.rest, masks, "kernels")
     f, f0, ft = flat_arrays(p), flat_arrays(net.params), flat_arrays(trained)
@@ -105,7 +105,7 @@ def test_record_round_trip_and_refusals(tmp_path, tiny):
     back.check_net(net)
     with pytest.raises(UserError, match="made on mlp, not lenet_300_100"):
         load_irp_record(tmp_path / "r.npz", arch="lenet_300_100")
-    from isotpp.pai.convnet import small_convnet
+    from isotpp.pai.small_convnet import small_convnet
     from isotpp.pai.net import PrunableNet
 
     with pytest.raises(UserError, match="IRP record is of mlp"):

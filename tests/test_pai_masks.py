@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from isotpp.errors import UserError
-from isotpp.groups import flat_arrays
+from isotpp.pruning.groups import flat_arrays
 from isotpp.pai.masked_optim import (
     MaskedState,
     get_masks,
@@ -120,7 +120,7 @@ def test_apply_masks_zeroes_masked_kernels_only():
 
 def test_masked_sgd_step_by_hand():
     """PyTorch SGD (momentum 0.9, wd 0.1) on the kept weight, nothing at all on the pruned one."""
-    from isotpp.train import reference_sgd, set_learning_rate
+    from isotpp.training.engine import reference_sgd, set_learning_rate
 
     tx = masked(reference_sgd(0.5, weight_decay=0.1), ["w"])
     params = {"w": jnp.array([1.0, 2.0]), "b": jnp.array([3.0])}
@@ -162,7 +162,7 @@ def test_masked_weights_stay_exactly_zero_through_vmapped_training():
     """Two runs with different masks, momentum and weight decay, several epochs: pruned entries stay 0.0,
     their momentum stays 0.0, kept entries move, and each run keeps its own mask."""
     from isotpp.models import create_model
-    from isotpp.train import (
+    from isotpp.training.engine import (
         LRSchedule,
         ModelFns,
         RunGroup,

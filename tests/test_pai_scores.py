@@ -102,7 +102,7 @@ def test_prunable_net_closures_by_hand():
     net = PrunableNet.from_model(model)
     assert net.names == ("net.0.kernel", "net.2.kernel") and net.n_weights == 2 * 3 + 3 * 2
     k = {n: np.asarray(v) for n, v in net.kernels().items()}
-    from isotpp.groups import flat_arrays
+    from isotpp.pruning.groups import flat_arrays
 
     b = {n: np.asarray(v) for n, v in flat_arrays(net.params).items() if n.endswith("bias")}
     # R = Σ (|b2| + |W2|ᵀ relu(|W1|ᵀ 1 + |b1|)): everything positive, the ReLU is the identity
@@ -123,7 +123,7 @@ def test_prunable_net_closures_by_hand():
 
 def test_one_shot_masks_give_exact_densities():
     from isotpp.models import create_model
-    from isotpp.pai.methods import one_shot_masks
+    from isotpp.pai.registry import one_shot_masks
     from isotpp.pai.net import PrunableNet
 
     net = PrunableNet.from_model(create_model("mlp", depth=3, width=10, input_dim=8, num_classes=3, act="relu",
@@ -142,7 +142,7 @@ def test_one_shot_masks_give_exact_densities():
 @pytest.mark.parametrize("name,expected", [("SNIP", ("snip", False)), ("grasp+AI", ("grasp", True)),
                                            (" AutoSparse + ai", ("autosparse", True))])
 def test_method_names(name, expected):
-    from isotpp.pai.methods import display_name, parse_method
+    from isotpp.pai.registry import display_name, parse_method
 
     assert parse_method(name) == expected
     assert display_name("synflow+ai") == "SynFlow+AI"
@@ -151,7 +151,7 @@ def test_method_names(name, expected):
 @pytest.mark.parametrize("bad", ["magic", "snip+orthp", "+ai", ""])
 def test_unknown_methods_are_user_errors(bad):
     from isotpp.errors import UserError
-    from isotpp.pai.methods import parse_method
+    from isotpp.pai.registry import parse_method
 
     with pytest.raises(UserError, match="unknown method"):
         parse_method(bad)

@@ -85,7 +85,7 @@ def test_bad_density_exits_2_with_one_line(tmp_path):
 
 
 def test_files_for_other_features_or_architectures_exit_2(tmp_path, fashion_mnist_dir, small_study, capsys):
-    from isotpp.cli import main
+    from isotpp.cli.app import main
     from isotpp.pai.irp import IRPRecord
 
     shapes = {"conv1.kernel": (3, 3, 1, 8), "fc2.kernel": (100, 10)}

@@ -96,12 +96,12 @@ def _run(mode: str, n_devices: int, workdir: Path) -> dict:
 
     from isotpp import parallel
     from isotpp.data.pipeline import InMemoryData, InMemoryEval
-    from isotpp.groups import channel_groups
+    from isotpp.pruning.groups import channel_groups
     from isotpp.models import layer_names
-    from isotpp.plan import l1_plan
-    from isotpp.tpp import TPPConfig, describe, targets_for, tpp
-    from isotpp.train import reference_sgd
-    from isotpp.trainer import TrainConfig, Trainer
+    from isotpp.pruning.plan import l1_plan
+    from isotpp.pruning.tpp import TPPConfig, describe, targets_for, tpp
+    from isotpp.training.engine import reference_sgd
+    from isotpp.training.sharded import TrainConfig, Trainer
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(STEPS_PER_EPOCH * BATCH, 8, 8, 1))

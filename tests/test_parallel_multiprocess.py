@@ -57,8 +57,8 @@ def _data():
 def _train(workdir: Path | None, epochs: int, resume: bool = False):
     from isotpp import parallel
     from isotpp.data.pipeline import InMemoryData, InMemoryEval
-    from isotpp.train import reference_sgd
-    from isotpp.trainer import TrainConfig, Trainer
+    from isotpp.training.engine import reference_sgd
+    from isotpp.training.sharded import TrainConfig, Trainer
 
     images, labels = _data()
     mesh = parallel.make_mesh()

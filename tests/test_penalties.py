@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isotpp import penalties as pen
+from isotpp.pruning import penalties as pen
 
 # Kernels in Flax layout, filters last: dense (fan_in, n), conv (kh, kw, c_in, n).
 SHAPES = [(3, 4), (1, 1, 3, 4), (3, 3, 2, 4)]
@@ -453,7 +453,7 @@ def _reference_path_np(kind, kernels):
 
 @pytest.mark.parametrize("kind", ["kernorth", "orthconv", "kernorth_v2", "orthconv_v1"])
 def test_each_baseline_path_matches_the_reference_sum_in_float64(kind):
-    from isotpp.methods import penalty_fn
+    from isotpp.pruning.methods import penalty_fn
 
     rng = np.random.default_rng(41)
     kernels = {n: rng.normal(size=s) / np.sqrt(np.prod(s[:-1])) for n, s in NET.items()}
@@ -465,7 +465,7 @@ def test_each_baseline_path_matches_the_reference_sum_in_float64(kind):
 def test_the_baseline_paths_differ_where_the_reference_does():
     """L1+OrthConv skips the first layer, OrthConv+L1 does not; L1+KernOrth's norm has a far larger gradient
     than KernOrth+L1's mean of squares on a large layer."""
-    from isotpp.methods import penalty_fn
+    from isotpp.pruning.methods import penalty_fn
 
     names = [f"{n}.kernel" for n in NET]
     stem = _kernel(NET["stem"], seed=43) / np.sqrt(27.0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isotpp.checkpoint import load_model, save_model
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.errors import UserError
-from isotpp.groups import (
+from isotpp.pruning.groups import (
     Slot,
     channel_groups,
     flat_arrays,
@@ -21,7 +21,7 @@ from isotpp.groups import (
     resolve_ratios,
 )
 from isotpp.models import BuildConfig, create_model, widths_of
-from isotpp.plan import (
+from isotpp.pruning.plan import (
     Plan,
     hard_prune,
     l1_plan,

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from isotpp.checkpoint import load_model
-from isotpp.cli import build_parser
-from isotpp.commands.prune import config_from_args
+from isotpp.pruning.model_file import load_model
+from isotpp.cli.app import build_parser
+from isotpp.cli.prune import config_from_args
 from isotpp.data.imagefolder import EvalTransform, train_order
 from isotpp.errors import UserError
 from isotpp.models import widths_of
-from isotpp.plan import Plan
-from isotpp.pruning_run import PruneConfig, load_data, run_pruning
+from isotpp.pruning.plan import Plan
+from isotpp.studies.pruning_run import PruneConfig, load_data, run_pruning
 
 TINY = {"model": "resnet18", "dataset": "imagenet", "image_size": 32, "resize": 36, "width_scale": 0.125,
         "batch_size": 8, "base_epochs": 1, "base_lr_schedule": "0:0.05", "epochs": 1, "lr_schedule": "0:0.01",
@@ -103,7 +103,7 @@ def test_the_imagenet_flags_reach_the_config(tree, tmp_path):
 
 
 def test_table2_cell_commands_build_imagenet_configs(tree, tmp_path):
-    from isotpp.tables import cell_command, cells, load_spec
+    from isotpp.studies.paper_tables import cell_command, cells, load_spec
 
     spec = load_spec("table2_resnet50")
     base = tmp_path / "base.npz"

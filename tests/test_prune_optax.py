@@ -13,12 +13,12 @@ from flax import nnx
 from user_models import INPUTS, MLP, ConvBN, make_convbn
 
 import isotpp
-from isotpp.checkpoint import load_model, save_model
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.errors import UserError
-from isotpp.groups import channel_groups, flat_arrays
-from isotpp.optax_pruning import fit_schedule, minimum_steps, plan_of
-from isotpp.plan import Plan, hard_prune
-from isotpp.tpp import DONE, TPPConfig, describe, targets_for, tpp, tpp_state
+from isotpp.pruning.groups import channel_groups, flat_arrays
+from isotpp.pruning.optax_prune import fit_schedule, minimum_steps, plan_of
+from isotpp.pruning.plan import Plan, hard_prune
+from isotpp.pruning.tpp import DONE, TPPConfig, describe, targets_for, tpp, tpp_state
 
 
 @pytest.mark.parametrize("steps,last", [(12, 2), (300, 2), (2000, 7), (5000, 56), (110_001, 6)])
@@ -163,7 +163,7 @@ def test_other_methods_in_one_call():
     state = tx.init(params)
     u, state = tx.update(grads, state, params)
     small = hard_prune(model, plan, x=x)
-    from isotpp.methods import LW_ORTH_REG, penalty_fn
+    from isotpp.pruning.methods import LW_ORTH_REG, penalty_fn
 
     names = ["hidden.0.kernel", "hidden.1.kernel", "head.kernel"]
     g_small = flat_arrays(jax.grad(lambda q: LW_ORTH_REG * penalty_fn("kernorth", names)(q))(
@@ -226,7 +226,7 @@ def test_user_model_saved_and_reloaded(tmp_path):
 def test_cli_spectrum_reads_a_user_model_file(tmp_path, capsys):
     import json
 
-    from isotpp.cli import main
+    from isotpp.cli.app import main
 
     model = make_convbn()
     x = np.zeros((2, *INPUTS[ConvBN]), np.float32)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isotpp.checkpoint import load_model
-from isotpp.groups import flat_arrays
-from isotpp.io import read_json
+from isotpp.pruning.model_file import load_model
+from isotpp.pruning.groups import flat_arrays
+from isotpp.storage.atomic import read_json
 from isotpp.models import widths_of
-from isotpp.plan import Plan
-from isotpp.pruning_run import PruneConfig, run_pruning
+from isotpp.pruning.plan import Plan
+from isotpp.studies.pruning_run import PruneConfig, run_pruning
 
 TINY = {"model": "resnet20", "dataset": "synthetic", "ratios": "*layer*.conv1:0.5", "width_scale": 0.25,
         "batch_size": 64, "base_epochs": 1, "base_lr_schedule": "0:0.05", "epochs": 1, "lr_schedule": "0:0.01",

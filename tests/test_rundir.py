@@ -1,4 +1,4 @@
-"""Run directories' settings records (isotpp.rundir, docs/reliability.md): a setting an older isotpp did not
+"""Run directories' settings records (isotpp.studies.rundir, docs/reliability.md): a setting an older isotpp did not
 record counts as its default, and a run continues only on the data it was started on (isotpp.data.identity)."""
 
 import shutil
@@ -10,8 +10,8 @@ from isotpp.data import load_dataset
 from isotpp.data.bundled import SUBSET_DIR
 from isotpp.data.identity import data_identity, describe_identity
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
-from isotpp.rundir import open_run, settings_difference
+from isotpp.storage.atomic import read_json, write_json
+from isotpp.studies.rundir import open_run, settings_difference
 
 DEFAULTS = {"method": "TPP", "pre_scheme": "penalty", "kernorth_rule": "c_in"}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isotpp import spectrum as sp
+from isotpp.spectra import jacobian as sp
 from isotpp.errors import UserError
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 from user_models import MLP, ConvBN
 
 from isotpp.models import create_model
-from isotpp.spectrum import is_input_linear, model_singular_values
+from isotpp.spectra.jacobian import is_input_linear, model_singular_values
 
 
 class DeepLinear(nnx.Module):

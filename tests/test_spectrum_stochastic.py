@@ -10,8 +10,8 @@ import pytest
 import scipy.stats
 
 from isotpp import memory
-from isotpp import spectrum as sp
-from isotpp import spectrum_stochastic as sps
+from isotpp.spectra import jacobian as sp
+from isotpp.spectra import stochastic as sps
 from isotpp.errors import UserError
 from isotpp.models import create_model
 

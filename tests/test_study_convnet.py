@@ -4,9 +4,9 @@ reuses everything, and a directory holding another study is refused."""
 
 import pytest
 
-from isotpp.checkpoint import load_model
+from isotpp.pruning.model_file import load_model
 from isotpp.errors import UserError
-from isotpp.pruning_run import mean_jsv
+from isotpp.studies.pruning_run import mean_jsv
 from isotpp.studies.convnet import quick_config, run_convnet_study
 
 TINY = {"dataset": "synthetic", "train_limit": 256, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
@@ -41,7 +41,7 @@ def test_results_cover_every_method_and_lr(study):
 
 
 def test_cost_matches_the_cost_of_the_base_and_is_the_same_for_every_method(study):
-    from isotpp.cost import ratios_cost
+    from isotpp.pruning.cost import ratios_cost
 
     out, r = study
     base, _ = load_model(out / "seed0" / "base" / "model.npz")
@@ -53,7 +53,7 @@ def test_cost_matches_the_cost_of_the_base_and_is_the_same_for_every_method(stud
 
 
 def test_running_statistics_jsv_is_the_pruned_networks(study):
-    from isotpp.pruning_run import PruneConfig, load_data
+    from isotpp.studies.pruning_run import PruneConfig, load_data
 
     out, r = study
     data = load_data(PruneConfig(model="resnet20", dataset="synthetic", train_limit=256))

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from isotpp.errors import UserError
-from isotpp.study_report import (
+from isotpp.studies.linear_report import (
     find_results,
     learning_rates,
     load_results,

@@ -9,8 +9,8 @@ from typing import ClassVar
 import pytest
 
 from isotpp.errors import UserError
-from isotpp.io import write_json
-from isotpp.rundir import open_run
+from isotpp.storage.atomic import write_json
+from isotpp.studies.rundir import open_run
 from isotpp.studies import mlp_linear, pai
 from isotpp.studies.scaffold import StudySettings, run_study, slug
 
@@ -105,7 +105,7 @@ def test_the_studies_read_their_old_settings_keys(tmp_path, config, old):
 
 
 def test_a_pruning_run_reads_its_old_settings_keys(tmp_path):
-    from isotpp.pruning_run import RENAMED, REUSABLE, PruneConfig
+    from isotpp.studies.pruning_run import RENAMED, REUSABLE, PruneConfig
 
     settings = PruneConfig(out=str(tmp_path)).to_dict()
     write_json(tmp_path / "config.json", {RENAMED_BACK.get(k, k): v for k, v in settings.items()})

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isotpp.checkpoint import load_model
-from isotpp.cli import build_parser
-from isotpp.commands.prune import config_from_args, run_prune
+from isotpp.pruning.model_file import load_model
+from isotpp.cli.app import build_parser
+from isotpp.cli.prune import config_from_args, run_prune
 from isotpp.errors import UserError
-from isotpp.methods import TABLE1_METHODS
+from isotpp.pruning.methods import TABLE1_METHODS
 from isotpp.models import widths_of
 from isotpp.preemption import Preempted
-from isotpp.tables import (
+from isotpp.studies.paper_tables import (
     BaseRecipe,
     Cell,
     TableSpec,
@@ -209,7 +209,7 @@ def test_unknown_config_is_a_user_error(tmp_path):
         load_spec("nowhere.py")
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config():\n    return 42\n")
-    with pytest.raises(UserError, match="must return an isotpp.tables.TableSpec"):
+    with pytest.raises(UserError, match="must return an isotpp.studies.paper_tables.TableSpec"):
         load_spec(str(bad))
 
 
@@ -272,5 +272,5 @@ def test_the_configs_are_package_data():
 
     assert config_names() == sorted(CONFIGS)
     for name in CONFIGS:
-        assert importlib.resources.files("isotpp.table_configs").joinpath(f"{name}.py").is_file()
+        assert importlib.resources.files("isotpp.studies.table_configs").joinpath(f"{name}.py").is_file()
         assert load_spec(name).name == name

@@ -248,7 +248,7 @@ def test_simulator_is_the_models_jacobian():
 
     from isotpp.models import create_model
     from isotpp.models.mlp import draw_biases
-    from isotpp.spectrum import model_singular_values
+    from isotpp.spectra.jacobian import model_singular_values
 
     model = create_model("mlp", depth=3, width=30, act="hard_tanh", input_dim=20, num_classes=10,
                          init="gaussian", sigma_w=1.3, seed=4)
@@ -284,7 +284,7 @@ def test_a_zero_fixed_point_puts_the_inputs_at_unit_variance():
     """sigma_b = 0 in the ordered phase has q* = 0: inputs "at the fixed point" would be zero
     vectors, and a relu network's Jacobian at 0 is zero (not the law's phi'(0+) = 1/2). The
     theory, the sampler and ``isotpp spectrum`` use |x|^2 / N_0 = 1 there instead."""
-    from isotpp.commands.spectrum import run_spectrum
+    from isotpp.cli.spectrum import run_spectrum
 
     assert theory.mean_field("relu", 1.41, 0.0).q_star == 0.0 and theory.mean_field("tanh", 0.9, 0.0).q_star == 0.0
     for act, sigma_w in (("relu", 1.41), ("tanh", 0.9)):
@@ -302,7 +302,7 @@ def test_the_issues_rectangular_command_gets_its_theory():
     """`isotpp spectrum --model mlp --depth 7 --width 100 --act linear --input-dim 784 --num-classes 10
     --init gaussian --samples 50 --plot s.png` drew no theory (784 -> 100 x 6 -> 10 is not square) and
     counted one input-free spectrum 50 times; now: the rectangular law, one spectrum per net."""
-    from isotpp.commands.spectrum import run_spectrum
+    from isotpp.cli.spectrum import run_spectrum
 
     out = run_spectrum(model="mlp", depth=7, width=100, act="linear", input_dim=784, num_classes=10,
                        init="gaussian", samples=50, nets=3, progress=False)  # the figure: test_theory.py

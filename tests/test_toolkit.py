@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from isotpp import cli
+from isotpp.cli import app as cli
 from isotpp.data import discovery, download, load_dataset
 from isotpp.data.bundled import SUBSET_DIR, SUBSET_SIZES, demo_data_dir
 from isotpp.data.download import Resource
 from isotpp.errors import UserError
-from isotpp.plots import figure_format, parse_formats, save_figure, spectrum_histogram
+from isotpp.reporting.figures import figure_format, parse_formats, save_figure, spectrum_histogram
 from isotpp.progress import LogProgress, progress
 from isotpp.studies import mlp_linear
 from isotpp.studies.pai_report import draw_accuracy_figure, pai_rows
 from isotpp.studies.pai_report import write_report as pai_write_report
-from isotpp.study_report import draw_results_figure, write_report
+from isotpp.studies.linear_report import draw_results_figure, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<?xml"}
@@ -101,8 +101,8 @@ def test_the_package_data_ship_in_a_wheel(tmp_path):
     for f in (*FILES, "LICENSE"):
         assert f"isotpp/data/fashion_mnist_subset/{f}" in names
     assert "isotpp/py.typed" in names
-    assert {f"isotpp/table_configs/{n}.py" for n in ("table1_resnet56", "table2_resnet34", "table2_resnet50",
-                                                     "vgg19_cifar100")} <= names  # isotpp.tables.load_spec's
+    assert {f"isotpp/studies/table_configs/{n}.py" for n in ("table1_resnet56", "table2_resnet34", "table2_resnet50",
+                                                     "vgg19_cifar100")} <= names  # isotpp.studies.paper_tables.load_spec's
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 

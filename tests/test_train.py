@@ -9,7 +9,7 @@ from flax import nnx
 
 from isotpp.errors import UserError
 from isotpp.models import create_model
-from isotpp.train import (
+from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
     RunGroup,

@@ -20,8 +20,8 @@ from isotpp.data import make_synthetic
 from isotpp.data.pipeline import InMemoryData, InMemoryEval
 from isotpp.errors import UserError
 from isotpp.models import create_model
-from isotpp.train import ModelFns, init_state, make_epoch_fn, reference_sgd
-from isotpp.trainer import (
+from isotpp.training.engine import ModelFns, init_state, make_epoch_fn, reference_sgd
+from isotpp.training.sharded import (
     PREEMPTED_EXIT_CODE,
     Preempted,
     TrainConfig,

@@ -18,7 +18,7 @@ from isotpp.data import make_synthetic
 from isotpp.data.pipeline import InMemoryData, InMemoryEval
 from isotpp.errors import UserError
 from isotpp.models import create_model
-from isotpp.train import (
+from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
     RunGroup,
@@ -29,8 +29,8 @@ from isotpp.train import (
     stack_runs,
     unstack_run,
 )
-from isotpp.train_checkpoint import TrainCheckpointer
-from isotpp.trainer import TrainConfig, Trainer, evaluate_model
+from isotpp.training.checkpoint import TrainCheckpointer
+from isotpp.training.sharded import TrainConfig, Trainer, evaluate_model
 from isotpp.training.metrics import MetricsWriter
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from isotpp.data.idx import check_labels
 from isotpp.errors import DataError
-from isotpp.files import read_bytes
+from isotpp.storage.npz import read_bytes
 
 __all__ = [
     "CIFAR10_MEAN",

@@ -1,7 +1,7 @@
 """What identifies the data a run was trained on, so that a run directory cannot be continued on other data.
 
 A run directory records its settings and refuses different ones
-(:mod:`isotpp.rundir`), but the data directory may differ between the calls
+(:mod:`isotpp.studies.rundir`), but the data directory may differ between the calls
 of one run (data move). What must not differ is the data themselves: a study
 started on the 10,000 / 2,000-image Fashion-MNIST subset shipped with isotpp
 (:mod:`isotpp.data.bundled`) and continued on the full set would silently

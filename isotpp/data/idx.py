@@ -5,7 +5,7 @@ An IDX file is a 4-byte magic number ``0x0000TTDD`` (``TT`` the element type,
 elements in C order. MNIST-family files use type 0x08 (uint8):
 ``0x00000803`` for images (N, 28, 28) and ``0x00000801`` for labels (N,).
 Files may be raw or gzip-compressed (as distributed); the header is read
-first and bounds everything after it (:class:`isotpp.files.ByteStream`), then
+first and bounds everything after it (:class:`isotpp.storage.npz.ByteStream`), then
 the payload is decoded with one ``np.frombuffer``.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from isotpp.errors import DataError
-from isotpp.files import ByteStream, fmt_bytes
+from isotpp.storage.npz import ByteStream, fmt_bytes
 
 __all__ = ["IDX_STEMS", "check_labels", "idx_split_paths", "load_idx_split", "read_idx"]
 

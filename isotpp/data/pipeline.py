@@ -34,14 +34,14 @@ from jax.sharding import Mesh
 
 from isotpp import parallel
 from isotpp.errors import UserError
-from isotpp.train import epoch_batches
+from isotpp.training.engine import epoch_batches
 
 Batch = tuple[jax.Array, jax.Array]  # (images, labels), global arrays
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, valid)
 
 
 class TrainSource(Protocol):
-    """What :class:`isotpp.trainer.Trainer` trains on."""
+    """What :class:`isotpp.training.sharded.Trainer` trains on."""
 
     global_batch_size: int
     steps_per_epoch: int
@@ -112,7 +112,7 @@ class InMemoryData:
     ``images`` NHWC (float32, normalised) and int ``labels`` on the host;
     ``batch_size`` is the global batch. ``augment`` turns on the CIFAR
     augmentation (pad ``padding`` with ``fill``, crop, flip). With
-    ``drop_last=False`` (the default, as :func:`isotpp.train.epoch_batches`)
+    ``drop_last=False`` (the default, as :func:`isotpp.training.engine.epoch_batches`)
     the last batch is topped up with examples from the start of the epoch's
     permutation so every example is seen and every batch has the same shape.
     """

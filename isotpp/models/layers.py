@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.ops import conv_general_dilated
+from isotpp.models.ops import conv_general_dilated
 
 # --------------------------------------------------------------------------
 # Containers and parameter-free layers

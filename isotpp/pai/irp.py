@@ -32,9 +32,9 @@ from isotpp.errors import UserError
 from isotpp.pai.masked_optim import masked, masked_train_state
 from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_masks
 from isotpp.pai.net import PrunableNet
-from isotpp.pai.training import train_runs
+from isotpp.pai.runs import train_runs
 from isotpp.storage.artifact import IRP_RECORD, Artifact, read_artifact, write_artifact
-from isotpp.train import RunGroup, check_finite, reference_sgd, stack_runs, unstack_run
+from isotpp.training.engine import RunGroup, check_finite, reference_sgd, stack_runs, unstack_run
 
 __all__ = ["IRPRecord", "irp_keep_counts", "load_irp_record", "make_record", "run_irp"]
 
@@ -146,7 +146,7 @@ def run_irp(nets: Sequence[PrunableNet], densities: Sequence[float], data, *, ro
     """IRP for every (net, density) pair as one vmapped group; per run the masks of every round.
 
     ``nets`` share one architecture (their initial weights may differ);
-    ``lr`` is an :class:`isotpp.train.LRSchedule` restarted each round.
+    ``lr`` is an :class:`isotpp.training.engine.LRSchedule` restarted each round.
     ``on_epoch(round, epoch, metrics)`` reports progress. Returns, per run,
     ``{name: (rounds, *shape) bool}``.
     """

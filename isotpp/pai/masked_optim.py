@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isotpp.groups import flat_arrays, leaf_name
+from isotpp.pruning.groups import flat_arrays, leaf_name
 from isotpp.pai.masks import apply_masks
-from isotpp.train import TrainState
+from isotpp.training.engine import TrainState
 
 __all__ = ["MaskedState", "get_masks", "masked", "masked_train_state", "set_masks"]
 
@@ -93,7 +93,7 @@ def get_masks(opt_state) -> dict[str, jax.Array]:
 
 
 def masked_train_state(params, rest, tx: optax.GradientTransformation, masks: Mapping[str, jax.Array]):
-    """A :class:`isotpp.train.TrainState` with masked parameters and the masks in its optimiser state."""
+    """A :class:`isotpp.training.engine.TrainState` with masked parameters and the masks in its optimiser state."""
 
     params = apply_masks(params, masks)
     return TrainState(params, rest, set_masks(tx.init(params), masks))

@@ -3,7 +3,7 @@
 Scores and masks speak of *kernels*: the conv and dense kernels of a model, by
 dotted name, in forward order (``net.0.kernel``, ``conv1.kernel``, …). Biases
 and normalisation parameters are never pruned. :class:`PrunableNet` binds a
-model's split functions (:class:`isotpp.train.ModelFns`) to its initial
+model's split functions (:class:`isotpp.training.engine.ModelFns`) to its initial
 arrays and builds the closures the scores differentiate: a data loss of the
 kernels, SynFlow's linearised output sum, and the summed gradient g0 that
 AutoSparse uses as a feature.
@@ -23,9 +23,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from isotpp.groups import flat_arrays, map_named
+from isotpp.pruning.groups import flat_arrays, map_named
 from isotpp.models import layer_names
-from isotpp.train import ModelFns
+from isotpp.training.engine import ModelFns
 
 __all__ = ["PrunableNet", "arch_of", "prunable_names"]
 

@@ -2,9 +2,9 @@
 
 * :func:`isometrize` — Lee et al.'s approximate isometry (ICLR 2020) for a
   masked network: SGD on Σ_l ‖W̃_lᵀW̃_l − I‖_F with W̃ = W ⊙ M, the mask kept
-  (pruned weights stay exactly 0), through :func:`isotpp.isometry.approximate_isometry`.
+  (pruned weights stay exactly 0), through :func:`isotpp.pruning.isometry.approximate_isometry`.
 * :func:`jsv_at_init` — the per-sample Jacobian singular values of a masked
-  network (through :func:`isotpp.spectrum.model_singular_values`, ``gram``
+  network (through :func:`isotpp.spectra.jacobian.model_singular_values`, ``gram``
   method, eval mode) and their summary, so every method's spectrum can be
   compared before training.
 """
@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isotpp.isometry import approximate_isometry
+from isotpp.pruning.isometry import approximate_isometry
 from isotpp.pai.masks import apply_masks
 from isotpp.pai.net import PrunableNet
-from isotpp.spectrum import model_singular_values, summarize
+from isotpp.spectra.jacobian import model_singular_values, summarize
 
 __all__ = ["isometrize", "jsv_at_init"]
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
+from isotpp.storage.atomic import read_json, write_json
 
 
 class StudyClock:

@@ -4,10 +4,10 @@ A CIFAR-style ResNet (ResNet-20, option A; narrowed by ``width_scale``) is
 trained on a slice of Fashion-MNIST (or CIFAR-10 when given), then ``*layer*.conv1``
 — the first conv of every residual block, the reference's convention — is
 pruned at a high ratio by each method (by default L1, L1+OrthP and TPP:
-``study_methods("convnet")`` of :mod:`isotpp.methods`), and each pruned network is
-retrained at two learning rates. Every run is an :mod:`isotpp.pruning_run`
+``study_methods("convnet")`` of :mod:`isotpp.pruning.methods`), and each pruned network is
+retrained at two learning rates. Every run is an :mod:`isotpp.studies.pruning_run`
 (``isotpp prune``) sharing one base model; the results file has the linear
-study's format, so :mod:`isotpp.study_report` draws its table and figure
+study's format, so :mod:`isotpp.studies.linear_report` draws its table and figure
 (accuracy and mean JSV per retraining epoch).
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from isotpp.checkpoint import load_model
+from isotpp.pruning.model_file import load_model
 from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.methods import get_method, study_methods
+from isotpp.pruning.methods import get_method, study_methods
 from isotpp.preemption import check
-from isotpp.pruning_run import (
+from isotpp.studies.pruning_run import (
     PruneConfig,
     base_model,
     evaluate,
@@ -34,7 +34,7 @@ from isotpp.pruning_run import (
 )
 from isotpp.studies import scaffold
 from isotpp.studies.scaffold import Study, StudySettings, slug
-from isotpp.study_report import write_report
+from isotpp.studies.linear_report import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def run_convnet_study(cfg: ConvStudyConfig, out: str | Path, *, log: Callable[[s
 
     ``out`` is locked while the study runs and refused if it holds a study
     with other settings; the data are loaded before anything is written. Every
-    (method, LR) cell is an :func:`~isotpp.pruning_run.run_pruning` run,
+    (method, LR) cell is an :func:`~isotpp.studies.pruning_run.run_pruning` run,
     finished when its ``summary.json`` exists; SIGTERM stops at the next step
     with :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """

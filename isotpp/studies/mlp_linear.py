@@ -3,7 +3,7 @@
 Train MLP-7-Linear (1024 → 100×5 → 10, identity activations) from scratch,
 prune 80 % of every hidden layer with each method, record the mean JSV right
 after pruning, retrain at two learning rates and record test accuracy and mean
-JSV per epoch. The methods are :mod:`isotpp.methods`' registry (any
+JSV per epoch. The methods are :mod:`isotpp.pruning.methods`' registry (any
 registered method runs here); by default the study's five,
 ``study_methods("mlp-linear")``: L1, L1+OrthP, TPP, L1+KernOrth (0.1 · Σ
 ‖MᵀM − I‖_F over every layer while retraining) and L1+AI. Each method's
@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp import preemption
-from isotpp.checkpoint import load_model, save_model
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.data import load_dataset
 from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.groups import flat_arrays
-from isotpp.io import write_json
-from isotpp.methods import (
+from isotpp.pruning.groups import flat_arrays
+from isotpp.storage.atomic import write_json
+from isotpp.pruning.methods import (
     MethodSettings,
     Phase,
     get_method,
@@ -44,12 +44,12 @@ from isotpp.methods import (
 )
 from isotpp.models import create_model, layer_names
 from isotpp.progress import progress as progress_bar
-from isotpp.spectrum import kernel_product_singular_values, model_singular_values
+from isotpp.spectra.jacobian import kernel_product_singular_values, model_singular_values
 from isotpp.studies import scaffold
 from isotpp.studies.scaffold import Study, StudySettings, slug
-from isotpp.study_report import write_report
-from isotpp.tpp import TPPConfig
-from isotpp.train import (
+from isotpp.studies.linear_report import write_report
+from isotpp.pruning.tpp import TPPConfig
+from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
     RunGroup,
@@ -235,7 +235,7 @@ def run_phase(config: StudyConfig, data: Data, base, phase: Phase, seed: int, re
 
 
 def start_piece(study: Study, data: Data, base, method: str, seed: int):
-    """The network ``method`` retrains at ``seed`` (:func:`isotpp.methods.pruned_start`). The pruned network
+    """The network ``method`` retrains at ``seed`` (:func:`isotpp.pruning.methods.pruned_start`). The pruned network
     after a pre-removal phase (the expensive part) is committed as ``seed<s>/<key>.npz`` (TPP: ``tpp.npz``,
     with ``tpp_state.json``) and reused by a rerun."""
     config = study.config
@@ -331,7 +331,7 @@ def run_study(config: StudyConfig, out: str | Path, *, progress: bool = True,
     with other settings (``StudyConfig.REUSABLE`` may differ); the data are
     loaded before anything is written (:func:`isotpp.studies.scaffold.run_study`).
     Each piece (a base model, TPP, a group of retraining cells) is committed
-    whole (:class:`isotpp.rundir.Commit`); SIGTERM stops at the next epoch with
+    whole (:class:`isotpp.studies.rundir.Commit`); SIGTERM stops at the next epoch with
     :class:`~isotpp.preemption.Preempted` and the same call finishes the study.
     """
     return scaffold.run_study(config, out, load_data=load_data, body=_run, progress=progress, log=log,

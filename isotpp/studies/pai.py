@@ -4,7 +4,7 @@ For every seed, LeNet-300-100 (784→300→100→10, ReLU, Kaiming-normal init) 
 pruned at initialisation by each method at each density, its mean JSV at
 initialisation is measured, and every masked network of the seed trains as one
 vmapped program (same batches for every run). Methods are the scores of
-:mod:`isotpp.pai.methods`' registry (each also "+ai": approximate isometry of
+:mod:`isotpp.pai.registry`' registry (each also "+ai": approximate isometry of
 the masked kernels before training); the built-in ones:
 
 ========== =================================================================
@@ -20,7 +20,7 @@ autosparse a scoring MLP trained on one IRP record of *another* seed,
 ========== =================================================================
 
 plus ``dense`` (the unpruned network, same schedule). The AutoSparse scorer is
-then transferred to a small ConvNet (:mod:`isotpp.pai.convnet`), where it is
+then transferred to a small ConvNet (:mod:`isotpp.pai.small_convnet`), where it is
 compared with the data-free and one-shot baselines.
 
 Accuracy is reported at the **last epoch** (``final_acc``) and at the epoch of
@@ -48,7 +48,7 @@ from isotpp import preemption
 from isotpp.data import load_dataset
 from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.io import write_json
+from isotpp.storage.atomic import write_json
 from isotpp.models import create_model
 from isotpp.pai.autosparse import (
     G0_DEFINITION,
@@ -56,7 +56,7 @@ from isotpp.pai.autosparse import (
     train_scorer,
     validate_scorer,
 )
-from isotpp.pai.convnet import small_convnet
+from isotpp.pai.small_convnet import small_convnet
 from isotpp.pai.irp import load_irp_record, make_record, run_irp
 from isotpp.pai.masks import (
     SCOPES,
@@ -65,7 +65,7 @@ from isotpp.pai.masks import (
     layer_densities,
     mask_density,
 )
-from isotpp.pai.methods import (
+from isotpp.pai.registry import (
     ScoreContext,
     all_methods,
     canonical,
@@ -75,7 +75,7 @@ from isotpp.pai.methods import (
 )
 from isotpp.pai.net import PrunableNet
 from isotpp.pai.spectral import isometrize, jsv_at_init
-from isotpp.pai.training import (
+from isotpp.pai.runs import (
     PaIData,
     Split,
     masked_group,
@@ -86,7 +86,7 @@ from isotpp.progress import progress as progress_bar
 from isotpp.studies import scaffold
 from isotpp.studies.pai_report import write_report
 from isotpp.studies.scaffold import Study, StudySettings, slug
-from isotpp.train import LRSchedule
+from isotpp.training.engine import LRSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def _score_batch(data, n: int, seed: int):
 
 def masks_for_seed(study: Study, data, net, seed: int, methods, densities, *, scorer, part: str):
     """``{(score, density): masks}`` for every registered score needed at this seed (the score's
-    :meth:`~isotpp.pai.methods.Score.masks`, IRP trained here and kept as ``irp_d<density>.npz``)."""
+    :meth:`~isotpp.pai.registry.Score.masks`, IRP trained here and kept as ``irp_d<density>.npz``)."""
     config, out = study.config, study.out
     bases = sorted({parse_method(m)[0] for m in methods}, key=score_names().index)
     key = jax.random.fold_in(jax.random.key(seed), 11)

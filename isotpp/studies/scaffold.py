@@ -15,13 +15,13 @@ any time. The scaffolding around the grid is the same for each of them:
   hands a :class:`Study` to the study's own body; SIGTERM stops it at the
   next check with :class:`~isotpp.preemption.Preempted`;
 * :class:`Study` — the cell store (a cell is computed once, committed
-  atomically with :class:`~isotpp.rundir.Commit` and read back on a rerun),
+  atomically with :class:`~isotpp.studies.rundir.Commit` and read back on a rerun),
   the wall clock over every call (:class:`~isotpp.studies.clock.StudyClock`),
   the metrics file (``metrics.jsonl``, the engine's
   :class:`~isotpp.training.metrics.MetricsWriter` with time stamps) and :meth:`Study.finish`, which writes
   ``results.json`` and the report (table and figure).
 
-The paper-table runner (:mod:`isotpp.tables`) uses the cell store's
+The paper-table runner (:mod:`isotpp.studies.paper_tables`) uses the cell store's
 conventions too: a cell is finished when its record exists.
 """
 
@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 from isotpp.errors import UserError
-from isotpp.io import read_json, write_json
+from isotpp.storage.atomic import read_json, write_json
 from isotpp.preemption import sigterm_stops
-from isotpp.rundir import Commit, open_run
+from isotpp.studies.rundir import Commit, open_run
 from isotpp.studies.clock import StudyClock
-from isotpp.train import LRSchedule
+from isotpp.training.engine import LRSchedule
 from isotpp.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Study:
 
     @contextlib.contextmanager
     def commit(self) -> Iterator[Commit]:
-        """A :class:`~isotpp.rundir.Commit` into the study directory; the clock ticks once it is in place."""
+        """A :class:`~isotpp.studies.rundir.Commit` into the study directory; the clock ticks once it is in place."""
         with Commit(self.out) as commit:
             yield commit
         self.clock.tick()

@@ -1,12 +1,12 @@
 """Training: one engine, two regimes, and which layer owns which file.
 
-The engine is :mod:`isotpp.train` (to become ``isotpp.training.engine``): the
+The engine is :mod:`isotpp.training.engine` (to become ``isotpp.training.engine``): the
 step, the epoch order, the evaluation step and the divergence check, each
 once. Its two drivers:
 
-* :class:`isotpp.train.RunGroup` — a stack of small runs vmapped together,
+* :class:`isotpp.training.engine.RunGroup` — a stack of small runs vmapped together,
   epochs scanned on the device (the linear study, PaI, IRP);
-* :class:`isotpp.trainer.Trainer` (to become ``isotpp.training.sharded``) —
+* :class:`isotpp.training.sharded.Trainer` (to become ``isotpp.training.sharded``) —
   one model, a jitted data-parallel step per batch (``isotpp prune``,
   ``isotpp train``).
 
@@ -19,12 +19,12 @@ file                            owner
 ``metrics.jsonl``               :class:`isotpp.training.metrics.MetricsWriter`
                                 (process 0 only), called by the Trainer in its
                                 workdir and by a study's ``Study.record``
-``checkpoints/<step>/``         :class:`isotpp.train_checkpoint.TrainCheckpointer`
+``checkpoints/<step>/``         :class:`isotpp.training.checkpoint.TrainCheckpointer`
                                 (orbax: state arrays + JSON meta), called by
                                 ``Trainer`` and by ``RunGroup.save/restore``
 ``config.json`` (a workdir)     the Trainer
 study cells, ``results.json``   the study scaffold (:mod:`isotpp.studies.scaffold`)
-model files (``.npz``)          :mod:`isotpp.checkpoint`, called by the commands
+model files (``.npz``)          :mod:`isotpp.pruning.model_file`, called by the commands
                                 and stages, never by the engine
 ==============================  ===============================================
 """

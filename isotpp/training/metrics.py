@@ -1,6 +1,6 @@
 """The one metrics writer: ``metrics.jsonl``, one strict-JSON line per record, written by process 0 only.
 
-Both training regimes write through it — the sharded :class:`isotpp.trainer.Trainer`
+Both training regimes write through it — the sharded :class:`isotpp.training.sharded.Trainer`
 (one line per logged step and per epoch, in its workdir) and the studies
 (:class:`isotpp.studies.scaffold.Study`: one line per epoch, phase or cell
 event, stamped with ``time``) — so a metrics file looks the same wherever it
@@ -37,7 +37,7 @@ from typing import Any
 import jax
 
 from isotpp.errors import UserError
-from isotpp.io import jsonable, write_text
+from isotpp.storage.atomic import jsonable, write_text
 
 __all__ = ["MetricsWriter"]
 

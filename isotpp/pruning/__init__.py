@@ -1,0 +1,1 @@
+"""Structured pruning: channel groups, plans, methods, TPP, OrthP, isometry, penalties, surgery, cost, the model file."""

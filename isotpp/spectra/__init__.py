@@ -1,0 +1,1 @@
+"""Jacobian spectra: exact (linear, gram, jacobian) and stochastic, linearity, their figures."""

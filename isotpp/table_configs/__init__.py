@@ -1,7 +1,0 @@
-"""The papers' tables as :class:`~isotpp.tables.TableSpec` configs, one module per table.
-
-Each module defines ``get_config()``; :func:`isotpp.tables.load_spec` finds
-them by name (``table1_resnet56``, ``table2_resnet50``, ...) through
-:mod:`importlib.resources`, so they work from an installed wheel as well as
-from a checkout.
-"""
