@@ -23,7 +23,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _script import depth_list, positive_float, positive_int, public, script_main, write_outputs
+from _script import (
+    depth_list,
+    positive_float,
+    positive_int,
+    public,
+    script_main,
+    write_outputs,
+)
 
 
 def _nets_singular_values(depth: int, width: int, init: str, sigma_w: float, nets: int) -> np.ndarray:

@@ -31,7 +31,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _script import choice_list, depth_list, positive_int, public, script_main, write_outputs
+from _script import (
+    choice_list,
+    depth_list,
+    positive_int,
+    public,
+    script_main,
+    write_outputs,
+)
 
 ACTS = ("linear", "tanh", "relu", "hard_tanh")
 INITS = ("gaussian", "orthogonal")

@@ -58,15 +58,20 @@ def worker(name: str, repeats: int) -> dict:
     import jax
 
     from isotpp.models import create_model
-    from isotpp.training.engine import ModelFns, init_state, make_update_fn, reference_sgd
+    from isotpp.training.engine import (
+        ModelFns,
+        init_state,
+        make_update_fn,
+        reference_sgd,
+    )
 
     conv_fn = jax.lax.conv_general_dilated if spec["conv"] == "lax" else None
     model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(0.01, weight_decay=5e-4)
     if spec["tpp"]:
-        from isotpp.pruning.groups import channel_groups
         from isotpp.models import layer_names
+        from isotpp.pruning.groups import channel_groups
         from isotpp.pruning.plan import l1_plan
         from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
 

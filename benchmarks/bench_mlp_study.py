@@ -22,17 +22,17 @@ import statistics
 import time
 
 import jax
-
 from _bench import mib, peak_memory, peak_rss_bytes
-from isotpp.pruning.groups import channel_groups
+
+from isotpp.data.pipeline import epoch_batches
 from isotpp.models import create_model, layer_names
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import hard_prune, l1_plan
 from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
 from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
     RunGroup,
-    epoch_batches,
     init_state,
     reference_sgd,
     stack_runs,

@@ -30,12 +30,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+from _bench import emit, machine, mib, run_worker
 from flax import nnx
 
-from isotpp.spectra import jacobian as sp
 from isotpp.models import create_model
-
-from _bench import emit, machine, mib, run_worker
+from isotpp.spectra import jacobian as sp
 
 
 def _median_time(fn, repeats):

@@ -58,8 +58,8 @@ def worker(classes: int, variant: str, samples: int, repeats: int) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from isotpp.spectra import jacobian as sp
     from isotpp.models import create_model
+    from isotpp.spectra import jacobian as sp
 
     model = create_model("lenet5", num_classes=classes, input_shape=(32, 32, 3), seed=0)
     graphdef, state = nnx.split(model)

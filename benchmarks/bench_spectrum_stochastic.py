@@ -31,7 +31,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _bench import emit, machine, mib, run_worker
 
 

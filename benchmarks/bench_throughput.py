@@ -30,16 +30,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _bench import mib, peak_memory
 
 from isotpp import parallel
-from isotpp.pruning.groups import channel_groups
 from isotpp.models import create_model, layer_names
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import l1_plan
 from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
 from isotpp.training.engine import reference_sgd
 from isotpp.training.sharded import TrainConfig, Trainer
-
-from _bench import mib, peak_memory
 
 CASES = {
     # name: (architecture, input shape, classes, TPP ratios, TPP config)

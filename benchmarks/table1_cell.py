@@ -20,15 +20,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _bench import machine, mib, peak_memory
 
-from isotpp.spectra import jacobian as sp
-from isotpp.pruning.groups import channel_groups
 from isotpp.models import create_model, layer_names
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import l1_plan
 from isotpp.pruning.tpp import TPPConfig, targets_for, tpp
+from isotpp.spectra import jacobian as sp
 from isotpp.training.engine import ModelFns, init_state, make_update_fn, reference_sgd
-
-from _bench import machine, mib, peak_memory
 
 
 def main():

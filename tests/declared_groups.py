@@ -13,8 +13,9 @@ from typing import Any
 
 from flax import nnx
 
-from isotpp.pruning.groups import Group, Slot, flat_arrays
 from isotpp.models import iter_layers, model_spec
+from isotpp.models.program import flat_arrays
+from isotpp.pruning.groups import Group, Slot
 
 
 def _kernel(layer: str) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from isotpp.pruning.model_file import save_model
 from isotpp.models import create_model
 from isotpp.pai.autosparse import Scorer, feature_spec
 from isotpp.pai.irp import IRPRecord
+from isotpp.pruning.model_file import save_model
 
 DIR = Path(__file__).resolve().parent / "data" / "format1"
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import channel_groups
 from isotpp.models import create_model, layer_names
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import Plan
 from isotpp.pruning.tpp import TPPConfig, TPPState, targets_for, tpp
-from isotpp.training.engine import ModelFns, TrainState, reference_sgd
 from isotpp.training.checkpoint import TrainCheckpointer
+from isotpp.training.engine import ModelFns, TrainState, reference_sgd
 
 REPO = Path(__file__).resolve().parents[1]
 

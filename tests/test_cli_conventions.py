@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import isotpp
-from isotpp.cli.app import build_parser, main
 from isotpp.cli import args as A
+from isotpp.cli.app import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,9 +70,9 @@ def test_help_imports_no_jax_and_shows_examples_and_defaults():
 
 def test_the_mirrored_names_are_the_librarys():
     from isotpp import data
-    from isotpp.pruning.methods import ALIASES, METHODS
     from isotpp.models import MODEL_NAMES
     from isotpp.models.init import INIT_SCHEMES
+    from isotpp.pruning.methods import ALIASES, METHODS
 
     assert A.INIT_SCHEMES == tuple(INIT_SCHEMES)
     method = A.prune_method()  # read from the registry, not mirrored

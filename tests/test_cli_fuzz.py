@@ -32,9 +32,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from isotpp.pruning.model_file import save_model
 from isotpp.cli.app import main
 from isotpp.models import create_model
+from isotpp.pruning.model_file import save_model
 
 _SETTINGS = dict(deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

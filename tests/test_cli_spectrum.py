@@ -82,8 +82,8 @@ def test_generic_methods_agree_with_the_closed_form(tmp_path):
 
 
 def test_summary_keys_plot_and_checkpoint(tmp_path):
-    from isotpp.pruning.model_file import save_model
     from isotpp.models import create_model
+    from isotpp.pruning.model_file import save_model
 
     model = create_model("resnet20", init="kaiming", seed=3)
     save_model(tmp_path / "r20.npz", model)

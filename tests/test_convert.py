@@ -20,6 +20,8 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F
 
+from isotpp.errors import UserError
+from isotpp.models import create_model, widths_of
 from isotpp.pruning.model_file import load_model
 from isotpp.pruning.torch_convert import (
     convert_file,
@@ -28,8 +30,6 @@ from isotpp.pruning.torch_convert import (
     load_torch_checkpoint,
     to_torch_state_dict,
 )
-from isotpp.errors import UserError
-from isotpp.models import create_model, widths_of
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,6 +5,9 @@ the traced channel groups and equals the NCHW order computed by hand; numpy stat
 import numpy as np
 import pytest
 
+from isotpp.errors import UserError
+from isotpp.models import BuildConfig
+from isotpp.pruning.groups import Slot
 from isotpp.pruning.torch_convert import (
     _flatten_orders,
     _plan,
@@ -12,9 +15,6 @@ from isotpp.pruning.torch_convert import (
     from_torch_state_dict,
     to_torch_state_dict,
 )
-from isotpp.errors import UserError
-from isotpp.pruning.groups import Slot
-from isotpp.models import BuildConfig
 
 
 def _nchw_order(channels: int, positions: int) -> list[int]:

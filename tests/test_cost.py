@@ -17,9 +17,15 @@ import pytest
 
 from isotpp.cli import app as cli
 from isotpp.cli.prune import add_parser
-from isotpp.pruning.cost import count_cost, plan_cost, ratios_cost, widths_after, widths_cost
 from isotpp.errors import UserError
 from isotpp.models import BuildConfig
+from isotpp.pruning.cost import (
+    count_cost,
+    plan_cost,
+    ratios_cost,
+    widths_after,
+    widths_cost,
+)
 from isotpp.pruning.plan import Plan, hard_prune, l1_plan
 
 

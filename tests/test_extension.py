@@ -15,11 +15,13 @@ import pytest
 from flax import nnx
 
 import isotpp
-from isotpp.pruning.model_file import load_model, save_model
 from isotpp.cli.app import main
 from isotpp.errors import UserError
-from isotpp.pruning.groups import channel_groups, flat_arrays, resolve_ratios
-from isotpp.storage.atomic import read_json
+from isotpp.models import create_model, layer_names, widths_of
+from isotpp.models.program import flat_arrays
+from isotpp.pai.masks import keep_count, mask_density, masks_from_scores
+from isotpp.pai.registry import Score, get_score, register_score, unregister_score
+from isotpp.pruning.groups import channel_groups, resolve_ratios
 from isotpp.pruning.methods import (
     Method,
     MethodSettings,
@@ -30,10 +32,9 @@ from isotpp.pruning.methods import (
     register_method,
     unregister_method,
 )
-from isotpp.models import create_model, layer_names, widths_of
-from isotpp.pai.masks import keep_count, mask_density, masks_from_scores
-from isotpp.pai.registry import Score, get_score, register_score, unregister_score
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.pruning.plan import Plan, hard_prune, l1_plan, n_pruned
+from isotpp.storage.atomic import read_json
 from isotpp.training.engine import reference_sgd
 
 NAME, KEY, SCORE = "Rand+Shrink", "rand_plus_shrink", "antimag"

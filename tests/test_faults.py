@@ -22,8 +22,8 @@ import pytest
 from isotpp.cli.app import main as cli_main
 from isotpp.data.bundled import SUBSET_DIR
 from isotpp.errors import UserError
-from isotpp.storage.atomic import read_json, write_json
 from isotpp.preemption import Preempted
+from isotpp.storage.atomic import read_json, write_json
 from isotpp.studies.pruning_run import PruneConfig, run_pruning
 from isotpp.studies.rundir import LOCK_NAME, Commit, locked, recover
 

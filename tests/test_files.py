@@ -15,16 +15,16 @@ import pytest
 from flax import nnx
 
 import isotpp
-from isotpp.pruning.model_file import load_model, save_model
 from isotpp.data.cifar import read_cifar_batch
 from isotpp.data.idx import read_idx
 from isotpp.errors import DataError, UserError
-from isotpp.storage.npz import open_npz
-from isotpp.pruning.groups import flat_arrays
 from isotpp.models import create_model
+from isotpp.models.program import flat_arrays
 from isotpp.pai.autosparse import Scorer, feature_spec, load_scorer
 from isotpp.pai.irp import IRPRecord, load_irp_record
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.storage.artifact import IRP_RECORD, MODEL, SCORER
+from isotpp.storage.npz import open_npz
 
 
 def _peak(fn):

@@ -17,7 +17,6 @@ from user_models import (
 )
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import Slot, channel_groups, program_layers, resolve_ratios
 from isotpp.models import (
     MODEL_NAMES,
     BuildConfig,
@@ -25,6 +24,7 @@ from isotpp.models import (
     model_spec,
     residual_streams,
 )
+from isotpp.pruning.groups import Slot, channel_groups, program_layers, resolve_ratios
 from isotpp.studies.paper_tables import load_spec
 
 

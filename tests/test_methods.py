@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import flat_arrays
+from isotpp.models import create_model, widths_of
+from isotpp.models.program import flat_arrays
 from isotpp.pruning.methods import (
     LW_OPP,
     TABLE1_METHODS,
@@ -22,7 +23,6 @@ from isotpp.pruning.methods import (
     register_method,
     study_methods,
 )
-from isotpp.models import create_model, widths_of
 from isotpp.pruning.plan import l1_plan
 from isotpp.pruning.tpp import TPPConfig
 

@@ -537,7 +537,7 @@ def test_float64_model_is_float64_throughout_batchnorm_statistics_too():
     train-mode BN update stays float64 (no dtype-promotion warning) and equals the float64 batch mean."""
     import warnings
 
-    from isotpp.pruning.groups import flat_arrays
+    from isotpp.models.program import flat_arrays
 
     with jax.enable_x64(True):
         m = create_model("resnet20", widths={n: 4 for n in layer_names(create_model("resnet20"))[:-1]},

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import flat_arrays
-from isotpp.pruning.isometry import approximate_isometry, isometry_loss
 from isotpp.models import create_model, layer_names
+from isotpp.models.program import flat_arrays
+from isotpp.pruning.isometry import approximate_isometry, isometry_loss
 from isotpp.pruning.orthp import orthogonalize, orthp
 from isotpp.pruning.plan import hard_prune, l1_plan
 from isotpp.spectra.jacobian import model_singular_values

@@ -129,9 +129,9 @@ def test_a_record_without_g0_or_with_another_g0_is_refused():
 
 def test_scores_apply_to_another_architecture():
     """The same scorer ranks the weights of a differently shaped network (the transfer case)."""
-    from isotpp.pai.small_convnet import small_convnet
     from isotpp.pai.masks import keep_count, masks_from_scores
     from isotpp.pai.net import PrunableNet
+    from isotpp.pai.small_convnet import small_convnet
 
     s = fit_scorer(np.random.default_rng(0).normal(size=(256, 2)), np.zeros(256), spec=feature_spec(16),
                    hidden=(4,), epochs=1, batch_size=64)

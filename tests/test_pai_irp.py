@@ -71,7 +71,7 @@ def test_rewind_kernels_or_everything(tiny):
     net = nets[0]
     trained = jax.tree.map(lambda a: a + 1.0, net.params)
     masks = {n: jnp.asarray(np.arange(np.prod(s)).reshape(s) % 2 == 0) for n, s in net.shapes().items()}
-    from isotpp.pruning.groups import flat_arrays
+    from isotpp.models.program import flat_arrays
 
     p, _ = _rewound(net, trained, net.rest, masks, "kernels")
     f, f0, ft = flat_arrays(p), flat_arrays(net.params), flat_arrays(trained)
@@ -105,8 +105,8 @@ def test_record_round_trip_and_refusals(tmp_path, tiny):
     back.check_net(net)
     with pytest.raises(UserError, match="made on mlp, not lenet_300_100"):
         load_irp_record(tmp_path / "r.npz", arch="lenet_300_100")
-    from isotpp.pai.small_convnet import small_convnet
     from isotpp.pai.net import PrunableNet
+    from isotpp.pai.small_convnet import small_convnet
 
     with pytest.raises(UserError, match="IRP record is of mlp"):
         back.check_net(PrunableNet.from_model(small_convnet()))

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import flat_arrays
+from isotpp.models.program import flat_arrays
 from isotpp.pai.masked_optim import (
     MaskedState,
     get_masks,
@@ -161,12 +161,12 @@ def test_unmasked_parameters_become_exactly_zero_after_one_update():
 def test_masked_weights_stay_exactly_zero_through_vmapped_training():
     """Two runs with different masks, momentum and weight decay, several epochs: pruned entries stay 0.0,
     their momentum stays 0.0, kept entries move, and each run keeps its own mask."""
+    from isotpp.data.pipeline import epoch_batches
     from isotpp.models import create_model
     from isotpp.training.engine import (
         LRSchedule,
         ModelFns,
         RunGroup,
-        epoch_batches,
         reference_sgd,
         stack_runs,
         unstack_run,

@@ -102,7 +102,7 @@ def test_prunable_net_closures_by_hand():
     net = PrunableNet.from_model(model)
     assert net.names == ("net.0.kernel", "net.2.kernel") and net.n_weights == 2 * 3 + 3 * 2
     k = {n: np.asarray(v) for n, v in net.kernels().items()}
-    from isotpp.pruning.groups import flat_arrays
+    from isotpp.models.program import flat_arrays
 
     b = {n: np.asarray(v) for n, v in flat_arrays(net.params).items() if n.endswith("bias")}
     # R = Σ (|b2| + |W2|ᵀ relu(|W1|ᵀ 1 + |b1|)): everything positive, the ReLU is the identity
@@ -123,8 +123,8 @@ def test_prunable_net_closures_by_hand():
 
 def test_one_shot_masks_give_exact_densities():
     from isotpp.models import create_model
-    from isotpp.pai.registry import one_shot_masks
     from isotpp.pai.net import PrunableNet
+    from isotpp.pai.registry import one_shot_masks
 
     net = PrunableNet.from_model(create_model("mlp", depth=3, width=10, input_dim=8, num_classes=3, act="relu",
                                               init="kaiming"))

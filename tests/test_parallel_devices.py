@@ -96,8 +96,8 @@ def _run(mode: str, n_devices: int, workdir: Path) -> dict:
 
     from isotpp import parallel
     from isotpp.data.pipeline import InMemoryData, InMemoryEval
-    from isotpp.pruning.groups import channel_groups
     from isotpp.models import layer_names
+    from isotpp.pruning.groups import channel_groups
     from isotpp.pruning.plan import l1_plan
     from isotpp.pruning.tpp import TPPConfig, describe, targets_for, tpp
     from isotpp.training.engine import reference_sgd

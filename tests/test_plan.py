@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isotpp.pruning.model_file import load_model, save_model
 from isotpp.errors import UserError
-from isotpp.pruning.groups import (
-    Slot,
-    channel_groups,
-    flat_arrays,
-    leaf_name,
-    map_named,
-    parse_ratios,
-    resolve_ratios,
-)
 from isotpp.models import BuildConfig, create_model, widths_of
+from isotpp.models.program import flat_arrays, leaf_name, map_named
+from isotpp.pruning.groups import Slot, channel_groups, parse_ratios, resolve_ratios
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.pruning.plan import (
     Plan,
     hard_prune,

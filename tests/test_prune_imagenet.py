@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from isotpp.pruning.model_file import load_model
 from isotpp.cli.app import build_parser
 from isotpp.cli.prune import config_from_args
 from isotpp.data.imagefolder import EvalTransform, train_order
 from isotpp.errors import UserError
 from isotpp.models import widths_of
+from isotpp.pruning.model_file import load_model
 from isotpp.pruning.plan import Plan
 from isotpp.studies.pruning_run import PruneConfig, load_data, run_pruning
 

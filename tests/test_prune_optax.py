@@ -13,9 +13,10 @@ from flax import nnx
 from user_models import INPUTS, MLP, ConvBN, make_convbn
 
 import isotpp
-from isotpp.pruning.model_file import load_model, save_model
 from isotpp.errors import UserError
-from isotpp.pruning.groups import channel_groups, flat_arrays
+from isotpp.models.program import flat_arrays
+from isotpp.pruning.groups import channel_groups
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.pruning.optax_prune import fit_schedule, minimum_steps, plan_of
 from isotpp.pruning.plan import Plan, hard_prune
 from isotpp.pruning.tpp import DONE, TPPConfig, describe, targets_for, tpp, tpp_state

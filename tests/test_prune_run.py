@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isotpp.pruning.model_file import load_model
-from isotpp.pruning.groups import flat_arrays
-from isotpp.storage.atomic import read_json
 from isotpp.models import widths_of
+from isotpp.models.program import flat_arrays
+from isotpp.pruning.model_file import load_model
 from isotpp.pruning.plan import Plan
+from isotpp.storage.atomic import read_json
 from isotpp.studies.pruning_run import PruneConfig, run_pruning
 
 TINY = {"model": "resnet20", "dataset": "synthetic", "ratios": "*layer*.conv1:0.5", "width_scale": 0.25,

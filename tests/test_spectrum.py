@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isotpp.spectra import jacobian as sp
 from isotpp.errors import UserError
+from isotpp.spectra import jacobian as sp
 
 
 class TinyConvNet(nnx.Module):

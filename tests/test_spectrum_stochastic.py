@@ -10,10 +10,10 @@ import pytest
 import scipy.stats
 
 from isotpp import memory
-from isotpp.spectra import jacobian as sp
-from isotpp.spectra import stochastic as sps
 from isotpp.errors import UserError
 from isotpp.models import create_model
+from isotpp.spectra import jacobian as sp
+from isotpp.spectra import stochastic as sps
 
 
 def _linear_map(c=12, d=20, seed=0):

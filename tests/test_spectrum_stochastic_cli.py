@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from isotpp.spectra import jacobian as sp
-from isotpp.cli.app import main
 from isotpp.cli import args as A
+from isotpp.cli.app import main
+from isotpp.spectra import jacobian as sp
 
 # a tanh MLP with 128 outputs: the exact method costs 128 VJPs per chunk, the estimate 32 products
 WIDE = ("--model", "mlp", "--depth", "2", "--width", "256", "--act", "tanh", "--input-dim", "256",

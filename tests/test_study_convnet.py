@@ -4,10 +4,10 @@ reuses everything, and a directory holding another study is refused."""
 
 import pytest
 
-from isotpp.pruning.model_file import load_model
 from isotpp.errors import UserError
-from isotpp.studies.pruning_run import mean_jsv
+from isotpp.pruning.model_file import load_model
 from isotpp.studies.convnet import quick_config, run_convnet_study
+from isotpp.studies.pruning_run import mean_jsv
 
 TINY = {"dataset": "synthetic", "train_limit": 256, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
         "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")), "batch_size": 64,

@@ -10,8 +10,8 @@ import pytest
 
 from isotpp.errors import UserError
 from isotpp.storage.atomic import write_json
-from isotpp.studies.rundir import open_run
 from isotpp.studies import mlp_linear, pai
+from isotpp.studies.rundir import open_run
 from isotpp.studies.scaffold import StudySettings, run_study, slug
 
 

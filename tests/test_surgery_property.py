@@ -15,8 +15,9 @@ from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from isotpp.pruning.groups import channel_groups, map_named
 from isotpp.models import create_model, widths_of
+from isotpp.models.program import map_named
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import Plan, hard_prune, soft_prune
 
 RATIOS = (0.0, 0.1, 0.5, 0.9)

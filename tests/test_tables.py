@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isotpp.pruning.model_file import load_model
 from isotpp.cli.app import build_parser
 from isotpp.cli.prune import config_from_args, run_prune
 from isotpp.errors import UserError
-from isotpp.pruning.methods import TABLE1_METHODS
 from isotpp.models import widths_of
 from isotpp.preemption import Preempted
+from isotpp.pruning.methods import TABLE1_METHODS
+from isotpp.pruning.model_file import load_model
 from isotpp.studies.paper_tables import (
     BaseRecipe,
     Cell,

@@ -22,12 +22,13 @@ from isotpp.data import discovery, download, load_dataset
 from isotpp.data.bundled import SUBSET_DIR, SUBSET_SIZES, demo_data_dir
 from isotpp.data.download import Resource
 from isotpp.errors import UserError
-from isotpp.reporting.figures import figure_format, parse_formats, save_figure, spectrum_histogram
 from isotpp.progress import LogProgress, progress
+from isotpp.reporting.figures import figure_format, parse_formats, save_figure
+from isotpp.spectra.figures import spectrum_histogram
 from isotpp.studies import mlp_linear
+from isotpp.studies.linear_report import draw_results_figure, write_report
 from isotpp.studies.pai_report import draw_accuracy_figure, pai_rows
 from isotpp.studies.pai_report import write_report as pai_write_report
-from isotpp.studies.linear_report import draw_results_figure, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<?xml"}

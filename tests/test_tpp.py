@@ -7,10 +7,19 @@ import optax
 import pytest
 from flax import nnx
 
-from isotpp.pruning.groups import channel_groups, flat_arrays, map_named
 from isotpp.models import create_model, layer_names
+from isotpp.models.program import flat_arrays, map_named
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import Plan, hard_prune, soft_prune
-from isotpp.pruning.tpp import DONE, STABILIZE, UPDATE, TPPConfig, describe, targets_for, tpp
+from isotpp.pruning.tpp import (
+    DONE,
+    STABILIZE,
+    UPDATE,
+    TPPConfig,
+    describe,
+    targets_for,
+    tpp,
+)
 
 # reg: 0.1 per tick, a tick every 2 iterations: the cap 1.0 is reached at iteration 20;
 # zero-out every 2 iterations of stabilising; done 6 iterations later.

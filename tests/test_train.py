@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from isotpp.data.pipeline import epoch_batches
 from isotpp.errors import UserError
 from isotpp.models import create_model
 from isotpp.training.engine import (
@@ -15,7 +16,6 @@ from isotpp.training.engine import (
     RunGroup,
     check_finite,
     cross_entropy,
-    epoch_batches,
     init_state,
     make_epoch_fn,
     make_eval_fn,

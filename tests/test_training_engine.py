@@ -15,23 +15,22 @@ import pytest
 
 from isotpp import parallel
 from isotpp.data import make_synthetic
-from isotpp.data.pipeline import InMemoryData, InMemoryEval
+from isotpp.data.pipeline import InMemoryData, InMemoryEval, epoch_batches
 from isotpp.errors import UserError
 from isotpp.models import create_model
+from isotpp.training.checkpoint import TrainCheckpointer
 from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
     RunGroup,
     check_finite,
-    epoch_batches,
     init_state,
     reference_sgd,
     stack_runs,
     unstack_run,
 )
-from isotpp.training.checkpoint import TrainCheckpointer
-from isotpp.training.sharded import TrainConfig, Trainer, evaluate_model
 from isotpp.training.metrics import MetricsWriter
+from isotpp.training.sharded import TrainConfig, Trainer, evaluate_model
 
 
 def _mlp(seed=0):

@@ -367,8 +367,8 @@ def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, ar
 
     if checkpoint is not None:
         # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
-        from isotpp.pruning.model_file import load_model, read_header
         from isotpp.models import BuildConfig
+        from isotpp.pruning.model_file import load_model, read_header
 
         header = read_header(checkpoint)
         if "build" in header:

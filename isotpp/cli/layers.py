@@ -13,8 +13,8 @@ def layer_rows(model) -> list[dict[str, Any]]:
     or none) or ``"fixed"`` (cannot be pruned; ``why`` says why).
     """
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
-    from isotpp.pruning.groups import channel_groups
     from isotpp.models import widths_of
+    from isotpp.pruning.groups import channel_groups
 
     by_layer = {layer: g for g in channel_groups(model) for layer in g.layers}
     rows = []

@@ -189,10 +189,10 @@ def preflight(args) -> None:
     architecture, the width scale, the batch against the training examples."""
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
     from isotpp.cli.train import check_width_scale
-    from isotpp.pruning.cost import widths_after
     from isotpp.data import DATASET_INFO
     from isotpp.memory import require_for_training
     from isotpp.models import model_spec, widths_of
+    from isotpp.pruning.cost import widths_after
 
     model = _abstract_model(args.model, args.num_classes or model_spec(args.model).num_classes)
     widths_after(model, args.ratios, _parse_skip(args.skip))  # a pattern matching nothing -> UserError
@@ -215,8 +215,8 @@ def check_batch(batch_size: int, limit: int | None, info) -> None:
 
 def _full_run(args) -> int:
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
-    from isotpp.studies.pruning_run import run_pruning
     from isotpp.reporting.tables import fmt_number, markdown_table
+    from isotpp.studies.pruning_run import run_pruning
 
     config = config_from_args(args)
     preflight(args)
@@ -263,9 +263,9 @@ def run_prune(
     if not dry_run:
         raise UserError("run_prune reports costs only: use isotpp.studies.pruning_run.run_pruning for a full run")
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
+    from isotpp.models import model_spec
     from isotpp.pruning.cost import ratios_cost
     from isotpp.pruning.groups import parse_ratios
-    from isotpp.models import model_spec
     from isotpp.reporting.tables import markdown_table
 
     spec = model_spec(model)  # unknown model -> UserError

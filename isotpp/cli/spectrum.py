@@ -119,10 +119,10 @@ def run_spectrum(
         figure_format(plot_path)  # a bad extension fails before the work
 
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
-    from isotpp.spectra import jacobian as sp
     from isotpp import theory
     from isotpp.models import create_model
     from isotpp.reporting.tables import fmt_number, markdown_table
+    from isotpp.spectra import jacobian as sp
 
     if isinstance(nets, bool) or not isinstance(nets, int) or nets < 1:
         raise UserError(f"nets must be an integer >= 1, got {nets!r}")

@@ -34,7 +34,6 @@ from jax.sharding import Mesh
 
 from isotpp import parallel
 from isotpp.errors import UserError
-from isotpp.training.engine import epoch_batches
 
 Batch = tuple[jax.Array, jax.Array]  # (images, labels), global arrays
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, valid)
@@ -112,7 +111,7 @@ class InMemoryData:
     ``images`` NHWC (float32, normalised) and int ``labels`` on the host;
     ``batch_size`` is the global batch. ``augment`` turns on the CIFAR
     augmentation (pad ``padding`` with ``fill``, crop, flip). With
-    ``drop_last=False`` (the default, as :func:`isotpp.training.engine.epoch_batches`)
+    ``drop_last=False`` (the default, as :func:`isotpp.data.pipeline.epoch_batches`)
     the last batch is topped up with examples from the start of the epoch's
     permutation so every example is seen and every batch has the same shape.
     """
@@ -302,3 +301,26 @@ class HostEval:
 
     def batches(self) -> Iterator[EvalBatch]:
         return prefetch_to_mesh(self.local_batches(), parallel.batch_sharding(self.mesh), self.prefetch)
+
+
+def epoch_batches(key, n_examples: int, batch_size: int, *, epoch=None, drop_last: bool = False) -> jax.Array:
+    """The engine's one epoch order: a shuffled (steps, batch) index array.
+
+    The permutation is drawn from ``key`` (from ``fold_in(key, epoch)`` when
+    ``epoch`` is given: any epoch's order without drawing the ones before it).
+    With ``drop_last=False`` the last partial batch is filled up with examples
+    from the start of the permutation (every example is seen at least once and
+    every batch has the same size, which ``lax.scan`` needs). Both regimes use
+    it: :meth:`RunGroup.train_epoch` and the sharded trainer's in-memory source
+    (:class:`isotpp.data.pipeline.InMemoryData`).
+    """
+    if epoch is not None:
+        key = jax.random.fold_in(key, epoch)
+    perm = jax.random.permutation(key, n_examples)
+    steps = n_examples // batch_size if drop_last else -(-n_examples // batch_size)
+    if steps == 0:
+        raise UserError(f"batch size {batch_size} exceeds the {n_examples} training examples: lower it")
+    total = steps * batch_size
+    if total > n_examples:
+        perm = jnp.concatenate([perm, perm[: total - n_examples]])
+    return perm[:total].reshape(steps, batch_size)

@@ -34,7 +34,13 @@ from isotpp.pai.masks import apply_masks, check_density, keep_count, top_count_m
 from isotpp.pai.net import PrunableNet
 from isotpp.pai.runs import train_runs
 from isotpp.storage.artifact import IRP_RECORD, Artifact, read_artifact, write_artifact
-from isotpp.training.engine import RunGroup, check_finite, reference_sgd, stack_runs, unstack_run
+from isotpp.training.engine import (
+    RunGroup,
+    check_finite,
+    reference_sgd,
+    stack_runs,
+    unstack_run,
+)
 
 __all__ = ["IRPRecord", "irp_keep_counts", "load_irp_record", "make_record", "run_irp"]
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isotpp.pruning.groups import flat_arrays, leaf_name
+from isotpp.models.program import flat_arrays, leaf_name
 from isotpp.pai.masks import apply_masks
 from isotpp.training.engine import TrainState
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import map_named
+from isotpp.models.program import map_named
 
 Scope = Literal["global", "layerwise"]
 SCOPES = ("global", "layerwise")

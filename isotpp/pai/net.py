@@ -23,8 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from isotpp.pruning.groups import flat_arrays, map_named
 from isotpp.models import layer_names
+from isotpp.models.program import flat_arrays, map_named
 from isotpp.training.engine import ModelFns
 
 __all__ = ["PrunableNet", "arch_of", "prunable_names"]

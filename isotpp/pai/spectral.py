@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isotpp.pruning.isometry import approximate_isometry
 from isotpp.pai.masks import apply_masks
 from isotpp.pai.net import PrunableNet
+from isotpp.pruning.isometry import approximate_isometry
 from isotpp.spectra.jacobian import model_singular_values, summarize
 
 __all__ = ["isometrize", "jsv_at_init"]

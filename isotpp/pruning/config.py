@@ -65,9 +65,9 @@ class PruneConfig:
 
     def validate(self) -> PruneConfig:
         # imported here: the CLI reads PruneConfig's defaults, and `isotpp --help` stays free of JAX
+        from isotpp.models import model_spec
         from isotpp.pruning.groups import parse_ratios
         from isotpp.pruning.methods import get_method
-        from isotpp.models import model_spec
         from isotpp.training.engine import LRSchedule
 
         model_spec(self.model)

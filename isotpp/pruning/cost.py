@@ -69,8 +69,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import channel_groups, resolve_ratios
 from isotpp.models import count_params, iter_layers, widths_of
+from isotpp.pruning.groups import channel_groups, resolve_ratios
 from isotpp.pruning.plan import n_pruned
 
 # The TPP paper computes its tables' sparsity and speedup from counts rounded to this many

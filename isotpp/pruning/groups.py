@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from isotpp.errors import UserError
+from isotpp.models.program import example_input, leaf_name
 
 Role = Literal["out", "bias", "bn", "bn_stat", "in", "out_fixed"]
 
@@ -83,33 +84,6 @@ class Group:
 
 
 # --------------------------------------------------------------------------
-# Paths into NNX state.
-# --------------------------------------------------------------------------
-
-
-def leaf_name(path: Sequence[Any]) -> str:
-    """Dotted name of a pytree path from ``jax.tree_util`` over an ``nnx.State``."""
-    parts = []
-    for k in path:
-        key = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-        if key == "value" and isinstance(k, jax.tree_util.GetAttrKey):
-            continue
-        parts.append(str(key))
-    return ".".join(parts)
-
-
-def flat_arrays(state) -> dict[str, jax.Array]:
-    """``{dotted name: array}`` for every leaf of an ``nnx.State``."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
-    return {leaf_name(p): x for p, x in leaves}
-
-
-def map_named(fn, state):
-    """``jax.tree.map`` that also passes each leaf's dotted name: ``fn(name, leaf)``."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: fn(leaf_name(p), x), state)
-
-
-# --------------------------------------------------------------------------
 # Groups of a model, traced from its forward program.
 # --------------------------------------------------------------------------
 
@@ -118,9 +92,8 @@ _CACHE_SIZE = 32
 
 
 def _trace(model: nnx.Module, x=None):
-    from isotpp.pruning.trace import (  # cycle: group_trace builds on Slot and Group
-        example_input,
-        trace_groups,
+    from isotpp.pruning.trace import (
+        trace_groups,  # cycle: the tracer builds on Slot and Group
     )
 
     spec = example_input(model, x)

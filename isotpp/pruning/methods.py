@@ -344,7 +344,7 @@ def penalty_fn(kind: str, kernel_names: Sequence[str], *, rule: str = "c_in") ->
     penalties, lw_opp for the "X + L1" ones) is applied by the caller.
     """
     # imported on use: the registry loads without JAX (`isotpp --help` lists it)
-    from isotpp.pruning.groups import flat_arrays
+    from isotpp.models.program import flat_arrays
 
     fn = layer_penalty(kind, rule=rule)
     names = list(kernel_names)
@@ -368,8 +368,8 @@ def _tpp_phase(model, plan, settings: MethodSettings, *, name: str, key: str, pe
     ``opp_scheme`` loop: the same L2 ramp, BatchNorm L2 and zero-out, TPP's Gram term replaced by
     ``lw_opp`` (constant) times ``penalty`` over every layer."""
     # imported on use: the registry loads without JAX (`isotpp --help` lists it)
-    from isotpp.pruning.groups import channel_groups
     from isotpp.models import layer_names
+    from isotpp.pruning.groups import channel_groups
     from isotpp.pruning.tpp import TPPConfig, describe, targets_for, tpp
     from isotpp.training.engine import reference_sgd
 
@@ -466,7 +466,7 @@ class ApproximateIsometry(Method):
         # imported on use: the registry loads without JAX (`isotpp --help` lists it)
         from flax import nnx
 
-        from isotpp.pruning.groups import flat_arrays, map_named
+        from isotpp.models.program import flat_arrays, map_named
         from isotpp.pruning.isometry import approximate_isometry
 
         names = set(_kernel_names(small))

@@ -28,9 +28,9 @@ import numpy as np
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.trace import example_input
-from isotpp.pruning.groups import channel_groups
 from isotpp.models import BuildConfig, widths_of
+from isotpp.models.program import example_input
+from isotpp.pruning.groups import channel_groups
 from isotpp.pruning.plan import Plan, hard_prune
 from isotpp.storage.artifact import MODEL, Artifact, read_artifact, write_artifact
 

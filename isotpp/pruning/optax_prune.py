@@ -30,13 +30,8 @@ import optax
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import (
-    Group,
-    channel_groups,
-    flat_arrays,
-    program_layers,
-    resolve_ratios,
-)
+from isotpp.models.program import flat_arrays
+from isotpp.pruning.groups import Group, channel_groups, program_layers, resolve_ratios
 from isotpp.pruning.methods import (
     LW_OPP,
     LW_ORTH_REG,

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import map_named
 from isotpp.models import ACT_GAIN, layer_names
+from isotpp.models.program import map_named
 from isotpp.pruning.penalties import from_torch_filters, torch_filters
 
 

@@ -25,16 +25,10 @@ import numpy as np
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import (
-    Group,
-    Slot,
-    channel_groups,
-    flat_arrays,
-    map_named,
-    resolve_ratios,
-)
-from isotpp.storage.atomic import read_json, write_json
 from isotpp.models import widths_of
+from isotpp.models.program import flat_arrays, map_named
+from isotpp.pruning.groups import Group, Slot, channel_groups, resolve_ratios
+from isotpp.storage.atomic import read_json, write_json
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,9 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isotpp.pruning.model_file import save_model
 from isotpp.errors import UserError
-from isotpp.pruning.groups import Slot, channel_groups, flat_arrays, program_layers
 from isotpp.models import (
     BuildConfig,
     create_model,
@@ -60,7 +58,10 @@ from isotpp.models import (
     layer_names,
     widths_of,
 )
+from isotpp.models.program import flat_arrays
 from isotpp.models.resnet_cifar import ZeroPadShortcut
+from isotpp.pruning.groups import Slot, channel_groups, program_layers
+from isotpp.pruning.model_file import save_model
 
 __all__ = [
     "convert_file",

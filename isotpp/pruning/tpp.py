@@ -49,9 +49,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from isotpp.pruning import penalties
 from isotpp.errors import UserError
-from isotpp.pruning.groups import Group, Slot, flat_arrays, map_named
+from isotpp.models.program import flat_arrays, map_named
+from isotpp.pruning import penalties
+from isotpp.pruning.groups import Group, Slot
 from isotpp.pruning.plan import Plan
 
 UPDATE, STABILIZE, DONE = 0, 1, 2

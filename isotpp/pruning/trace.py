@@ -34,15 +34,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax._src import source_info_util
 from jax.extend.core import Literal
 
 from isotpp.errors import UserError
-from isotpp.pruning.groups import Group, Slot, leaf_name
+from isotpp.models.program import example_input, forward_jaxpr
+from isotpp.pruning.groups import Group, Slot
 
 CLASSIFIER = "it is the classifier (its outputs are the classes)"
 
@@ -624,42 +623,6 @@ def _variable_info(model: nnx.Module) -> dict[str, tuple[str, str, int]]:
         owner = owners.get(".".join(str(p) for p in path[:-1]), "")
         info[name] = (kind, owner, len(var.shape))
     return info
-
-
-def example_input(model: nnx.Module, x=None, batch: int = 2):
-    """``x`` as a shape/dtype, or one made from ``model.input_shape`` (the zoo's models carry it)."""
-    if x is not None:
-        return jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", jnp.float32))
-    shape = getattr(model, "input_shape", None)
-    if shape is None:
-        raise UserError(f"{type(model).__name__} has no input_shape: pass an example input x (one batch) to trace "
-                        "its channel groups")
-    dtype = next((v.dtype for v in jax.tree.leaves(nnx.state(model, nnx.Param))), jnp.float32)
-    return jax.ShapeDtypeStruct((batch, *tuple(shape)), dtype)
-
-
-def forward_jaxpr(model: nnx.Module, spec: jax.ShapeDtypeStruct):
-    """The jaxpr of ``model(x)`` in eval mode over (every state leaf, x): (closed jaxpr, leaf names, leaf shapes)."""
-
-    graphdef, state = nnx.split(model)
-    leaves_p, treedef = jax.tree_util.tree_flatten_with_path(state)
-    names = [leaf_name(p) for p, _ in leaves_p]
-    leaves = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for _, v in leaves_p]
-
-    def forward(leaves, x):
-        m = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
-        m.eval()
-        return m(x)
-
-    try:
-        closed = jax.make_jaxpr(forward)(leaves, spec)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's forward pass failed on the example input
-        raise UserError(f"tracing {type(model).__name__} on an input of shape {spec.shape} failed "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): pass an example input "
-                        "the model accepts") from None
-    return closed, names, leaves
 
 
 def _stage(layer: str, zoo: bool) -> str:

@@ -57,9 +57,9 @@ import numpy as np
 from flax import nnx
 
 from isotpp import memory
-from isotpp.spectra import stochastic
 from isotpp.errors import UserError
-from isotpp.pruning.trace import example_input
+from isotpp.models.program import example_input
+from isotpp.spectra import stochastic
 from isotpp.spectra.linearity import is_affine
 
 logger = logging.getLogger(__name__)

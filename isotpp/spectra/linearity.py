@@ -15,7 +15,7 @@ from __future__ import annotations
 from flax import nnx
 from jax.extend.core import Literal
 
-from isotpp.pruning.trace import example_input, forward_jaxpr
+from isotpp.models.program import example_input, forward_jaxpr
 
 CONST, AFFINE, OTHER = 0, 1, 2
 

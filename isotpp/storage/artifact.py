@@ -38,8 +38,8 @@ import numpy as np
 
 from isotpp import __version__
 from isotpp.errors import DataError, UserError
-from isotpp.storage.npz import Npz, open_npz
 from isotpp.storage.atomic import atomic_write
+from isotpp.storage.npz import Npz, open_npz
 
 __all__ = ["HEADER", "IRP_RECORD", "KINDS", "MODEL", "SCORER", "Artifact", "Kind", "read_artifact",
            "write_artifact"]

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from isotpp.storage import faults
 from isotpp.errors import UserError
+from isotpp.storage import faults
 
 
 def storage_error(path: str | os.PathLike, error: OSError) -> UserError:

@@ -19,11 +19,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from isotpp.pruning.model_file import load_model
 from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.pruning.methods import get_method, study_methods
 from isotpp.preemption import check
+from isotpp.pruning.methods import get_method, study_methods
+from isotpp.pruning.model_file import load_model
+from isotpp.studies import scaffold
+from isotpp.studies.linear_report import write_report
 from isotpp.studies.pruning_run import (
     PruneConfig,
     base_model,
@@ -32,9 +34,7 @@ from isotpp.studies.pruning_run import (
     mean_jsv,
     run_pruning,
 )
-from isotpp.studies import scaffold
 from isotpp.studies.scaffold import Study, StudySettings, slug
-from isotpp.studies.linear_report import write_report
 
 logger = logging.getLogger(__name__)
 

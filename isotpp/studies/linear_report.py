@@ -33,10 +33,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from isotpp.errors import UserError
-from isotpp.storage.atomic import write_text
 from isotpp.pruning.methods import method_colour
 from isotpp.reporting.figures import save_figure, save_figures
 from isotpp.reporting.tables import csv_text, markdown_table, mean_std, mean_std_fixed
+from isotpp.storage.atomic import write_text
 
 __all__ = [
     "draw_results_figure",

@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp import preemption
-from isotpp.pruning.model_file import load_model, save_model
 from isotpp.data import load_dataset
 from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.pruning.groups import flat_arrays
-from isotpp.storage.atomic import write_json
+from isotpp.models import create_model, layer_names
+from isotpp.models.program import flat_arrays
+from isotpp.progress import progress as progress_bar
 from isotpp.pruning.methods import (
     MethodSettings,
     Phase,
@@ -42,13 +42,16 @@ from isotpp.pruning.methods import (
     pruned_start,
     study_methods,
 )
-from isotpp.models import create_model, layer_names
-from isotpp.progress import progress as progress_bar
-from isotpp.spectra.jacobian import kernel_product_singular_values, model_singular_values
-from isotpp.studies import scaffold
-from isotpp.studies.scaffold import Study, StudySettings, slug
-from isotpp.studies.linear_report import write_report
+from isotpp.pruning.model_file import load_model, save_model
 from isotpp.pruning.tpp import TPPConfig
+from isotpp.spectra.jacobian import (
+    kernel_product_singular_values,
+    model_singular_values,
+)
+from isotpp.storage.atomic import write_json
+from isotpp.studies import scaffold
+from isotpp.studies.linear_report import write_report
+from isotpp.studies.scaffold import Study, StudySettings, slug
 from isotpp.training.engine import (
     LRSchedule,
     ModelFns,

@@ -48,7 +48,6 @@ from isotpp import preemption
 from isotpp.data import load_dataset
 from isotpp.data.identity import data_identity
 from isotpp.errors import UserError
-from isotpp.storage.atomic import write_json
 from isotpp.models import create_model
 from isotpp.pai.autosparse import (
     G0_DEFINITION,
@@ -56,7 +55,6 @@ from isotpp.pai.autosparse import (
     train_scorer,
     validate_scorer,
 )
-from isotpp.pai.small_convnet import small_convnet
 from isotpp.pai.irp import load_irp_record, make_record, run_irp
 from isotpp.pai.masks import (
     SCOPES,
@@ -65,6 +63,7 @@ from isotpp.pai.masks import (
     layer_densities,
     mask_density,
 )
+from isotpp.pai.net import PrunableNet
 from isotpp.pai.registry import (
     ScoreContext,
     all_methods,
@@ -73,8 +72,6 @@ from isotpp.pai.registry import (
     parse_method,
     score_names,
 )
-from isotpp.pai.net import PrunableNet
-from isotpp.pai.spectral import isometrize, jsv_at_init
 from isotpp.pai.runs import (
     PaIData,
     Split,
@@ -82,7 +79,10 @@ from isotpp.pai.runs import (
     selected_accuracy,
     train_runs,
 )
+from isotpp.pai.small_convnet import small_convnet
+from isotpp.pai.spectral import isometrize, jsv_at_init
 from isotpp.progress import progress as progress_bar
+from isotpp.storage.atomic import write_json
 from isotpp.studies import scaffold
 from isotpp.studies.pai_report import write_report
 from isotpp.studies.scaffold import Study, StudySettings, slug

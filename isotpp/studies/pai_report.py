@@ -20,10 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from isotpp.errors import UserError
-from isotpp.storage.atomic import write_text
 from isotpp.pai.registry import colour, display_name
 from isotpp.reporting.figures import save_figures
 from isotpp.reporting.tables import csv_text, markdown_table, mean_std, mean_std_fixed
+from isotpp.storage.atomic import write_text
 
 __all__ = ["draw_accuracy_figure", "draw_jsv_figure", "pai_rows", "pai_setting", "pai_tables", "write_report"]
 

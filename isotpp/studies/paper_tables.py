@@ -28,13 +28,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from isotpp.pruning.model_file import save_model
-from isotpp.pruning.cost import as_published
 from isotpp.errors import UserError
-from isotpp.storage.atomic import read_json
 from isotpp.preemption import Preempted, check, sigterm_stops
-from isotpp.studies.pruning_run import PruneConfig, base_model, load_data, run_pruning
+from isotpp.pruning.cost import as_published
+from isotpp.pruning.model_file import save_model
 from isotpp.reporting.tables import markdown_table
+from isotpp.storage.atomic import read_json
+from isotpp.studies.pruning_run import PruneConfig, base_model, load_data, run_pruning
 from isotpp.studies.scaffold import RESUME_HINT
 
 logger = logging.getLogger(__name__)

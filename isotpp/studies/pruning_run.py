@@ -46,9 +46,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from isotpp import parallel
-from isotpp.pruning.model_file import load_model, read_header, save_model
-from isotpp.pruning.torch_convert import load_torch_checkpoint
-from isotpp.pruning.cost import widths_after, widths_cost
 from isotpp.data import DATASET_INFO, load_dataset
 from isotpp.data.identity import data_identity
 from isotpp.data.imagefolder import (
@@ -60,7 +57,10 @@ from isotpp.data.imagefolder import (
 )
 from isotpp.data.pipeline import InMemoryData, InMemoryEval, pad_fill
 from isotpp.errors import UserError
-from isotpp.storage.atomic import read_json, write_json
+from isotpp.models import BuildConfig, create_model, layer_names, widths_of
+from isotpp.preemption import check, sigterm_stops
+from isotpp.pruning.config import PruneConfig, is_imagenet
+from isotpp.pruning.cost import widths_after, widths_cost
 from isotpp.pruning.methods import (
     MethodSettings,
     Phase,
@@ -68,12 +68,12 @@ from isotpp.pruning.methods import (
     get_method,
     pruned_start,
 )
-from isotpp.models import BuildConfig, create_model, layer_names, widths_of
+from isotpp.pruning.model_file import load_model, read_header, save_model
 from isotpp.pruning.plan import Plan
-from isotpp.preemption import check, sigterm_stops
-from isotpp.pruning.config import PruneConfig, is_imagenet
-from isotpp.studies.rundir import check_path, open_run
+from isotpp.pruning.torch_convert import load_torch_checkpoint
 from isotpp.spectra.jacobian import model_singular_values
+from isotpp.storage.atomic import read_json, write_json
+from isotpp.studies.rundir import check_path, open_run
 from isotpp.training.engine import LRSchedule, reference_sgd
 from isotpp.training.sharded import TrainConfig, Trainer, evaluate_model, jsv_hook
 

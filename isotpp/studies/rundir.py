@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any, Self
 
 from isotpp import parallel
-from isotpp.storage import faults
 from isotpp.data.identity import describe_identity
 from isotpp.errors import UserError
+from isotpp.storage import faults
 from isotpp.storage.atomic import read_json, storage_error, write_json
 
 LOCK_NAME = ".isotpp.lock"

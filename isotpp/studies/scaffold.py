@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 from isotpp.errors import UserError
-from isotpp.storage.atomic import read_json, write_json
 from isotpp.preemption import sigterm_stops
-from isotpp.studies.rundir import Commit, open_run
+from isotpp.storage.atomic import read_json, write_json
 from isotpp.studies.clock import StudyClock
+from isotpp.studies.rundir import Commit, open_run
 from isotpp.training.engine import LRSchedule
 from isotpp.training.metrics import MetricsWriter
 

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from isotpp.errors import UserError
-from isotpp.reporting.figures import _auto_log_x, save_figure
+from isotpp.reporting.figures import auto_log_x, save_figure
 from isotpp.theory.free import ChainSpectrum
 
 __all__ = ["draw_law", "spectrum_theory_figure"]
@@ -51,7 +51,7 @@ def draw_law(ax, law: ChainSpectrum | None, values, *, var: str = "s", log_x: bo
     zeros = v <= tol
     pos = v[~zeros]
     if log_x is None:
-        log_x = _auto_log_x(pos)  # the same rule as the plain histogram's
+        log_x = auto_log_x(pos)  # the same rule as the plain histogram's
     nb = bins or int(np.clip(np.sqrt(v.size), 10, 80))
     name = "s" if var == "s" else "λ"
     if pos.size:

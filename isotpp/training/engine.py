@@ -49,6 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from isotpp.data.pipeline import epoch_batches
 from isotpp.errors import UserError
 
 if TYPE_CHECKING:  # the checkpointer is passed in: importing orbax here would slow every study's import
@@ -264,29 +265,6 @@ def make_epoch_fn(
         return jax.lax.scan(body, state, batches)
 
     return epoch
-
-
-def epoch_batches(key, n_examples: int, batch_size: int, *, epoch=None, drop_last: bool = False) -> jax.Array:
-    """The engine's one epoch order: a shuffled (steps, batch) index array.
-
-    The permutation is drawn from ``key`` (from ``fold_in(key, epoch)`` when
-    ``epoch`` is given: any epoch's order without drawing the ones before it).
-    With ``drop_last=False`` the last partial batch is filled up with examples
-    from the start of the permutation (every example is seen at least once and
-    every batch has the same size, which ``lax.scan`` needs). Both regimes use
-    it: :meth:`RunGroup.train_epoch` and the sharded trainer's in-memory source
-    (:class:`isotpp.data.pipeline.InMemoryData`).
-    """
-    if epoch is not None:
-        key = jax.random.fold_in(key, epoch)
-    perm = jax.random.permutation(key, n_examples)
-    steps = n_examples // batch_size if drop_last else -(-n_examples // batch_size)
-    if steps == 0:
-        raise UserError(f"batch size {batch_size} exceeds the {n_examples} training examples: lower it")
-    total = steps * batch_size
-    if total > n_examples:
-        perm = jnp.concatenate([perm, perm[: total - n_examples]])
-    return perm[:total].reshape(steps, batch_size)
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ so BatchNorm sees the global batch and any optax transformation (TPP's
 wrapper with its state in ``opt_state``) trains unchanged on 1 or 512
 devices; its evaluation step (:func:`~isotpp.training.engine.make_eval_step`, summed
 over an evaluation source's padded batches: :func:`evaluate_model` for any
-model); its epoch order (:func:`~isotpp.training.engine.epoch_batches`, inside
+model); its epoch order (:func:`~isotpp.data.pipeline.epoch_batches`, inside
 :class:`~isotpp.data.pipeline.InMemoryData`) and its divergence check
 (:func:`~isotpp.training.engine.check_finite`). The learning rate of each epoch comes
 from an :class:`~isotpp.training.engine.LRSchedule` and is set inside the step (one
@@ -48,11 +48,12 @@ from flax import nnx
 
 from isotpp import parallel, preemption
 from isotpp.errors import UserError
-from isotpp.storage.atomic import write_json
 from isotpp.models import widths_of
 from isotpp.preemption import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401 (re-exported)
 from isotpp.progress import progress as progress_bar
 from isotpp.spectra.jacobian import model_singular_values, summarize
+from isotpp.storage.atomic import write_json
+from isotpp.training.checkpoint import TrainCheckpointer
 from isotpp.training.engine import (
     LRSchedule,
     ModelFns,
@@ -65,7 +66,6 @@ from isotpp.training.engine import (
     penalty_weights,
     set_learning_rate,
 )
-from isotpp.training.checkpoint import TrainCheckpointer
 from isotpp.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
