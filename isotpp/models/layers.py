@@ -331,6 +331,27 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "(B, " + ", ".join(str(s) for s in shape) + ")"
 
 
+def residual_stages(blocks, width: int, build) -> tuple[list[Sequential], int]:
+    """The stages of a ResNet: ``build(prefix, in_width, *layout)`` makes the block ``layer{s}.{i}`` of
+    each ``(s, i, *layout)`` in ``blocks`` and returns it with its output width; the blocks of a stage
+    form one :class:`Sequential`, in order. Returns the stages and the width after the last."""
+    stages: dict[int, list] = {}
+    for s, i, *layout in blocks:
+        block, width = build(f"layer{s}.{i}", width, *layout)
+        stages.setdefault(s, []).append(block)
+    return [Sequential(stages[s]) for s in sorted(stages)], width
+
+
+def finish_model(model: nnx.Module, arch: str, input_shape: Sequence[int], num_classes: int,
+                 plan: WidthsPlan) -> None:
+    """The zoo's static attributes (arch, input shape, classes, residual streams) and the module order."""
+    model.arch = arch
+    model.input_shape = tuple(input_shape)
+    model.num_classes = num_classes
+    model.streams = tuple(tuple(m) for m in plan.streams)
+    record_module_order(model)
+
+
 def check_image_input(arch: str, x, channels: int, min_hw: int = 1) -> None:
     """NHWC rank-4 input with the right channel count (spatial size is free)."""
     if x.ndim != 4 or x.shape[-1] != channels:

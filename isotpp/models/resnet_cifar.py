@@ -43,7 +43,8 @@ from isotpp.models.layers import (
     Sequential,
     WidthsPlan,
     check_image_input,
-    record_module_order,
+    finish_model,
+    residual_stages,
     resolve_widths,
 )
 
@@ -160,26 +161,17 @@ class CifarResNet(nnx.Module):
         self.conv1 = make.conv(cin, w["conv1"], 3, 1, 1)
         self.bn1 = make.bn(w["conv1"])
         self.relu = ReLU()
-        stages: dict[int, list] = {1: [], 2: [], 3: []}
-        x_width = w["conv1"]
-        for s, i, stride, kind in blocks:
-            p = f"layer{s}.{i}"
-            out = w[f"{p}.conv2"]
-            stages[s].append(BasicBlock(make, x_width, w[f"{p}.conv1"], out, stride, kind,
-                                        w.get(f"{p}.downsample.0")))
-            x_width = out
-        self.layer1 = Sequential(stages[1])
-        self.layer2 = Sequential(stages[2])
-        self.layer3 = Sequential(stages[3])
-        self.avgpool = GlobalAvgPool()
-        self.linear = make.dense(x_width, num_classes)
 
-        self.arch = arch
+        def block(prefix, width, stride, kind):
+            out = w[f"{prefix}.conv2"]
+            return BasicBlock(make, width, w[f"{prefix}.conv1"], out, stride, kind,
+                              w.get(f"{prefix}.downsample.0")), out
+
+        (self.layer1, self.layer2, self.layer3), width = residual_stages(blocks, w["conv1"], block)
+        self.avgpool = GlobalAvgPool()
+        self.linear = make.dense(width, num_classes)
         self.option = option
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.streams = tuple(tuple(m) for m in plan.streams)
-        record_module_order(self)
+        finish_model(self, arch, input_shape, num_classes, plan)
 
     def __call__(self, x):
         if x.ndim != 4 or x.shape[-1] != self.input_shape[-1]:

@@ -34,7 +34,8 @@ from isotpp.models.layers import (
     Sequential,
     WidthsPlan,
     check_image_input,
-    record_module_order,
+    finish_model,
+    residual_stages,
     resolve_widths,
 )
 
@@ -151,27 +152,16 @@ class ResNet(nnx.Module):
         self.bn1 = make.bn(w["conv1"])
         self.relu = ReLU()
         self.maxpool = MaxPool(3, 2, 1)
-        stages: dict[int, list] = {1: [], 2: [], 3: [], 4: []}
-        x_width = w["conv1"]
-        for s, i, stride, has_ds in blocks:
-            p = f"layer{s}.{i}"
-            bw = {c: w[f"{p}.{c}"] for c in Block.convs}
-            ds = w[f"{p}.downsample.0"] if has_ds else None
-            stages[s].append(Block(make, x_width, bw, stride, ds))
-            x_width = bw[Block.convs[-1]]
-        self.layer1 = Sequential(stages[1])
-        self.layer2 = Sequential(stages[2])
-        self.layer3 = Sequential(stages[3])
-        self.layer4 = Sequential(stages[4])
-        self.avgpool = GlobalAvgPool()
-        self.fc = make.dense(x_width, num_classes)
+        def build(prefix, width, stride, has_ds):
+            bw = {c: w[f"{prefix}.{c}"] for c in Block.convs}
+            ds = w[f"{prefix}.downsample.0"] if has_ds else None
+            return Block(make, width, bw, stride, ds), bw[Block.convs[-1]]
 
-        self.arch = arch
+        (self.layer1, self.layer2, self.layer3, self.layer4), width = residual_stages(blocks, w["conv1"], build)
+        self.avgpool = GlobalAvgPool()
+        self.fc = make.dense(width, num_classes)
         self.block = block
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.streams = tuple(tuple(m) for m in plan.streams)
-        record_module_order(self)
+        finish_model(self, arch, input_shape, num_classes, plan)
 
     def __call__(self, x):
         if x.ndim != 4 or x.shape[-1] != self.input_shape[-1]:
