@@ -147,7 +147,7 @@ def test_an_unfinished_write_is_ignored(tmp_path):
 # kill -9 in the middle of a run, a truncated checkpoint, --resume: the same final parameters.
 # --------------------------------------------------------------------------
 
-ARGS = ["--model", "resnet20", "--width-scale", "0.125", "--dataset", "synthetic", "--limit", "128",
+ARGS = ["--model", "resnet8", "--width-scale", "0.125", "--dataset", "synthetic", "--limit", "128",
         "--batch-size", "32", "--epochs", "3", "--lr-schedule", "0:0.05,1:0.02", "--checkpoint-every", "1",
         "--log-every", "2", "--no-progress"]  # fmt: skip
 KILLER = """

@@ -115,7 +115,7 @@ def _cli(*args, env=None):
     ("spectrum", "--init", "zeros"),
     ("spectrum", "--sigma-w", "-1"),
     ("spectrum", "--checkpoint", "/nonexistent/model.npz"),
-    ("spectrum", "--model", "resnet20", "--data", "fashion_mnist"),
+    ("spectrum", "--model", "resnet8", "--data", "fashion_mnist"),
     ("spectrum", "--model", "lenet5", "--method", "linear", "--samples", "2"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args):

@@ -367,7 +367,7 @@ def test_pai_study_killed_between_two_cells_of_a_group_completes_them_without_tr
     assert _study_results(again) == _study_results(ref)
 
 
-CONVNET = {"dataset": "synthetic", "train_limit": 64, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
+CONVNET = {"model": "resnet8", "dataset": "synthetic", "train_limit": 64, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
            "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"),), "batch_size": 64, "methods": ("L1",),
            "jsv_samples": 2, "ratio": 0.5}
 # In place of the Jacobian spectrum (seconds of tracing per call on ResNet-20; checked in
@@ -391,7 +391,7 @@ convnet.run_convnet_study(convnet.quick_config(**settings), sys.argv[2], log=lam
 
 
 def test_convnet_study_killed_between_the_files_of_its_pieces_and_stopped_by_sigterm(tmp_path, monkeypatch):
-    """The ConvNet study (one method, one learning rate, ResNet-20 at a quarter width, one epoch each) killed
+    """The ConvNet study (one method, one learning rate, ResNet-8 at a quarter width, one epoch each) killed
     between its base model and base.json, stopped by SIGTERM after base.json, killed before the pruned network
     is written: the rerun's results and final weights equal an uninterrupted study's."""
     import isotpp.spectra.jacobian

@@ -64,9 +64,9 @@ def _tiny_resnet():
 
     from isotpp.models import create_model, widths_of
 
-    full = widths_of(nnx.eval_shape(lambda: create_model("resnet20", num_classes=10, input_shape=(8, 8, 1))))
+    full = widths_of(nnx.eval_shape(lambda: create_model("resnet8", num_classes=10, input_shape=(8, 8, 1))))
     widths = {k: max(2, v // 8) for k, v in list(full.items())[:-1]}
-    return create_model("resnet20", num_classes=10, input_shape=(8, 8, 1), widths=widths, init="kaiming", seed=0,
+    return create_model("resnet8", num_classes=10, input_shape=(8, 8, 1), widths=widths, init="kaiming", seed=0,
                         param_dtype=jnp.float64)
 
 

@@ -16,7 +16,7 @@ from isotpp.pruning.plan import Plan
 from isotpp.storage.atomic import read_json
 from isotpp.studies.pruning_run import PruneConfig, run_pruning
 
-TINY = {"model": "resnet20", "dataset": "synthetic", "ratios": "*layer*.conv1:0.5", "width_scale": 0.25,
+TINY = {"model": "resnet8", "dataset": "synthetic", "ratios": "*layer*.conv1:0.5", "width_scale": 0.25,
         "batch_size": 64, "base_epochs": 1, "base_lr_schedule": "0:0.05", "epochs": 1, "lr_schedule": "0:0.01",
         "jsv_samples": 4, "checkpoint_every": None, "progress": False}
 
@@ -69,7 +69,7 @@ def test_orthp_orthogonalises_the_pruned_kernels(base_file, tmp_path):
     base_path, _, _ = base_file
     _, out = _run(tmp_path, "L1+OrthP", base=str(base_path))
     pruned, _ = load_model(out / "pruned.npz")
-    k = np.asarray(flat_arrays(nnx.state(pruned))["layer2.1.conv1.kernel"], np.float64)
+    k = np.asarray(flat_arrays(nnx.state(pruned))["layer2.0.conv1.kernel"], np.float64)
     w = k.reshape(-1, k.shape[-1]).T  # filters x fan_in: fewer rows than columns, orthonormal rows x sqrt(2)
     np.testing.assert_allclose(w @ w.T, 2.0 * np.eye(w.shape[0]), atol=1e-5)
 

@@ -9,7 +9,7 @@ from isotpp.pruning.model_file import load_model
 from isotpp.studies.convnet import quick_config, run_convnet_study
 from isotpp.studies.pruning_run import mean_jsv
 
-TINY = {"dataset": "synthetic", "train_limit": 256, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
+TINY = {"model": "resnet8", "dataset": "synthetic", "train_limit": 256, "width_scale": 0.25, "base_epochs": 1, "base_lr": "0:0.05",
         "retrain_epochs": 1, "lr_schedules": (("0.01", "0:0.01"), ("0.001", "0:0.001")), "batch_size": 64,
         "tpp_reg_granularity": 0.5, "tpp_stabilize_iters": 4, "tpp_zero_out_interval": 1, "jsv_samples": 4,
         "ratio": 0.5}
@@ -56,7 +56,7 @@ def test_running_statistics_jsv_is_the_pruned_networks(study):
     from isotpp.studies.pruning_run import PruneConfig, load_data
 
     out, r = study
-    data = load_data(PruneConfig(model="resnet20", dataset="synthetic", train_limit=256))
+    data = load_data(PruneConfig(model="resnet8", dataset="synthetic", train_limit=256))
     for method, folder in (("L1", "L1"), ("L1+OrthP", "L1_plus_OrthP"), ("TPP", "TPP")):
         model, _ = load_model(out / "seed0" / folder / "pruned.npz")
         assert r["runs"][method]["0.01"]["jsv_after_prune_eval"][0] == pytest.approx(

@@ -94,7 +94,7 @@ def test_lenet5(data):
 
 
 @settings(max_examples=8, **_SETTINGS)
-@given(data=st.data(), name=st.sampled_from(["resnet20", "resnet20_B"]))
+@given(data=st.data(), name=st.sampled_from(["resnet20", "resnet8_B"]))
 def test_cifar_resnets(data, name):
     _check(name, data, (16, 16, 3), narrow=2)
 

@@ -431,9 +431,9 @@ DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")  # iso
 DATASET_ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
                    "cifar-10": "cifar10", "cifar-100": "cifar100"}  # isotpp.data._ALIASES
 SPECTRUM_METHODS = ("auto", "gram", "jacobian", "linear", "stochastic")  # isotpp.spectra.jacobian.METHODS
-MODEL_NAMES = ("mlp", "mlp_7_linear", "mlp_7_relu", "lenet_300_100", "lenet5", "resnet20", "resnet32", "resnet44",
-               "resnet56", "resnet110", "resnet20_B", "resnet32_B", "resnet44_B", "resnet56_B", "resnet110_B", "vgg11",
-               "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50")  # isotpp.models.MODEL_NAMES
+MODEL_NAMES = ("mlp", "mlp_7_linear", "mlp_7_relu", "lenet_300_100", "lenet5", "resnet8", "resnet20", "resnet32",
+               "resnet44", "resnet56", "resnet110", "resnet8_B", "resnet20_B", "resnet32_B", "resnet44_B", "resnet56_B",
+               "resnet110_B", "vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50")  # isotpp.models.MODEL_NAMES
 model_name = Choice(MODEL_NAMES, what="model")
 init_scheme = Choice(INIT_SCHEMES, what="init scheme")
 dataset = Choice(DATASETS, DATASET_ALIASES, what="dataset")

@@ -9,8 +9,8 @@ mlp_7_linear           (32, 32, 1)      10       1024 -> 100 x 5 -> 10, identity
 mlp_7_relu             (32, 32, 1)      10       same, ReLU
 lenet_300_100          (28, 28, 1)      10       784 -> 300 -> 100 -> 10, ReLU
 lenet5                 (32, 32, 1)      10       LeNet-5 of the reference code
-resnet20 … resnet110   (32, 32, 3)      10       CIFAR ResNets, option A shortcut
-resnet20_B … _B        (32, 32, 3)      10       option B (1x1 conv + BN) shortcut
+resnet8 … resnet110    (32, 32, 3)      10       CIFAR ResNets, option A shortcut
+resnet8_B … _B         (32, 32, 3)      10       option B (1x1 conv + BN) shortcut
 vgg11, vgg13, vgg16    (32, 32, 3)      10       CIFAR VGG-BN (reference default)
 vgg19                  (32, 32, 3)      100      CIFAR-100: the TPP paper's VGG19 setting
 resnet18/34/50         (224, 224, 3)    1000     torchvision layout, ImageNet
@@ -124,9 +124,9 @@ for _name, _shape, _depth, _width, _act, _hidden in (
     _register(_name, _shape, 10, "mlp", _mlp(_name, _shape, _depth, _width, _act, _hidden),
               ("depth", "width", "act", "input_dim", "use_bias") if _name == "mlp" else ("use_bias",))
 _register("lenet5", (32, 32, 1), 10, "lenet", _lenet5)
-for _depth in (20, 32, 44, 56, 110):
+for _depth in (8, 20, 32, 44, 56, 110):
     _register(f"resnet{_depth}", (32, 32, 3), 10, "resnet_cifar", _cifar_resnet(_depth, "A", f"resnet{_depth}"))
-for _depth in (20, 32, 44, 56, 110):
+for _depth in (8, 20, 32, 44, 56, 110):
     _register(f"resnet{_depth}_B", (32, 32, 3), 10, "resnet_cifar",
               _cifar_resnet(_depth, "B", f"resnet{_depth}_B"))
 for _depth in (11, 13, 16, 19):

@@ -150,7 +150,7 @@ class CifarResNet(nnx.Module):
     ):
         arch = arch or f"resnet{depth}" + ("_B" if option == "B" else "")
         if depth < 8 or (depth - 2) % 6:
-            raise UserError(f"{arch}: CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+            raise UserError(f"{arch}: CIFAR ResNet depth must be 6n + 2 (8, 20, 32, 44, 56, 110), got {depth}")
         if option not in ("A", "B"):
             raise UserError(f"{arch}: shortcut option must be 'A' or 'B', got {option!r}")
         plan, blocks = cifar_plan((depth - 2) // 6, option, num_classes)
