@@ -1,12 +1,12 @@
 """Training: one engine, two regimes, and which layer owns which file.
 
-The engine is :mod:`isotpp.training.engine` (to become ``isotpp.training.engine``): the
-step, the epoch order, the evaluation step and the divergence check, each
-once. Its two drivers:
+The engine is :mod:`isotpp.training.engine`: the step, the evaluation step
+and the divergence check, each once, and the epoch order of
+:func:`isotpp.data.pipeline.epoch_batches`. Its two drivers:
 
 * :class:`isotpp.training.engine.RunGroup` — a stack of small runs vmapped together,
   epochs scanned on the device (the linear study, PaI, IRP);
-* :class:`isotpp.training.sharded.Trainer` (to become ``isotpp.training.sharded``) —
+* :class:`isotpp.training.sharded.Trainer` —
   one model, a jitted data-parallel step per batch (``isotpp prune``,
   ``isotpp train``).
 
