@@ -24,6 +24,7 @@ over rounds of the per-round medians.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -35,7 +36,7 @@ from flax import nnx
 from isotpp import spectrum as sp
 from isotpp.models import create_model
 
-from _bench import emit, machine, mib, run_worker
+from _bench import emit, loads, machine, mib, run_worker
 
 
 def _median_time(fn, repeats):
@@ -170,6 +171,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--torch", action="store_true", help="also time the PyTorch reference method")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    ap.add_argument("--json", default=None, help="also write every worker's result here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -184,14 +186,16 @@ def main():
     for r in range(args.rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             results[n].append(run_worker(__file__, "--worker", n, "--repeats", str(args.repeats)))
-            print(f"round {r + 1}: {n:<16} {results[n][-1]['ms']:.3f} ms/sample", flush=True)
+            x = results[n][-1]
+            print(f"round {r + 1}: {n:<16} {x['ms']:.3f} ms/sample, peak {mib(x['peak_bytes'])}, "
+                  f"load {x['load_start']:.1f}–{x['load']:.1f}", flush=True)
 
     def med(n, key):
         return statistics.median(x[key] for x in results[n])
 
     ref = {TORCH_ROWS[n]: med(n, "ms") for n in names if n in TORCH_ROWS}
     print(f"\n{'model':<14}{'method':<22}{'compile s':>10}{'ms/sample':>11}{'samples/s':>11}{'vs torch':>10}"
-          f"{'peak':>12}  (median of {args.rounds} rounds)")
+          f"{'peak':>12}{'load':>10}  (median of {args.rounds} rounds)")
     for n in names:
         model_name, method = (TORCH_ROWS[n], "reference (torch)") if n in TORCH_ROWS else ROWS[n][:2]
         if n in ROWS and ROWS[n][2] == "batch":
@@ -199,8 +203,12 @@ def main():
         ms = med(n, "ms")
         rel = f"{ref[model_name] / ms:.2f}x" if model_name in ref and n not in TORCH_ROWS else "-"
         print(f"{model_name:<14}{method:<22}{med(n, 'compile_s'):>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}{rel:>10}"
-              f"{mib(med(n, 'peak_bytes')):>12}")
+              f"{mib(med(n, 'peak_bytes')):>12}{loads(results[n]):>10}")
 
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "rounds": args.rounds, "repeats": args.repeats, "results": results}, fh,
+                      indent=1)
     if not any(n in ROWS and ROWS[n][0] == "ResNet56" for n in names):
         return
     r56, x_r56 = _inputs("ResNet56")
