@@ -10,7 +10,10 @@ Times, after compilation (reported separately):
   of 128 (what the reference measures).
 For ResNet56 it also prints the floor of the computation (one forward pass plus
 ten input-only VJPs, from XLA's own FLOP count of the forward) and the fraction
-of the machine's attainable FLOP rate (a large float32 matmul) reached.
+of the machine's attainable FLOP rate (a large float32 matmul) reached; the rows
+``r56-floor`` and ``r56-floor-batch`` time that floor itself (the forward and
+the ten VJPs in one program, without the Gram matrix and ``eigvalsh``), in each
+BatchNorm mode, with the same chunks.
 With ``--torch`` (PyTorch installed) it times the reference's method beside it:
 one backward pass per class through weights and input, then SVD.
 
@@ -24,6 +27,7 @@ over rounds of the per-round medians.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -69,6 +73,15 @@ def forward_flops(model, x):
     return float(cost.get("flops", float("nan")))
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "bn"))
+def floor_program(graphdef, state, x, *, bn):
+    """The floor of an exact spectrum: one forward pass and one input-only VJP per class (no Gram, no eigvalsh)."""
+    logits, vjp = jax.vjp(functools.partial(sp._apply_fn(graphdef, bn), state), x)
+    b, c = logits.shape
+    eye = jnp.eye(c, dtype=logits.dtype)
+    return [vjp(jnp.broadcast_to(eye[k], (b, c)))[0] for k in range(c)]
+
+
 def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
     graphdef, state = nnx.split(model)
     rows = []
@@ -84,6 +97,8 @@ def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
             chunks = [x[i : i + chunk] for i in range(0, n, chunk)]
 
             def run(method=method, chunks=chunks):
+                if method == "floor":
+                    return [floor_program(graphdef, state, c, bn=bn) for c in chunks]
                 return [sp._chunk_sv(graphdef, state, c, method=method, bn=bn) for c in chunks]
 
             compile_s = _first_call(run)
@@ -138,6 +153,9 @@ ROWS = {
     "r56-gram": ("ResNet56", "gram", "eval", 64),
     "r56-jacobian": ("ResNet56", "jacobian", "eval", 64),
     "r56-gram-batch": ("ResNet56", "gram", "batch", 128),
+    # the measured floor: one forward + ten input-only VJPs, same chunks (not a method: the bound to compare with)
+    "r56-floor": ("ResNet56", "floor", "eval", 64),
+    "r56-floor-batch": ("ResNet56", "floor", "batch", 128),
 }
 TORCH_ROWS = {"torch-mlp": "MLP-7-Linear", "torch-r56": "ResNet56"}
 
