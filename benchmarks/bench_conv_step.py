@@ -45,11 +45,19 @@ VARIANTS = {
     "lax+ynn": {"defaults": False, "conv": "lax", "tpp": False},
     "lax": {"defaults": True, "conv": "lax", "tpp": False},
     "isotpp+ynn": {"defaults": False, "conv": "isotpp", "tpp": False},
+    # XLA CPU options tried against the profile (docs/speed.md): the legacy loop/reduction emitters for the
+    # BatchNorm chains, and the concurrency-optimised scheduler for the many small independent ops
+    "isotpp legacy-emitters": {"defaults": True, "conv": "isotpp", "tpp": False,
+                               "flags": "--xla_cpu_use_fusion_emitters=false"},
+    "isotpp conc-sched": {"defaults": True, "conv": "isotpp", "tpp": False,
+                          "flags": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},
 }
 
 
 def worker(name: str, repeats: int) -> dict:
     spec = VARIANTS[name]
+    if spec.get("flags"):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {spec['flags']}".strip()
     if spec["defaults"]:
         import isotpp
 
@@ -123,7 +131,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="isotpp,isotpp TPP,lax+ynn,lax,isotpp+ynn", help="comma-separated: "
+                    + ", ".join(VARIANTS))
     ap.add_argument("--json", default=None, help="also write every worker's result here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -82,6 +82,19 @@ def floor_program(graphdef, state, x, *, bn):
     return [vjp(jnp.broadcast_to(eye[k], (b, c)))[0] for k in range(c)]
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "bn"))
+def gram_vmapped(graphdef, state, x, *, bn):
+    """The idea tried for the batch-statistics JSV: the ten VJPs vmapped into one wide backward pass (the
+    default unrolls them), then the same Gram matrix and eigvalsh."""
+    logits, vjp = jax.vjp(functools.partial(sp._apply_fn(graphdef, bn), state), x)
+    b, c = logits.shape
+    eye = jnp.eye(c, dtype=logits.dtype)
+    rows = jax.vmap(lambda k: vjp(jnp.broadcast_to(eye[k], (b, c)))[0].reshape(b, -1))(jnp.arange(c))
+    rows = jnp.swapaxes(rows, 0, 1)
+    gram = jnp.einsum("bkd,bld->bkl", rows, rows, precision=jax.lax.Precision.HIGHEST)
+    return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram)[:, ::-1], 0.0, None))
+
+
 def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
     graphdef, state = nnx.split(model)
     rows = []
@@ -99,6 +112,8 @@ def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
             def run(method=method, chunks=chunks):
                 if method == "floor":
                     return [floor_program(graphdef, state, c, bn=bn) for c in chunks]
+                if method == "gram-vmap":
+                    return [gram_vmapped(graphdef, state, c, bn=bn) for c in chunks]
                 return [sp._chunk_sv(graphdef, state, c, method=method, bn=bn) for c in chunks]
 
             compile_s = _first_call(run)
@@ -156,6 +171,7 @@ ROWS = {
     # the measured floor: one forward + ten input-only VJPs, same chunks (not a method: the bound to compare with)
     "r56-floor": ("ResNet56", "floor", "eval", 64),
     "r56-floor-batch": ("ResNet56", "floor", "batch", 128),
+    "r56-gram-batch-vmap": ("ResNet56", "gram-vmap", "batch", 128),
 }
 TORCH_ROWS = {"torch-mlp": "MLP-7-Linear", "torch-r56": "ResNet56"}
 
