@@ -47,6 +47,10 @@ WORKERS = {
     "r56-torch": (SPECTRUM, "torch-r56", "ms", 1.0),
     "mlp-linear": (SPECTRUM, "mlp-linear", "ms", 1.0),
     "mlp-torch": (SPECTRUM, "torch-mlp", "ms", 1.0),
+    # ideas tried against the profile (docs/speed.md), not defaults
+    "step-legacy": (STEP, "isotpp legacy-emitters", "step_s", 1e3),
+    "step-conc": (STEP, "isotpp conc-sched", "step_s", 1e3),
+    "r56-gram-batch-vmap": (SPECTRUM, "r56-gram-batch-vmap", "ms", 1.0),
 }
 
 # table row: (label, isotpp worker, reference worker, floor worker or None, unit)
@@ -59,6 +63,14 @@ ROWS = {
     "jsv-jacobian": ("ResNet56 JSV, `jacobian`", "r56-jacobian", "r56-torch", "r56-floor", "ms/sample"),
     "mlp": ("MLP-7-Linear JSV, exact `linear`", "mlp-linear", "mlp-torch", None, "ms/sample"),
 }
+# experiments: the same columns, printed in a second table (not the README's)
+EXPERIMENTS = {
+    "step-legacy": ("ResNet56 step, XLA's legacy fusion emitters", "step-legacy", "step-torch", None, "s"),
+    "step-conc": ("ResNet56 step, concurrency-optimised scheduler", "step-conc", "step-torch", None, "s"),
+    "jsv-batch-vmap": ("ResNet56 JSV, `gram`, BN batch stats, VJPs vmapped", "r56-gram-batch-vmap", "r56-torch",
+                       "r56-floor-batch", "ms/sample"),
+}
+ALL = {**ROWS, **EXPERIMENTS}
 
 
 def _args(wid: str, repeats: int) -> list[str]:
@@ -67,7 +79,7 @@ def _args(wid: str, repeats: int) -> list[str]:
 
 
 def measure(rows: list[str], rounds: int, repeats: int) -> dict:
-    wids = list(dict.fromkeys(w for r in rows for w in ROWS[r][1:4] if w))
+    wids = list(dict.fromkeys(w for r in rows for w in ALL[r][1:4] if w))
     results: dict[str, list[dict]] = {w: [] for w in wids}
     for rnd in range(rounds):
         for w in wids if rnd % 2 == 0 else wids[::-1]:
@@ -107,8 +119,12 @@ def render(data: dict) -> str:
         "| path | isotpp | PyTorch reference | ratio | % of floor | peak isotpp / reference | load average |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key in data["rows"]:
-        label, mine, ref, floor, unit = ROWS[key]
+    for key in [r for r in data["rows"] if r in ROWS] + [None] + [r for r in data["rows"] if r in EXPERIMENTS]:
+        if key is None:
+            if any(r in EXPERIMENTS for r in data["rows"]):
+                lines += ["", "Ideas tried in the same run (a default changes only on a clear win; see the profile section):", "", *lines[2:4]]
+            continue
+        label, mine, ref, floor, unit = ALL[key]
         m, r = med(mine), med(ref)
         if key == "step-tpp":
             ratio = f"{r / m:.2f}× (TPP {100 * (m / med('step') - 1):+.1f} % over the plain step)" \
@@ -137,7 +153,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ALL))
     ap.add_argument("--write", default=None, help="Markdown file with the markers to put the table in")
     ap.add_argument("--json", default=None, help="write every worker's result here")
     ap.add_argument("--from-json", default=None, help="render from a saved --json file instead of measuring")
@@ -147,9 +163,9 @@ def main(argv=None) -> int:
             data = json.load(fh)
     else:
         rows = [r for r in args.rows.split(",") if r]
-        unknown = [r for r in rows if r not in ROWS]
+        unknown = [r for r in rows if r not in ALL]
         if unknown:
-            raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
+            raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(ALL)}")
         print(f"machine: {machine()}", file=sys.stderr)
         data = measure(rows, args.rounds, args.repeats)
         data["load_end"] = load_average()
