@@ -13,6 +13,11 @@ rounds interleaved so the machine's drift hits all of them alike:
   inputs, YNNPACK on;
 * ``isotpp TPP``: the default formulation with TPP's optimiser wrapper
   (``*layer*.conv1`` at 0.5) — its overhead over the plain step;
+* ``isotpp legacy-emitters`` / ``isotpp conc-sched``: the default plus
+  ``--xla_cpu_use_fusion_emitters=false`` / ``--xla_cpu_enable_concurrency_optimized_scheduler=true``,
+  tried against the profile (benchmarks/profile_step.py): 5.56/5.93 s and
+  6.30/5.52 s at load 6–7 against the default's 10.0 s (load 12) and 3.08 s
+  (load 5) in the same run (speed_table.py, 2026-11-30): no win, not defaults;
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
