@@ -13,12 +13,18 @@ rounds interleaved so the machine's drift hits all of them alike:
   inputs, YNNPACK on;
 * ``isotpp TPP``: the default formulation with TPP's optimiser wrapper
   (``*layer*.conv1`` at 0.5) — its overhead over the plain step;
+* ``isotpp legacy-emitters`` / ``isotpp conc-sched``: the default plus
+  ``--xla_cpu_use_fusion_emitters=false`` / ``--xla_cpu_enable_concurrency_optimized_scheduler=true``,
+  tried against the profile (benchmarks/profile_step.py): 5.56/5.93 s and
+  6.30/5.52 s at load 6–7 against the default's 10.0 s (load 12) and 3.08 s
+  (load 5) in the same run (speed_table.py, 2026-11-30): no win, not defaults;
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
 ``--repeats`` steps after one warm-up step per round. Each row also gives its
-process's peak memory (peak RSS on CPU; the JAX rows' includes the XLA
-runtime, the torch row's the PyTorch one).
+process's peak memory (each worker is a fresh process: device statistics where
+the backend has them, peak RSS on CPU, which includes the XLA or PyTorch
+runtime) and the load average at the worker's start and end.
 
 Latest run (``--rounds 1 --repeats 3``, 2 vCPU shared with four other
 engineers, load average 8.8–9.6): the default (``nnx.BatchNorm``) 7.16 s/step,
@@ -34,11 +40,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-from _bench import machine, mib, peak_memory, peak_rss_bytes
+from _bench import emit, loads, machine, mib, peak_memory, peak_rss_bytes, run_worker
 
 VARIANTS = {
     "isotpp": {"defaults": True, "conv": "isotpp", "tpp": False},
@@ -46,11 +50,19 @@ VARIANTS = {
     "lax+ynn": {"defaults": False, "conv": "lax", "tpp": False},
     "lax": {"defaults": True, "conv": "lax", "tpp": False},
     "isotpp+ynn": {"defaults": False, "conv": "isotpp", "tpp": False},
+    # XLA CPU options tried against the profile (docs/speed.md): the legacy loop/reduction emitters for the
+    # BatchNorm chains, and the concurrency-optimised scheduler for the many small independent ops
+    "isotpp legacy-emitters": {"defaults": True, "conv": "isotpp", "tpp": False,
+                               "flags": "--xla_cpu_use_fusion_emitters=false"},
+    "isotpp conc-sched": {"defaults": True, "conv": "isotpp", "tpp": False,
+                          "flags": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},
 }
 
 
 def worker(name: str, repeats: int) -> dict:
     spec = VARIANTS[name]
+    if spec.get("flags"):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {spec['flags']}".strip()
     if spec["defaults"]:
         import isotpp
 
@@ -129,38 +141,40 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="isotpp,isotpp TPP,lax+ynn,lax,isotpp+ynn", help="comma-separated: "
+                    + ", ".join(VARIANTS))
+    ap.add_argument("--json", default=None, help="also write every worker's result here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        out = torch_worker(args.repeats) if args.worker == "torch" else worker(args.worker, args.repeats)
-        print(json.dumps(out))
+        emit(torch_worker(args.repeats) if args.worker == "torch" else worker(args.worker, args.repeats))
         return
     names = [v for v in args.variants.split(",") if v] + ([] if args.no_torch else ["torch"])
     results = {n: [] for n in names}
     for r in range(args.rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            p = subprocess.run([sys.executable, __file__, "--worker", n, "--repeats", str(args.repeats)],
-                               capture_output=True, text=True, check=False)
-            if p.returncode:
-                print(p.stderr, file=sys.stderr)
-                raise SystemExit(f"{n} failed")
-            results[n].append(json.loads(p.stdout.strip().splitlines()[-1]))
-            print(f"round {r + 1}: {n:<12} {results[n][-1]['step_s']:.3f} s/step", flush=True)
+            results[n].append(run_worker(__file__, "--worker", n, "--repeats", str(args.repeats)))
+            x = results[n][-1]
+            print(f"round {r + 1}: {n:<12} {x['step_s']:.3f} s/step, peak {mib(x['peak_bytes'])}, "
+                  f"load {x['load_start']:.1f}–{x['load']:.1f}", flush=True)
     ref = statistics.median(x["step_s"] for x in results["torch"]) if "torch" in results else None
     print(f"\nmachine: {machine()}")
     print(f"ResNet56, batch 128, {os.cpu_count()} CPUs; median over {args.rounds} rounds x {args.repeats} steps")
-    print(f"{'formulation':<14}{'s/step':>9}{'img/s':>8}{'compile s':>11}{'vs torch':>10}{'peak':>12}")
+    print(f"{'formulation':<14}{'s/step':>9}{'img/s':>8}{'compile s':>11}{'vs torch':>10}{'peak':>12}{'load':>10}")
     for n in names:
         s = statistics.median(x["step_s"] for x in results[n])
         c = statistics.median(x["compile_s"] for x in results[n])
         rel = f"{s / ref:.2f}x" if ref else "-"
         peak = statistics.median(x["peak_bytes"] for x in results[n])
-        print(f"{n:<14}{s:>9.3f}{128 / s:>8.1f}{c:>11.1f}{rel:>10}{mib(peak):>12}")
+        print(f"{n:<14}{s:>9.3f}{128 / s:>8.1f}{c:>11.1f}{rel:>10}{mib(peak):>12}{loads(results[n]):>10}")
     if "isotpp" in results and "isotpp TPP" in results:
         a = statistics.median(x["step_s"] for x in results["isotpp"])
         b = statistics.median(x["step_s"] for x in results["isotpp TPP"])
         print(f"TPP overhead over the plain step: {100 * (b / a - 1):+.1f} %")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "rounds": args.rounds, "repeats": args.repeats, "results": results}, fh,
+                      indent=1)
 
 
 if __name__ == "__main__":

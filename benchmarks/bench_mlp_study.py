@@ -9,9 +9,11 @@ network (width 20) with 6 and 10 runs vmapped together; then the wall time of
 the published schedule for one seed and the three main methods (base 90
 epochs, TPP 110,001 iterations, 6 retraining runs of 90 epochs). With
 ``--torch`` it times a plain and a TPP-style step of the same MLP in PyTorch
-(2 threads) in the same run, for comparison. The process's peak memory is
-printed after the JAX rows and after the PyTorch ones (one process: the second
-includes the first).
+(2 threads) in the same run, for comparison. Memory: each JAX row gives XLA's
+memory analysis of its compiled epoch (its own figure; the rows share one
+process), and the process's peak RSS is printed after the JAX rows and after
+the PyTorch ones (monotone in one process: the second includes the first).
+Each row gives the load average when it finished.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import statistics
 import time
 
 import jax
-from _bench import mib, peak_memory, peak_rss_bytes
+import jax.numpy as jnp
+from _bench import load_average, machine, mib, peak_memory, peak_rss_bytes, xla_bytes
 
 from isotpp.data.pipeline import epoch_batches
 from isotpp.models import create_model, layer_names
@@ -43,7 +46,10 @@ STEPS = N // B
 
 
 def time_epochs(group, x, y, repeats):
+    """(first epoch incl. compile s, s/step, XLA bytes of the compiled epoch, load average at the end)."""
     batches = epoch_batches(jax.random.key(0), N, B)
+    lr = jnp.zeros((group.n_runs,), jnp.float32)
+    program = xla_bytes(group._epoch, group.state, x, y, batches, lr, {})
     t = time.perf_counter()
     group.run_epoch(x, y, batches, 0)
     first = time.perf_counter() - t
@@ -52,7 +58,7 @@ def time_epochs(group, x, y, repeats):
         t = time.perf_counter()
         group.run_epoch(x, y, batches, 0)
         ts.append(time.perf_counter() - t)
-    return first, statistics.median(ts) / STEPS
+    return first, statistics.median(ts) / STEPS, program, load_average()
 
 
 def torch_steps(repeats):
@@ -103,7 +109,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--torch", action="store_true")
     args = ap.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; {machine()}")
 
     x = jax.random.normal(jax.random.key(0), (N, 32, 32, 1))
     y = jax.random.randint(jax.random.key(1), (N,), 0, 10)
@@ -127,9 +133,9 @@ def main():
             RunGroup(sfns, tx, stack_runs([init_state(sp, sr, tx)] * r), [LRSchedule.parse("0.01")] * r), x, y,
             args.repeats)
 
-    print(f"\n{'step':<40}{'compile+1st epoch s':>20}{'ms/step':>10}")
-    for k, (first, per) in rows.items():
-        print(f"{k:<40}{first:>20.2f}{per * 1e3:>10.3f}")
+    print(f"\n{'step':<40}{'compile+1st epoch s':>20}{'ms/step':>10}{'XLA memory':>12}{'load':>6}")
+    for k, (first, per, program, load) in rows.items():
+        print(f"{k:<40}{first:>20.2f}{per * 1e3:>10.3f}{mib(program):>12}{load:>6.1f}")
 
     peak, source = peak_memory()
     print(f"{source} of the process after the JAX rows: {mib(peak)}")
@@ -144,7 +150,7 @@ def main():
         print(f"PyTorch (same MLP, batch 100): plain step {t['plain'] * 1e3:.2f} ms, TPP-style step "
               f"{t['TPP'] * 1e3:.2f} ms -> the same schedule "
               f"{(90 * STEPS * t['plain'] * 7 + cfg.total_iters * t['TPP']) / 60:.1f} min; "
-              f"peak RSS after them {mib(peak_rss_bytes())}")
+              f"peak RSS after them {mib(peak_rss_bytes())}; load {load_average():.1f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Times, after compilation (reported separately):
   of 128 (what the reference measures).
 For ResNet56 it also prints the floor of the computation (one forward pass plus
 ten input-only VJPs, from XLA's own FLOP count of the forward) and the fraction
-of the machine's attainable FLOP rate (a large float32 matmul) reached.
+of the machine's attainable FLOP rate (a large float32 matmul) reached; the rows
+``r56-floor`` and ``r56-floor-batch`` time that floor itself (the forward and
+the ten VJPs in one program, without the Gram matrix and ``eigvalsh``), in each
+BatchNorm mode, with the same chunks.
 With ``--torch`` (PyTorch installed) it times the reference's method beside it:
 one backward pass per class through weights and input, then SVD.
 
@@ -24,13 +27,15 @@ over rounds of the per-round medians.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import statistics
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-from _bench import emit, machine, mib, run_worker
+from _bench import emit, loads, machine, mib, run_worker
 from flax import nnx
 
 from isotpp.models import create_model
@@ -67,6 +72,28 @@ def forward_flops(model, x):
     return float(cost.get("flops", float("nan")))
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "bn"))
+def floor_program(graphdef, state, x, *, bn):
+    """The floor of an exact spectrum: one forward pass and one input-only VJP per class (no Gram, no eigvalsh)."""
+    logits, vjp = jax.vjp(functools.partial(sp._apply_fn(graphdef, bn), state), x)
+    b, c = logits.shape
+    eye = jnp.eye(c, dtype=logits.dtype)
+    return [vjp(jnp.broadcast_to(eye[k], (b, c)))[0] for k in range(c)]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "bn"))
+def gram_vmapped(graphdef, state, x, *, bn):
+    """The idea tried for the batch-statistics JSV: the ten VJPs vmapped into one wide backward pass (the
+    default unrolls them), then the same Gram matrix and eigvalsh."""
+    logits, vjp = jax.vjp(functools.partial(sp._apply_fn(graphdef, bn), state), x)
+    b, c = logits.shape
+    eye = jnp.eye(c, dtype=logits.dtype)
+    rows = jax.vmap(lambda k: vjp(jnp.broadcast_to(eye[k], (b, c)))[0].reshape(b, -1))(jnp.arange(c))
+    rows = jnp.swapaxes(rows, 0, 1)
+    gram = jnp.einsum("bkd,bld->bkl", rows, rows, precision=jax.lax.Precision.HIGHEST)
+    return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram)[:, ::-1], 0.0, None))
+
+
 def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
     graphdef, state = nnx.split(model)
     rows = []
@@ -82,10 +109,15 @@ def bench_model(name, model, x, methods, chunk, repeats, bn="eval"):
             chunks = [x[i : i + chunk] for i in range(0, n, chunk)]
 
             def run(method=method, chunks=chunks):
+                if method == "floor":
+                    return [floor_program(graphdef, state, c, bn=bn) for c in chunks]
+                if method == "gram-vmap":
+                    return [gram_vmapped(graphdef, state, c, bn=bn) for c in chunks]
                 return [sp._chunk_sv(graphdef, state, c, method=method, bn=bn) for c in chunks]
 
-            compile_s = _first_call(run)
-            t = _median_time(run, repeats)
+            with sp.one_blas_thread():  # as model_singular_values runs them (eigvalsh's OpenBLAS in one thread)
+                compile_s = _first_call(run)
+                t = _median_time(run, repeats)
         rows.append((name, method if bn == "eval" else f"{method} (bn=batch)", compile_s, t / n * 1e3))
     return rows
 
@@ -136,6 +168,10 @@ ROWS = {
     "r56-gram": ("ResNet56", "gram", "eval", 64),
     "r56-jacobian": ("ResNet56", "jacobian", "eval", 64),
     "r56-gram-batch": ("ResNet56", "gram", "batch", 128),
+    # the measured floor: one forward + ten input-only VJPs, same chunks (not a method: the bound to compare with)
+    "r56-floor": ("ResNet56", "floor", "eval", 64),
+    "r56-floor-batch": ("ResNet56", "floor", "batch", 128),
+    "r56-gram-batch-vmap": ("ResNet56", "gram-vmap", "batch", 128),
 }
 TORCH_ROWS = {"torch-mlp": "MLP-7-Linear", "torch-r56": "ResNet56"}
 
@@ -169,6 +205,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--torch", action="store_true", help="also time the PyTorch reference method")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    ap.add_argument("--json", default=None, help="also write every worker's result here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -183,14 +220,16 @@ def main():
     for r in range(args.rounds):
         for n in names if r % 2 == 0 else names[::-1]:
             results[n].append(run_worker(__file__, "--worker", n, "--repeats", str(args.repeats)))
-            print(f"round {r + 1}: {n:<16} {results[n][-1]['ms']:.3f} ms/sample", flush=True)
+            x = results[n][-1]
+            print(f"round {r + 1}: {n:<16} {x['ms']:.3f} ms/sample, peak {mib(x['peak_bytes'])}, "
+                  f"load {x['load_start']:.1f}–{x['load']:.1f}", flush=True)
 
     def med(n, key):
         return statistics.median(x[key] for x in results[n])
 
     ref = {TORCH_ROWS[n]: med(n, "ms") for n in names if n in TORCH_ROWS}
     print(f"\n{'model':<14}{'method':<22}{'compile s':>10}{'ms/sample':>11}{'samples/s':>11}{'vs torch':>10}"
-          f"{'peak':>12}  (median of {args.rounds} rounds)")
+          f"{'peak':>12}{'load':>10}  (median of {args.rounds} rounds)")
     for n in names:
         model_name, method = (TORCH_ROWS[n], "reference (torch)") if n in TORCH_ROWS else ROWS[n][:2]
         if n in ROWS and ROWS[n][2] == "batch":
@@ -198,8 +237,12 @@ def main():
         ms = med(n, "ms")
         rel = f"{ref[model_name] / ms:.2f}x" if model_name in ref and n not in TORCH_ROWS else "-"
         print(f"{model_name:<14}{method:<22}{med(n, 'compile_s'):>10.2f}{ms:>11.3f}{1e3 / ms:>11.0f}{rel:>10}"
-              f"{mib(med(n, 'peak_bytes')):>12}")
+              f"{mib(med(n, 'peak_bytes')):>12}{loads(results[n]):>10}")
 
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "rounds": args.rounds, "repeats": args.repeats, "results": results}, fh,
+                      indent=1)
     if not any(n in ROWS and ROWS[n][0] == "ResNet56" for n in names):
         return
     r56, x_r56 = _inputs("ResNet56")

@@ -14,10 +14,12 @@ paper's plan: ``*layer*.conv1:0.5`` for ResNet56, the stage ratios
 Batches are random and already on the devices (this measures the step, not
 the input pipeline). Compilation is reported separately (first call minus a
 steady step); images/s is the global batch over the median step time. The
-device kind and count are printed with the results, and after each row the
-process's peak memory so far (device statistics where the backend has them,
-peak RSS on CPU): the cases run in order in one process, so a row's peak
-includes the rows before it.
+device kind and count are printed with the results, and after each row its
+memory: XLA's memory analysis of the row's compiled step (arguments, outputs
+and temporaries: the row's own figure), and the process's peak so far (device
+statistics where the backend has them, peak RSS on CPU): the cases run in
+order in one process, so that peak includes the rows before it. Each row gives
+the load average when it finished.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _bench import mib, peak_memory
+from _bench import load_average, mib, peak_memory, xla_bytes
 
 from isotpp import parallel
 from isotpp.models import create_model, layer_names
@@ -79,7 +81,9 @@ def time_case(name: str, method: str, batch: int, steps: int, mesh, bf16: bool) 
         jax.block_until_ready(trainer.train_step(x, y))
         times.append(time.perf_counter() - t)
     step = statistics.median(times)
-    return {"case": name, "method": method, "global_batch": batch, "step_s": step, "images_per_s": batch / step,
+    lr = np.float32(trainer.lr(0) or 0.0)
+    program = xla_bytes(trainer._train_step, trainer.state, x, y, lr, trainer._weights)
+    return {"xla_bytes": program, "load": load_average(), "case": name, "method": method, "global_batch": batch, "step_s": step, "images_per_s": batch / step,
             "compile_s": max(first - step, 0.0), "steps_timed": steps, "bf16": bf16}
 
 
@@ -120,7 +124,8 @@ def main() -> None:
             r["peak_bytes"], r["peak_source"] = peak_memory()
             print(f"{name:9s} {method:5s} batch {batch:4d}: {r['images_per_s']:9.1f} images/s "
                   f"(step {r['step_s'] * 1e3:8.1f} ms, median of {args.steps}; compile {r['compile_s']:.1f} s; "
-                  f"{r['peak_source']} so far {mib(r['peak_bytes'])})",
+                  f"XLA memory analysis of the step {mib(r['xla_bytes'])}; "
+                  f"{r['peak_source']} of the process so far {mib(r['peak_bytes'])}; load {r['load']:.1f})",
                   flush=True)  # fmt: skip
     if args.json:
         from isotpp.storage.atomic import write_json

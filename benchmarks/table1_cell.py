@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _bench import machine, mib, peak_memory
+from _bench import load_average, machine, mib, peak_memory
 
 from isotpp.models import create_model, layer_names
 from isotpp.pruning.groups import channel_groups
@@ -78,7 +78,7 @@ def main():
           f"{dev.device_kind}: {step_s * 1e3:.1f} ms/step ({args.batch / step_s:.0f} images/s), first step incl. "
           f"compile {compile_s:.1f} s; loss {first_loss:.3f} -> {statistics.mean(losses[-16:]):.3f} "
           f"(mean of the last 16); mean JSV (bn=batch) {jsv_before:.4g} -> {jsv_after:.4g}; "
-          f"peak {mib(peak)} ({source})")
+          f"peak {mib(peak)} ({source}; the whole run, one process); load average {load_average():.1f}")
 
 
 if __name__ == "__main__":
