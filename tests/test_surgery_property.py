@@ -53,6 +53,12 @@ def _randomise_bn(model, seed):
     return model
 
 
+@nnx.jit
+def _forward(model, x):
+    """One compiled program per architecture: a third of the time of running it op by op (new widths every example)."""
+    return model(x)
+
+
 def _check(name, data, input_shape, narrow=1, **kw):
     """``narrow``: divide the canonical widths first (same topology, less compute)."""
     widths = None
@@ -70,7 +76,7 @@ def _check(name, data, input_shape, narrow=1, **kw):
     x = jax.random.normal(jax.random.key(0), (2, *input_shape))
     soft.eval()
     small.eval()
-    a, b = np.asarray(soft(x)), np.asarray(small(x))
+    a, b = np.asarray(_forward(soft, x)), np.asarray(_forward(small, x))
     scale = max(1.0, float(np.abs(a).max()))
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5 * scale)
     # the smaller architecture is what its widths record says it is
@@ -93,7 +99,7 @@ def test_lenet5(data):
     _check("lenet5", data, (32, 32, 1))
 
 
-@settings(max_examples=8, **_SETTINGS)
+@settings(max_examples=6, **_SETTINGS)
 @given(data=st.data(), name=st.sampled_from(["resnet20", "resnet8_B"]))
 def test_cifar_resnets(data, name):
     _check(name, data, (16, 16, 3), narrow=2)
