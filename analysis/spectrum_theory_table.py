@@ -121,7 +121,7 @@ def figure(result: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     from isotpp.reporting.figures import save_figure
-    from isotpp.theory.figures import draw_law
+    from isotpp.theory.plots import draw_law
 
     L = max(result["depths"])
     rows = {(r["act"], r["init"]): r for r in result["rows"] if r["depth"] == L}

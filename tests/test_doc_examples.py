@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "isotpp.spectra.jacobian", "isotpp.theory.fuss_catalan", "isotpp.reporting.figures", "isotpp.pruning.plan", "isotpp.pruning.cost", "isotpp.models.registry",
+    "isotpp.spectra.jacobian", "isotpp.theory.fuss_catalan", "isotpp.reporting.figures", "isotpp.pruning.plan", "isotpp.pruning.cost", "isotpp.models.zoo",
     "isotpp.data", "isotpp.data.bundled", "isotpp.studies.linear_report", "isotpp.reporting.tables", "isotpp.progress",
     "isotpp.training.metrics",
 ]  # fmt: skip

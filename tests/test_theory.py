@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from isotpp import theory
 from isotpp.errors import UserError
-from isotpp.spectra import figures as plots
+from isotpp.spectra import histogram as plots
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -266,7 +266,7 @@ def test_theory_figure_draws_s_and_lambda_on_the_axis_where_the_mass_is():
     """Two panels, s and lambda, each the measured histogram with the law's density over it; log-x
     (bars and curve as densities of log10, so areas stay probabilities) where the values span
     decades, linear where they do not; the precision's floor as a dotted line."""
-    from isotpp.theory.figures import draw_law, spectrum_theory_figure
+    from isotpp.theory.plots import draw_law, spectrum_theory_figure
     from isotpp.theory.simulate import sample_jacobian
 
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ from isotpp.data.download import Resource
 from isotpp.errors import UserError
 from isotpp.progress import LogProgress, progress
 from isotpp.reporting.figures import figure_format, parse_formats, save_figure
-from isotpp.spectra.figures import spectrum_histogram
+from isotpp.spectra.histogram import spectrum_histogram
 from isotpp.studies import mlp_linear
 from isotpp.studies.linear_report import draw_results_figure, write_report
 from isotpp.studies.pai_report import draw_accuracy_figure, pai_rows

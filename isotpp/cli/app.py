@@ -363,7 +363,7 @@ def _run_demo(args) -> int:
 def _list_layers(model: str, num_classes: int | None, checkpoint: str | None, arch_kwargs: dict) -> int:
     """``--list-layers`` of ``spectrum`` and ``prune``: the layer table, nothing computed or written."""
     # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
-    from isotpp.cli.layers import layers_table
+    from isotpp.cli.list_layers import layers_table
 
     if checkpoint is not None:
         # imported on use: the parsers load no JAX, so `isotpp --help` stays fast

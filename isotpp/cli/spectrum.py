@@ -311,7 +311,7 @@ def run_spectrum(
     if plot_path:
         # imported on use: the parsers load no JAX, so `isotpp --help` stays fast
         from isotpp.reporting.figures import save_figures
-        from isotpp.theory.figures import spectrum_theory_figure
+        from isotpp.theory.plots import spectrum_theory_figure
 
         try:  # like --json: a missing directory is created
             Path(plot_path).parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from isotpp.models.layers import (
     iter_modules,
     out_features,
 )
-from isotpp.models.registry import (
+from isotpp.models.zoo import (
     MODEL_NAMES,
     BuildConfig,
     ModelSpec,
