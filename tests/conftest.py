@@ -104,3 +104,16 @@ def pytest_sessionfinish(session):
     """The controller (not an xdist worker) removes the session's compilation cache."""
     if not hasattr(session.config, "workerinput") and "isotpp-test-jax-cache-" in os.environ["JAX_COMPILATION_CACHE_DIR"]:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The longest test files (CPU-seconds on 2 cores, from `pytest --durations`), started first: with
+# `--dist loadfile` (the README's command) each file runs on one worker, its module fixtures once, and
+# the long ones cannot be left for the end, when the other worker would idle.
+LONG_FILES = ("test_surgery_property.py", "test_faults.py", "test_prune_imagenet.py", "test_study_convnet.py",
+              "test_prune_run.py", "test_parallel_devices.py", "test_checkpoint_train.py", "test_models.py",
+              "test_cli_spectrum.py", "test_pai_study.py", "test_parallel_multiprocess.py", "test_study_mlp.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
