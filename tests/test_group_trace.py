@@ -25,6 +25,7 @@ from isotpp.models import (
     residual_streams,
 )
 from isotpp.pruning.groups import Slot, channel_groups, program_layers, resolve_ratios
+from isotpp.pruning.plan import Plan, hard_prune
 from isotpp.studies.paper_tables import load_spec
 
 
@@ -144,3 +145,14 @@ def test_a_model_without_input_shape_needs_an_example_input():
         channel_groups(MLP())
     with pytest.raises(UserError, match=r"tracing MLP on an input of shape \(2, 5\) failed"):
         channel_groups(MLP(), np.zeros((2, 5), np.float32))
+
+
+def test_a_stream_pruned_to_one_channel_is_still_one_group():
+    """Two one-channel maps added together are one stream, not two broadcasts (found by the surgery property)."""
+    model = Residual("id", 2, 2, 2, seed=0)
+    x = jax.random.normal(jax.random.key(0), (2, *INPUTS[Residual]))
+    groups = {g.name: g for g in channel_groups(model, x)}
+    assert groups["stream:stem+b"].size == 2
+    small = hard_prune(model, Plan({"stream:stem+b": 2, "a": 2}, {"stream:stem+b": (0,), "a": (1,)}), list(groups.values()))
+    after = {g.name: g.size for g in channel_groups(small, x)}
+    assert after == {"stream:stem+b": 1, "a": 1, "fc": 3}

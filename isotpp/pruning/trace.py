@@ -353,7 +353,8 @@ class _Tracer:
         return first
 
     def elementwise(self, eqn, ins, where) -> Val:
-        rank = len(eqn.outvars[0].aval.shape)
+        out_shape = eqn.outvars[0].aval.shape
+        rank = len(out_shape)
         shapes = [getattr(v.aval, "shape", ()) for v in eqn.invars]
         data = any(v.data for v in ins)
         taint = frozenset().union(*[v.taint for v in ins])
@@ -364,8 +365,8 @@ class _Tracer:
                 if len(shp) != rank:
                     continue  # a scalar operand
                 a = v.axes[ax]
-                if a is BCAST or shp[ax] == 1:
-                    continue
+                if a is BCAST or (shp[ax] == 1 and not (isinstance(a, Chan) and out_shape[ax] == 1)):
+                    continue  # broadcast along this axis (a group of one channel is not: it meets its stream)
                 infos.append((a, v.data))
             chans = [a for a, _ in infos if isinstance(a, Chan)]
             refs = frozenset().union(*[a.refs for a, _ in infos if isinstance(a, FromVar)])
