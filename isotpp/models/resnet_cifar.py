@@ -162,12 +162,12 @@ class CifarResNet(nnx.Module):
         self.bn1 = make.bn(w["conv1"])
         self.relu = ReLU()
 
-        def block(prefix, width, stride, kind):
+        def build(prefix, width, stride, kind):
             out = w[f"{prefix}.conv2"]
             return BasicBlock(make, width, w[f"{prefix}.conv1"], out, stride, kind,
                               w.get(f"{prefix}.downsample.0")), out
 
-        (self.layer1, self.layer2, self.layer3), width = residual_stages(blocks, w["conv1"], block)
+        (self.layer1, self.layer2, self.layer3), width = residual_stages(blocks, w["conv1"], build)
         self.avgpool = GlobalAvgPool()
         self.linear = make.dense(width, num_classes)
         self.option = option
