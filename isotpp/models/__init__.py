@@ -30,6 +30,7 @@ from isotpp.models.layers import (
     iter_modules,
     out_features,
 )
+from isotpp.models.ops import BatchNorm
 from isotpp.models.zoo import (
     MODEL_NAMES,
     BuildConfig,
@@ -40,6 +41,7 @@ from isotpp.models.zoo import (
 
 __all__ = [
     "ACT_GAIN",
+    "BatchNorm",
     "INIT_SCHEMES",
     "MODEL_NAMES",
     "SCHEMES",

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isotpp.errors import UserError
-from isotpp.models.ops import conv_general_dilated
+from isotpp.models.ops import BatchNorm, conv_general_dilated
 
 # --------------------------------------------------------------------------
 # Containers and parameter-free layers
@@ -180,7 +180,7 @@ class LayerFactory:
         # remains: PyTorch updates running_var with the UNBIASED batch variance
         # (n / (n - 1) times larger), Flax with the biased one. Normalisation of
         # the batch itself uses the biased variance in both.
-        bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+        bn = BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                            param_dtype=self.param_dtype, rngs=self.rngs)
         # Flax keeps the running statistics in float32 whatever param_dtype is: a float64 model would
         # normalise with float32 statistics (and warn on every train-mode update). Keep them at least float32
