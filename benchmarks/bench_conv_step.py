@@ -18,6 +18,11 @@ rounds interleaved so the machine's drift hits all of them alike:
   tried against the profile (benchmarks/profile_step.py): 5.56/5.93 s and
   6.30/5.52 s at load 6–7 against the default's 10.0 s (load 12) and 3.08 s
   (load 5) in the same run (speed_table.py, 2026-11-30): no win, not defaults;
+* ``isotpp nnx-bn`` / ``isotpp TPP nnx-bn``: the default with Flax's own
+  ``nnx.BatchNorm`` instead of ``isotpp.models.BatchNorm`` (block sums);
+* ``isotpp eigen-1thread``: the default plus ``--xla_cpu_multi_thread_eigen=false``
+  (single convolutions ran as fast with one Eigen thread as with two): 1.386 s
+  against the default's 1.247 s in the same run (load 1.3–1.5): not kept;
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
@@ -26,12 +31,17 @@ process's peak memory (each worker is a fresh process: device statistics where
 the backend has them, peak RSS on CPU, which includes the XLA or PyTorch
 runtime) and the load average at the worker's start and end.
 
-Latest run (``--rounds 1 --repeats 3``, 2 vCPU shared with four other
-engineers, load average 8.8–9.6): the default (``nnx.BatchNorm``) 7.16 s/step,
-torch 18.52 s; a hand-written BatchNorm VJP, tried in the same run, 7.22 s
-(no gain: not kept), and TPP on top of it 7.41 s (+2.6 % over its plain step,
-+3.5 % over the default's); peak RSS 1,264 / 1,389 / 1,241 / 1,290 MiB. The
-quiet-machine figures are in issue 16.
+``--paired A,B,…`` times variants that share their XLA flags in ONE process,
+their steps alternated: the steady way to compare BatchNorm or TPP choices
+(separate processes scatter by ±10 % on this machine).
+
+Latest runs (quiet machine, 2026-12-01): ``--paired "isotpp,isotpp nnx-bn,isotpp TPP"
+--repeats 12`` (load 1.6): the default 1.121 s/step, with ``nnx.BatchNorm``
+(the default before ``isotpp.models.BatchNorm``) 1.224 s (1.079×), TPP 1.120 s
+(1.001×). Separate processes (speed_table.py, 3 rounds): the default 1.21 s,
+``nnx.BatchNorm`` 1.42 s, torch 0.88 s. Earlier (contended, load 8.8–9.6): a
+hand-written BatchNorm VJP (one backward pass, x̂ saved) gave no gain over
+``nnx.BatchNorm``'s autodiff (7.22 against 7.16 s): not kept.
 """
 
 from __future__ import annotations
@@ -56,20 +66,36 @@ VARIANTS = {
                                "flags": "--xla_cpu_use_fusion_emitters=false"},
     "isotpp conc-sched": {"defaults": True, "conv": "isotpp", "tpp": False,
                           "flags": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},
+    # the default before isotpp.models.ops.BatchNorm: Flax's own BatchNorm (sequential channel sums)
+    "isotpp nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": False, "bn": "nnx"},
+    "isotpp eigen-1thread": {"defaults": True, "conv": "isotpp", "tpp": False,
+                             "flags": "--xla_cpu_multi_thread_eigen=false"},
+    "isotpp TPP nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": True, "bn": "nnx"},
 }
 
 
-def worker(name: str, repeats: int) -> dict:
-    spec = VARIANTS[name]
-    if spec.get("flags"):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {spec['flags']}".strip()
-    if spec["defaults"]:
+def _setup(specs: list[dict]) -> None:
+    """The process-wide part of the variants (XLA flags, isotpp.configure_cpu): must agree between them."""
+    keys = {(spec.get("flags"), spec["defaults"]) for spec in specs}
+    if len(keys) != 1:
+        raise SystemExit("variants timed in one process must share their XLA flags")
+    flags, defaults = keys.pop()
+    if flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+    if defaults:
         import isotpp
 
         isotpp.configure_cpu()
-    import jax
 
+
+def build_step(spec: dict):
+    """(jitted step, initial state, x, y) of one variant: ResNet56, batch 128, SGD with momentum."""
+    import jax
+    from flax import nnx
+
+    import isotpp.models.layers
     from isotpp.models import create_model
+    from isotpp.models.ops import BatchNorm
     from isotpp.training.engine import (
         ModelFns,
         init_state,
@@ -78,7 +104,11 @@ def worker(name: str, repeats: int) -> dict:
     )
 
     conv_fn = jax.lax.conv_general_dilated if spec["conv"] == "lax" else None
-    model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
+    isotpp.models.layers.BatchNorm = nnx.BatchNorm if spec.get("bn") == "nnx" else BatchNorm
+    try:
+        model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
+    finally:
+        isotpp.models.layers.BatchNorm = BatchNorm
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(0.01, weight_decay=5e-4)
     if spec["tpp"]:
@@ -94,7 +124,15 @@ def worker(name: str, repeats: int) -> dict:
     state = init_state(params, rest, tx)
     x = jax.random.normal(jax.random.key(0), (128, 32, 32, 3))
     y = jax.random.randint(jax.random.key(1), (128,), 0, 10)
-    step = jax.jit(make_update_fn(fns, tx), donate_argnums=0)
+    return jax.jit(make_update_fn(fns, tx), donate_argnums=0), state, x, y
+
+
+def worker(name: str, repeats: int) -> dict:
+    import jax
+
+    spec = VARIANTS[name]
+    _setup([spec])
+    step, state, x, y = build_step(spec)
     t = time.perf_counter()
     state, m = step(state, x, y, {})
     jax.block_until_ready(m)
@@ -108,6 +146,36 @@ def worker(name: str, repeats: int) -> dict:
     peak, source = peak_memory()
     return {"compile_s": compile_s, "step_s": statistics.median(ts), "loss": float(m["loss"]),
             "peak_bytes": peak, "peak_source": source}
+
+
+def paired(names: list[str], repeats: int) -> dict:
+    """The variants in ONE process, their steps alternated ``repeats`` times (A B A B …, the order
+    reversed every other pair): the machine's drift hits them alike, so the ratio of each step to the
+    first variant's step in the same pair is far steadier than times taken in separate processes."""
+    import jax
+
+    specs = [VARIANTS[n] for n in names]
+    _setup(specs)
+    runs = []
+    for spec in specs:
+        step, state, x, y = build_step(spec)
+        state, m = step(state, x, y, {})  # compile
+        jax.block_until_ready(m)
+        runs.append([step, state, x, y])
+    times = {n: [] for n in names}
+    for i in range(repeats):
+        order = list(range(len(names))) if i % 2 == 0 else list(range(len(names)))[::-1]
+        for k in order:
+            step, state, x, y = runs[k]
+            t = time.perf_counter()
+            state, m = step(state, x, y, {})
+            jax.block_until_ready(m)
+            times[names[k]].append(time.perf_counter() - t)
+            runs[k][1] = state
+    base = times[names[0]]
+    return {"names": names, "repeats": repeats, "times": times,
+            "median_s": {n: statistics.median(ts) for n, ts in times.items()},
+            "ratio_to_first": {n: statistics.median(t / b for t, b in zip(ts, base)) for n, ts in times.items()}}
 
 
 def torch_worker(repeats: int) -> dict:
@@ -144,8 +212,22 @@ def main():
     ap.add_argument("--variants", default="isotpp,isotpp TPP,lax+ynn,lax,isotpp+ynn", help="comma-separated: "
                     + ", ".join(VARIANTS))
     ap.add_argument("--json", default=None, help="also write every worker's result here")
+    ap.add_argument("--paired", default=None, metavar="A,B[,…]",
+                    help="time these variants in one process, steps alternated (same XLA flags): "
+                         "the steady way to compare BatchNorm or TPP choices")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.paired:
+        names = [v for v in args.paired.split(",") if v]
+        res = paired(names, args.repeats)
+        print(f"machine: {machine()}; {args.repeats} alternated steps per variant, one process")
+        print(f"{'variant':<22}{'median s/step':>15}{'ratio to ' + names[0]:>24}")
+        for n in names:
+            print(f"{n:<22}{res['median_s'][n]:>15.3f}{res['ratio_to_first'][n]:>24.3f}")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": machine(), **res}, fh, indent=1)
+        return
     if args.worker:
         emit(torch_worker(args.repeats) if args.worker == "torch" else worker(args.worker, args.repeats))
         return

@@ -155,6 +155,9 @@ def jax_categories(batch):
     import jax
     import jax.numpy as jnp
 
+    from flax import nnx
+
+    from isotpp.models.ops import BatchNorm
     from isotpp.models.ops import conv_general_dilated as conv
 
     key = jax.random.key(0)
@@ -178,10 +181,10 @@ def jax_categories(batch):
         x = jax.random.normal(key, (batch, hw, hw, c))
         gamma, beta = jnp.ones((c,)), jnp.zeros((c,))
 
-        def chain(x, gamma, beta):
-            mean = x.mean((0, 1, 2))
-            var = ((x - mean) ** 2).mean((0, 1, 2))
-            return jax.nn.relu((x - mean) * jax.lax.rsqrt(var + 1e-5) * gamma + beta)
+        def chain(x, gamma, beta, c=c):
+            bn = BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))  # the models' own layer
+            bn.scale[...], bn.bias[...] = gamma, beta
+            return jax.nn.relu(bn(x, use_running_average=False))
 
         both = jax.jit(lambda x, gamma, beta, g, chain=chain: jax.vjp(chain, x, gamma, beta)[1](g))
         cats["BN+ReLU chains fwd+bwd"].append(

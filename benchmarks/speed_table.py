@@ -50,6 +50,7 @@ WORKERS = {
     # ideas tried against the profile (docs/speed.md), not defaults
     "step-legacy": (STEP, "isotpp legacy-emitters", "step_s", 1e3),
     "step-conc": (STEP, "isotpp conc-sched", "step_s", 1e3),
+    "step-nnx-bn": (STEP, "isotpp nnx-bn", "step_s", 1e3),
     "r56-gram-batch-vmap": (SPECTRUM, "r56-gram-batch-vmap", "ms", 1.0),
 }
 
@@ -67,6 +68,8 @@ ROWS = {
 EXPERIMENTS = {
     "step-legacy": ("ResNet56 step, XLA's legacy fusion emitters", "step-legacy", "step-torch", None, "s"),
     "step-conc": ("ResNet56 step, concurrency-optimised scheduler", "step-conc", "step-torch", None, "s"),
+    "step-nnx-bn": ("ResNet56 step with nnx.BatchNorm (the default before isotpp.models.BatchNorm)", "step-nnx-bn",
+                    "step-torch", None, "s"),
     "jsv-batch-vmap": ("ResNet56 JSV, `gram`, BN batch stats, VJPs vmapped", "r56-gram-batch-vmap", "r56-torch",
                        "r56-floor-batch", "ms/sample"),
 }
