@@ -14,7 +14,7 @@ of ``--repeats``:
   against a square 2048² matmul (the attainable rate);
 * BatchNorm (batch statistics) + ReLU, forward and backward: Flax's formula
   (``x.mean`` over batch and positions) against ``isotpp.models.BatchNorm``
-  (sums in blocks of positions).
+  (sums in blocks of positions), alternated over 5 rounds, medians.
 
 Result on the quiet 2-vCPU machine (2026-12-01) in docs/speed.md's profile
 section: every hand-written weight gradient is slower than XLA's own, the
@@ -126,10 +126,12 @@ def main(argv=None) -> int:
         k = jax.random.split(jax.random.key(0), 4)
         x, dy = jax.random.normal(k[0], (n, hw, hw, c)), jax.random.normal(k[1], (n, hw, hw, c))
         scale, bias = jax.random.normal(k[2], (c,)), jax.random.normal(k[3], (c,))
-        times = []
-        for f in (bn_flax_formula, bn_isotpp):
-            both = jax.jit(lambda x, s, b, g, f=f: jax.vjp(f, x, s, b)[1](g))
-            times.append(_ms(both, x, scale, bias, dy, repeats=r))
+        fns = [jax.jit(lambda x, s, b, g, f=f: jax.vjp(f, x, s, b)[1](g)) for f in (bn_flax_formula, bn_isotpp)]
+        rounds = [[], []]
+        for _ in range(5):  # the two alternated: single timings on this machine drift by ±30 %
+            for k, both in enumerate(fns):
+                rounds[k].append(_ms(both, x, scale, bias, dy, repeats=r))
+        times = [statistics.median(v) for v in rounds]
         print(f"{f'{hw}x{hw}x{c}':<14}{times[0]:>16.2f}{times[1]:>18.2f}")
     return 0
 

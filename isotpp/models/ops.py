@@ -16,7 +16,7 @@ Three things cost a ResNet56 training step on CPU most (jax 0.10):
   gradient) slowly: one narrow vector of C channels down 100,000+ rows.
   :class:`BatchNorm` sums the same values as rows of ``block`` positions × C
   (≈ 1,024 side by side), then the block: a BatchNorm + ReLU forward and
-  backward at 128×32×32×16 went from 9.75 to 3.86 ms
+  backward at 128×32×32×16 went from 10.1 to 6.1 ms
   (benchmarks/bench_conv_formulations.py), the ResNet56 step from 1.224 to
   1.121 s (``bench_conv_step.py --paired "isotpp,isotpp nnx-bn"``, one process).
 
