@@ -181,7 +181,7 @@ class LayerFactory:
         # (n / (n - 1) times larger), Flax with the biased one. Normalisation of
         # the batch itself uses the biased variance in both.
         bn = BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                           param_dtype=self.param_dtype, rngs=self.rngs)
+                       param_dtype=self.param_dtype, rngs=self.rngs)
         # Flax keeps the running statistics in float32 whatever param_dtype is: a float64 model would
         # normalise with float32 statistics (and warn on every train-mode update). Keep them at least float32
         # and as wide as the parameters.
