@@ -23,6 +23,10 @@ rounds interleaved so the machine's drift hits all of them alike:
 * ``isotpp eigen-1thread``: the default plus ``--xla_cpu_multi_thread_eigen=false``
   (single convolutions ran as fast with one Eigen thread as with two): 1.386 s
   against the default's 1.247 s in the same run (load 1.3–1.5): not kept;
+* ``isotpp ynn-noconv``: XLA's YNNPACK fusions on except the convolution ones
+  (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``): median
+  1.29 s against the default's 1.49 s over 3 rounds, 1.27 against 1.68 s in one
+  more (2026-12-01 04:00, slow machine); a lead, see docs/speed.md "Left to do";
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
@@ -70,6 +74,8 @@ VARIANTS = {
     "isotpp nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": False, "bn": "nnx"},
     "isotpp eigen-1thread": {"defaults": True, "conv": "isotpp", "tpp": False,
                              "flags": "--xla_cpu_multi_thread_eigen=false"},
+    "isotpp ynn-noconv": {"defaults": True, "conv": "isotpp", "tpp": False,
+                          "flags": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"},
     "isotpp TPP nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": True, "bn": "nnx"},
 }
 
