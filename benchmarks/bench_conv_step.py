@@ -26,7 +26,7 @@ rounds interleaved so the machine's drift hits all of them alike:
 * ``isotpp ynn-noconv``: XLA's YNNPACK fusions on except the convolution ones
   (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``): median
   1.29 s against the default's 1.49 s over 3 rounds, 1.27 against 1.68 s in one
-  more (2026-12-01 04:00, slow machine); a lead, see docs/speed.md "Left to do";
+  more (2026-12-01 03:50, slow machine); a lead, see docs/speed.md "Left to do";
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
