@@ -99,7 +99,6 @@ def build_step(spec: dict):
     import jax
     from flax import nnx
 
-    import isotpp.models.layers
     from isotpp.models import create_model
     from isotpp.models.ops import BatchNorm
     from isotpp.training.engine import (
@@ -110,11 +109,11 @@ def build_step(spec: dict):
     )
 
     conv_fn = jax.lax.conv_general_dilated if spec["conv"] == "lax" else None
-    isotpp.models.layers.BatchNorm = nnx.BatchNorm if spec.get("bn") == "nnx" else BatchNorm
-    try:
-        model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
-    finally:
-        isotpp.models.layers.BatchNorm = BatchNorm
+    model = create_model("resnet56", init="kaiming", conv_fn=conv_fn)
+    if spec.get("bn") == "nnx":
+        for _, m in list(nnx.iter_graph(model)):
+            if isinstance(m, BatchNorm):
+                m.__class__ = nnx.BatchNorm  # the same variables, Flax's own arithmetic
     fns, params, rest = ModelFns.from_model(model)
     tx = reference_sgd(0.01, weight_decay=5e-4)
     if spec["tpp"]:
@@ -133,22 +132,25 @@ def build_step(spec: dict):
     return jax.jit(make_update_fn(fns, tx), donate_argnums=0), state, x, y
 
 
-def worker(name: str, repeats: int) -> dict:
+def _timed(step, state, x, y):
+    """One step, waited for: (new state, metrics, seconds)."""
     import jax
 
-    spec = VARIANTS[name]
-    _setup([spec])
-    step, state, x, y = build_step(spec)
     t = time.perf_counter()
     state, m = step(state, x, y, {})
     jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
+    return state, m, time.perf_counter() - t
+
+
+def worker(name: str, repeats: int) -> dict:
+    spec = VARIANTS[name]
+    _setup([spec])
+    step, state, x, y = build_step(spec)
+    state, m, compile_s = _timed(step, state, x, y)
     ts = []
     for _ in range(repeats):
-        t = time.perf_counter()
-        state, m = step(state, x, y, {})
-        jax.block_until_ready(m)
-        ts.append(time.perf_counter() - t)
+        state, m, s = _timed(step, state, x, y)
+        ts.append(s)
     peak, source = peak_memory()
     return {"compile_s": compile_s, "step_s": statistics.median(ts), "loss": float(m["loss"]),
             "peak_bytes": peak, "peak_source": source}
@@ -158,26 +160,20 @@ def paired(names: list[str], repeats: int) -> dict:
     """The variants in ONE process, their steps alternated ``repeats`` times (A B A B …, the order
     reversed every other pair): the machine's drift hits them alike, so the ratio of each step to the
     first variant's step in the same pair is far steadier than times taken in separate processes."""
-    import jax
-
     specs = [VARIANTS[n] for n in names]
     _setup(specs)
     runs = []
     for spec in specs:
         step, state, x, y = build_step(spec)
-        state, m = step(state, x, y, {})  # compile
-        jax.block_until_ready(m)
+        state, _, _ = _timed(step, state, x, y)  # compile
         runs.append([step, state, x, y])
     times = {n: [] for n in names}
     for i in range(repeats):
         order = list(range(len(names))) if i % 2 == 0 else list(range(len(names)))[::-1]
         for k in order:
             step, state, x, y = runs[k]
-            t = time.perf_counter()
-            state, m = step(state, x, y, {})
-            jax.block_until_ready(m)
-            times[names[k]].append(time.perf_counter() - t)
-            runs[k][1] = state
+            runs[k][1], _, s = _timed(step, state, x, y)
+            times[names[k]].append(s)
     base = times[names[0]]
     return {"names": names, "repeats": repeats, "times": times,
             "median_s": {n: statistics.median(ts) for n, ts in times.items()},

@@ -105,9 +105,8 @@ def test_zoo_models_use_it_and_train_mode_matches_flax():
     assert bns and all(type(m) is BatchNorm for m in bns)
     x = jax.random.normal(jax.random.key(4), (4, 32, 32, 3))
     y = model(x)  # train mode: every BatchNorm on the block sums
-    graphdef, state = nnx.split(create_model("resnet8", init="kaiming", seed=0))
-    flax_model = nnx.merge(graphdef, state)
-    for path, m in list(nnx.iter_graph(flax_model)):
+    flax_model = create_model("resnet8", init="kaiming", seed=0)
+    for _, m in list(nnx.iter_graph(flax_model)):
         if isinstance(m, BatchNorm):
             m.__class__ = nnx.BatchNorm  # the same variables, Flax's own arithmetic
     np.testing.assert_allclose(y, flax_model(x), rtol=1e-4, atol=1e-4)

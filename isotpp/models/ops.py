@@ -114,5 +114,4 @@ class BatchNorm(nnx.BatchNorm):
             a = a * scale
         c = -mean * a if bias is None else bias - mean * a
         y = rows * jnp.tile(a, block) + jnp.tile(c, block)
-        out_dtype = self.dtype if self.dtype is not None else jnp.result_type(x, *(v for v in (scale, bias) if v is not None))
-        return jnp.asarray(y.reshape(x.shape), out_dtype)
+        return y.reshape(x.shape).astype(x.dtype)  # x, scale and bias share the promoted dtype
