@@ -26,6 +26,19 @@ import subprocess
 import sys
 
 
+def configure_xla(flags: str | None = None) -> None:
+    """The process's XLA flags, before its first JAX computation: ``flags`` (each replacing a flag of the same
+    name already in ``XLA_FLAGS``), then ``isotpp.configure_cpu()`` as the ``isotpp`` command runs, which
+    keeps any flag set explicitly."""
+    import isotpp
+
+    if flags:
+        names = {f.split("=")[0] for f in flags.split()}
+        kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=")[0] not in names]
+        os.environ["XLA_FLAGS"] = " ".join([*kept, *flags.split()])
+    isotpp.configure_cpu()
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident set size (for workers that do not import JAX, e.g. PyTorch's)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

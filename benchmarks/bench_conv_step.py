@@ -56,7 +56,7 @@ import os
 import statistics
 import time
 
-from _bench import emit, loads, machine, mib, peak_memory, peak_rss_bytes, run_worker
+from _bench import configure_xla, emit, loads, machine, mib, peak_memory, peak_rss_bytes, run_worker
 
 VARIANTS = {
     "isotpp": {"defaults": True, "conv": "isotpp", "tpp": False},
@@ -74,8 +74,15 @@ VARIANTS = {
     "isotpp nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": False, "bn": "nnx"},
     "isotpp eigen-1thread": {"defaults": True, "conv": "isotpp", "tpp": False,
                              "flags": "--xla_cpu_multi_thread_eigen=false"},
-    "isotpp ynn-noconv": {"defaults": True, "conv": "isotpp", "tpp": False,
-                          "flags": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"},
+    # YNNPACK's fusions: all off (isotpp's default before 2026-12-01), or only its reductions on
+    "isotpp ynn-off": {"defaults": True, "conv": "isotpp", "tpp": False,
+                       "flags": "--xla_cpu_experimental_ynn_fusion_type="},
+    "isotpp TPP ynn-off": {"defaults": True, "conv": "isotpp", "tpp": True,
+                           "flags": "--xla_cpu_experimental_ynn_fusion_type="},
+    "isotpp ynn-reduce": {"defaults": True, "conv": "isotpp", "tpp": False,
+                          "flags": "--xla_cpu_experimental_ynn_fusion_type=reduce"},
+    "isotpp ynn-eltwise-reduce": {"defaults": True, "conv": "isotpp", "tpp": False,
+                                  "flags": "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"},
     "isotpp TPP nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": True, "bn": "nnx"},
 }
 
@@ -86,12 +93,10 @@ def _setup(specs: list[dict]) -> None:
     if len(keys) != 1:
         raise SystemExit("variants timed in one process must share their XLA flags")
     flags, defaults = keys.pop()
-    if flags:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     if defaults:
-        import isotpp
-
-        isotpp.configure_cpu()
+        configure_xla(flags)
+    elif flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
 
 
 def build_step(spec: dict):

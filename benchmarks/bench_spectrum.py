@@ -35,7 +35,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from _bench import emit, loads, machine, mib, run_worker
+from _bench import configure_xla, emit, loads, machine, mib, run_worker
 from flax import nnx
 
 from isotpp.models import create_model
@@ -172,6 +172,10 @@ ROWS = {
     "r56-floor": ("ResNet56", "floor", "eval", 64),
     "r56-floor-batch": ("ResNet56", "floor", "batch", 128),
     "r56-gram-batch-vmap": ("ResNet56", "gram-vmap", "batch", 128),
+    # XLA flags other than isotpp.configure_cpu's (a 5th element): every YNNPACK fusion off, isotpp's default
+    # before 2026-12-01 (the rows above ran with XLA's own defaults before then)
+    "r56-gram-ynn-off": ("ResNet56", "gram", "eval", 64, "--xla_cpu_experimental_ynn_fusion_type="),
+    "r56-gram-batch-ynn-off": ("ResNet56", "gram", "batch", 128, "--xla_cpu_experimental_ynn_fusion_type="),
 }
 TORCH_ROWS = {"torch-mlp": "MLP-7-Linear", "torch-r56": "ResNet56"}
 
@@ -193,7 +197,8 @@ def worker(name, repeats):
         (_, _, _, ms), = [r for r in torch_reference(repeats, only=model)]
         emit({"ms": ms, "compile_s": float("nan")})
         return
-    model_name, method, bn, chunk = ROWS[name]
+    model_name, method, bn, chunk, *flags = ROWS[name]
+    configure_xla(*flags)  # before the first computation: isotpp's flags (as the `isotpp` command runs) or the row's
     model, x = _inputs(model_name)
     (_, _, comp, ms), = bench_model(model_name, model, x, (method,), chunk, repeats, bn=bn)
     emit({"ms": ms, "compile_s": comp})
@@ -212,6 +217,7 @@ def main():
         worker(args.worker, args.repeats)
         return
 
+    configure_xla()  # the attainable rate under the flags the rows run with
     print(f"machine: {machine()}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
     peak = matmul_gflops()
     print(f"attainable float32 rate (2048^3 matmul): {peak:.0f} GFLOP/s")
@@ -232,6 +238,8 @@ def main():
           f"{'peak':>12}{'load':>10}  (median of {args.rounds} rounds)")
     for n in names:
         model_name, method = (TORCH_ROWS[n], "reference (torch)") if n in TORCH_ROWS else ROWS[n][:2]
+        if n in ROWS and len(ROWS[n]) > 4:
+            method += f" [{n.split('-', 2)[-1]}]"
         if n in ROWS and ROWS[n][2] == "batch":
             method += " (bn=batch)"
         ms = med(n, "ms")

@@ -52,6 +52,9 @@ WORKERS = {
     "step-conc": (STEP, "isotpp conc-sched", "step_s", 1e3),
     "step-nnx-bn": (STEP, "isotpp nnx-bn", "step_s", 1e3),
     "r56-gram-batch-vmap": (SPECTRUM, "r56-gram-batch-vmap", "ms", 1.0),
+    "step-ynn-off": (STEP, "isotpp ynn-off", "step_s", 1e3),
+    "r56-gram-ynn-off": (SPECTRUM, "r56-gram-ynn-off", "ms", 1.0),
+    "r56-gram-batch-ynn-off": (SPECTRUM, "r56-gram-batch-ynn-off", "ms", 1.0),
 }
 
 # table row: (label, isotpp worker, reference worker, floor worker or None, unit)
@@ -70,6 +73,12 @@ EXPERIMENTS = {
     "step-conc": ("ResNet56 step, concurrency-optimised scheduler", "step-conc", "step-torch", None, "s"),
     "step-nnx-bn": ("ResNet56 step with nnx.BatchNorm (the default before isotpp.models.BatchNorm)", "step-nnx-bn",
                     "step-torch", None, "s"),
+    "step-ynn-off": ("ResNet56 step, every YNNPACK fusion off (the default before 2026-12-01)", "step-ynn-off",
+                     "step-torch", None, "s"),
+    "jsv-eval-ynn-off": ("ResNet56 JSV, `gram`, BN running stats, every YNNPACK fusion off", "r56-gram-ynn-off",
+                         "r56-torch", "r56-floor", "ms/sample"),
+    "jsv-batch-ynn-off": ("ResNet56 JSV, `gram`, BN batch stats, every YNNPACK fusion off",
+                          "r56-gram-batch-ynn-off", "r56-torch", "r56-floor-batch", "ms/sample"),
     "jsv-batch-vmap": ("ResNet56 JSV, `gram`, BN batch stats, VJPs vmapped", "r56-gram-batch-vmap", "r56-torch",
                        "r56-floor-batch", "ms/sample"),
 }

@@ -36,8 +36,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 # XLA's CPU backend: YNNPACK's convolution fusions run weight-gradient convolutions
-# 2-5x slower than the Eigen path (measured; see isotpp/models/ops.py and docs/results.md).
-_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+# 2-5x slower than the Eigen path (measured; see isotpp/models/ops.py and docs/results.md),
+# so they are off; its other fusions (dots, reductions) stay on: with them the ResNet56
+# step is 7-16 % faster and its spectrum 1.3-1.9x (benchmarks/bench_conv_step.py, docs/speed.md).
+_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 
 def configure_cpu() -> None:
