@@ -161,15 +161,48 @@ def worker(name: str, repeats: int) -> dict:
             "peak_bytes": peak, "peak_source": source}
 
 
+def _compiler_options(flags: str | None) -> dict:
+    """A variant's XLA flags as options of its own compilation (``--name=value`` each; XLA's ``+``/``-`` list
+    edits exist only as process flags)."""
+    opts = {}
+    for flag in (flags or "").split():
+        name, _, value = flag.removeprefix("--").partition("=")
+        if value[:1] in ("+", "-"):
+            raise SystemExit(f"--paired: {flag} edits XLA's default list, which only a process flag can do; "
+                             "give the full list (e.g. '=reduce') or time it with --variants")
+        opts[name] = {"true": True, "false": False}.get(value, value)
+    return opts
+
+
+def _torch_timed(step):
+    """The reference's step, timed: seconds."""
+
+    def timed():
+        t = time.perf_counter()
+        step()
+        return time.perf_counter() - t
+
+    return timed
+
+
 def paired(names: list[str], repeats: int) -> dict:
     """The variants in ONE process, their steps alternated ``repeats`` times (A B A B …, the order
     reversed every other pair): the machine's drift hits them alike, so the ratio of each step to the
-    first variant's step in the same pair is far steadier than times taken in separate processes."""
-    specs = [VARIANTS[n] for n in names]
-    _setup(specs)
+    first variant's step in the same pair is far steadier than times taken in separate processes.
+    The process runs with isotpp's flags; a variant's own ``flags`` are options of its step's compilation
+    (``jit(...).lower(...).compile(compiler_options=...)``)."""
+    specs = [VARIANTS[n] for n in names if n != "torch"]
+    _setup([{**spec, "flags": None} for spec in specs])
     runs = []
-    for spec in specs:
+    for name in names:
+        if name == "torch":  # the reference in the same process: its steps never overlap isotpp's
+            runs.append([_torch_timed(torch_step()), None, None, None])
+            runs[-1][0]()  # warm-up
+            continue
+        spec = VARIANTS[name]
         step, state, x, y = build_step(spec)
+        if spec.get("flags"):
+            step = step.lower(state, x, y, {}).compile(compiler_options=_compiler_options(spec["flags"]))
         state, _, _ = _timed(step, state, x, y)  # compile
         runs.append([step, state, x, y])
     times = {n: [] for n in names}
@@ -177,7 +210,10 @@ def paired(names: list[str], repeats: int) -> dict:
         order = list(range(len(names))) if i % 2 == 0 else list(range(len(names)))[::-1]
         for k in order:
             step, state, x, y = runs[k]
-            runs[k][1], _, s = _timed(step, state, x, y)
+            if names[k] == "torch":
+                s = step()
+            else:
+                runs[k][1], _, s = _timed(step, state, x, y)
             times[names[k]].append(s)
     base = times[names[0]]
     return {"names": names, "repeats": repeats, "times": times,
@@ -185,7 +221,8 @@ def paired(names: list[str], repeats: int) -> dict:
             "ratio_to_first": {n: statistics.median(t / b for t, b in zip(ts, base)) for n, ts in times.items()}}
 
 
-def torch_worker(repeats: int) -> dict:
+def torch_step():
+    """The reference's step (PyTorch, train mode, SGD with momentum and weight decay), as a closure."""
     import torch
     import torch.nn.functional as F
     from torch_reference import ResNet56
@@ -201,6 +238,11 @@ def torch_worker(repeats: int) -> dict:
         opt.step()
         return loss
 
+    return step
+
+
+def torch_worker(repeats: int) -> dict:
+    step = torch_step()
     step()
     ts = []
     for _ in range(repeats):
@@ -220,8 +262,8 @@ def main():
                     + ", ".join(VARIANTS))
     ap.add_argument("--json", default=None, help="also write every worker's result here")
     ap.add_argument("--paired", default=None, metavar="A,B[,…]",
-                    help="time these variants in one process, steps alternated (same XLA flags): "
-                         "the steady way to compare BatchNorm or TPP choices")
+                    help="time these variants in one process, steps alternated (a variant's XLA flags compile its "
+                         "step only): the steady way to compare BatchNorm, TPP or XLA-option choices")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.paired:
