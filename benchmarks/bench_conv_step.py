@@ -74,16 +74,19 @@ VARIANTS = {
     "isotpp nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": False, "bn": "nnx"},
     "isotpp eigen-1thread": {"defaults": True, "conv": "isotpp", "tpp": False,
                              "flags": "--xla_cpu_multi_thread_eigen=false"},
-    # YNNPACK's fusions: all off (isotpp's default before 2026-12-01), or only its reductions on
+    # YNNPACK's fusions (isotpp's default: reductions only): all off (the default before 2026-12-01), all but
+    # the convolutions (XLA's defaults minus them), reductions and elementwise fusions
     "isotpp ynn-off": {"defaults": True, "conv": "isotpp", "tpp": False,
                        "flags": "--xla_cpu_experimental_ynn_fusion_type="},
     "isotpp TPP ynn-off": {"defaults": True, "conv": "isotpp", "tpp": True,
                            "flags": "--xla_cpu_experimental_ynn_fusion_type="},
-    "isotpp ynn-reduce": {"defaults": True, "conv": "isotpp", "tpp": False,
-                          "flags": "--xla_cpu_experimental_ynn_fusion_type=reduce"},
+    "isotpp ynn-noconv": {"defaults": True, "conv": "isotpp", "tpp": False,
+                          "flags": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"},
     "isotpp ynn-eltwise-reduce": {"defaults": True, "conv": "isotpp", "tpp": False,
                                   "flags": "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"},
     "isotpp TPP nnx-bn": {"defaults": True, "conv": "isotpp", "tpp": True, "bn": "nnx"},
+    # AVX-512 for XLA's generated loops (the machine has it; XLA prefers 256-bit vectors by default)
+    "isotpp vec512": {"defaults": True, "conv": "isotpp", "tpp": False, "flags": "--xla_cpu_prefer_vector_width=512"},
 }
 
 
@@ -170,6 +173,8 @@ def _compiler_options(flags: str | None) -> dict:
         if value[:1] in ("+", "-"):
             raise SystemExit(f"--paired: {flag} edits XLA's default list, which only a process flag can do; "
                              "give the full list (e.g. '=reduce') or time it with --variants")
+        if name == "xla_cpu_experimental_ynn_fusion_type" and value:  # the option takes the enum's own name
+            value = ",".join(f"LIBRARY_FUSION_TYPE_{v.upper()}" for v in value.split(","))
         opts[name] = {"true": True, "false": False}.get(value, value)
     return opts
 

@@ -35,11 +35,12 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# XLA's CPU backend: YNNPACK's convolution fusions run weight-gradient convolutions
-# 2-5x slower than the Eigen path (measured; see isotpp/models/ops.py and docs/results.md),
-# so they are off; its other fusions (dots, reductions) stay on: with them the ResNet56
-# step is 7-16 % faster and its spectrum 1.3-1.9x (benchmarks/bench_conv_step.py, docs/speed.md).
-_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+# XLA's CPU backend sends only reductions to YNNPACK: its convolution fusions run weight-gradient
+# convolutions 2-5x slower than the Eigen path (isotpp/models/ops.py, docs/results.md), while its
+# reductions run the BatchNorm chains faster (the ResNet56 step 4-8 % faster than with every YNNPACK
+# fusion off, and as fast as with all but the convolutions on: bench_conv_step.py --paired, docs/speed.md).
+# Dots stay on Eigen (jaxlib 0.10.2's YNNPACK dot fusions hang on some rank-7/8 contractions: jax#39257).
+_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=reduce",)
 
 
 def configure_cpu() -> None:

@@ -94,7 +94,7 @@ def test_importing_isotpp_leaves_the_environment_alone():
     from importlib.metadata import version
 
     if version("jaxlib").startswith("0.10."):  # the versions the flags are known to work with
-        assert configured["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+        assert configured["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 
 def test_configure_cpu_keeps_an_explicit_flag(monkeypatch):
