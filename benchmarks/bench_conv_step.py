@@ -6,11 +6,11 @@ Each formulation runs in its own process (XLA flags are fixed per process),
 rounds interleaved so the machine's drift hits all of them alike:
 
 * ``isotpp``: the default — conv inputs materialised (``isotpp.models.ops``) and
-  XLA's YNNPACK conv fusions off (``isotpp.configure_cpu``);
+  XLA's YNNPACK fusions for reductions only (``isotpp.configure_cpu``);
 * ``lax+ynn``: plain ``lax.conv_general_dilated`` with XLA's defaults (the
   "first Flax version");
-* ``lax``: plain conv, YNNPACK fusions off; ``isotpp+ynn``: materialised
-  inputs, YNNPACK on;
+* ``lax``: plain conv, isotpp's flags; ``isotpp+ynn``: materialised
+  inputs, XLA's defaults (YNNPACK's convolutions on);
 * ``isotpp TPP``: the default formulation with TPP's optimiser wrapper
   (``*layer*.conv1`` at 0.5) — its overhead over the plain step;
 * ``isotpp legacy-emitters`` / ``isotpp conc-sched``: the default plus
@@ -23,10 +23,14 @@ rounds interleaved so the machine's drift hits all of them alike:
 * ``isotpp eigen-1thread``: the default plus ``--xla_cpu_multi_thread_eigen=false``
   (single convolutions ran as fast with one Eigen thread as with two): 1.386 s
   against the default's 1.247 s in the same run (load 1.3–1.5): not kept;
-* ``isotpp ynn-noconv``: XLA's YNNPACK fusions on except the convolution ones
-  (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``): median
-  1.29 s against the default's 1.49 s over 3 rounds, 1.27 against 1.68 s in one
-  more (2026-12-01 03:50, slow machine); a lead, see docs/speed.md "Left to do";
+* ``isotpp ynn-off`` / ``isotpp TPP ynn-off``: every YNNPACK fusion off (the
+  default before 2026-12-01); ``isotpp ynn-noconv``: all but the convolution
+  fusions (``-individual_convolution``, process flag only);
+  ``isotpp ynn-eltwise-reduce``: reductions and elementwise fusions. Paired
+  (below): ynn-off 1.036–1.055× the default's step, eltwise-reduce 1.119×;
+  ynn-noconv (separate processes) as fast as reductions alone;
+* ``isotpp vec512``: ``--xla_cpu_prefer_vector_width=512`` (the CPU has
+  AVX-512): 1.011× paired, not kept;
 * ``torch``: the reference's step (PyTorch, oneDNN, 2 threads, train mode).
 
 Batch 128, 32×32×3, SGD momentum 0.9 with weight decay; the median of
@@ -35,17 +39,23 @@ process's peak memory (each worker is a fresh process: device statistics where
 the backend has them, peak RSS on CPU, which includes the XLA or PyTorch
 runtime) and the load average at the worker's start and end.
 
-``--paired A,B,…`` times variants that share their XLA flags in ONE process,
-their steps alternated: the steady way to compare BatchNorm or TPP choices
-(separate processes scatter by ±10 % on this machine).
+``--paired A,B,…`` times variants in ONE process, their steps alternated: the
+steady way to compare choices (separate processes scatter by ±10 % on this
+machine). A variant's own XLA flags become options of its step's compilation
+(``compile(compiler_options=...)``); ``torch`` pairs the reference's step.
 
-Latest runs (quiet machine, 2026-12-01): ``--paired "isotpp,isotpp nnx-bn,isotpp TPP"
+Latest runs (2026-12-01, load 1.6–1.8): ``--paired "isotpp,torch,isotpp ynn-off,isotpp TPP"
+--repeats 12``, the default then every YNNPACK fusion but the convolutions: 1.047 s/step,
+PyTorch 0.801 s (0.752× the default's step: isotpp 1.33× slower), every YNNPACK
+fusion off 1.055×, TPP 1.004×; ``--paired "isotpp,isotpp ynn-off,isotpp TPP,isotpp ynn-eltwise-reduce"
+--repeats 10`` with the default at reductions only: 1.064 s, 1.036×, 1.013×, 1.119×.
+Earlier (before the reductions went to YNNPACK): ``--paired "isotpp,isotpp nnx-bn,isotpp TPP"
 --repeats 12`` (load 1.6): the default 1.121 s/step, with ``nnx.BatchNorm``
 (the default before ``isotpp.models.BatchNorm``) 1.224 s (1.079×), TPP 1.120 s
-(1.001×). Separate processes (speed_table.py, 3 rounds): the default 1.21 s,
-``nnx.BatchNorm`` 1.42 s, torch 0.88 s. Earlier (contended, load 8.8–9.6): a
-hand-written BatchNorm VJP (one backward pass, x̂ saved) gave no gain over
-``nnx.BatchNorm``'s autodiff (7.22 against 7.16 s): not kept.
+(1.001×); with YNNPACK's fusions but the convolutions on, ``nnx.BatchNorm``
+1.049×. Earlier still (contended, load 8.8–9.6): a hand-written BatchNorm VJP
+(one backward pass, x̂ saved) gave no gain over ``nnx.BatchNorm``'s autodiff
+(7.22 against 7.16 s): not kept.
 """
 
 from __future__ import annotations
