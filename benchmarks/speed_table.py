@@ -1,6 +1,6 @@
 """The README's speed table, regenerated: isotpp against the PyTorch reference, timed in one run (a benchmark).
 
-    python benchmarks/speed_table.py [--rounds 2] [--repeats 3] [--write docs/speed.md] [--json out.json]
+    python benchmarks/speed_table.py [--rounds 2] [--repeats 3] [--paired-runs 3] [--write docs/speed.md] [--json out.json]
     python benchmarks/speed_table.py --from-json out.json --write docs/speed.md
 
 Runs the workers of ``bench_conv_step.py`` and ``bench_spectrum.py`` (each in
@@ -11,6 +11,11 @@ order reversed every other round so that the machine's drift hits both alike.
 Each figure is the median over rounds of the workers' medians, given with the
 range of 1-minute load averages seen at the workers' starts and ends: the
 machine is shared, and a load above its core count means contended figures.
+
+``--paired-runs N`` adds a second table: N processes each timing isotpp's, the
+reference's, the TPP and the former-default steps alternated
+(``bench_conv_step.py --paired``), whose ratios scatter far less than those
+of separate processes (±10 % here).
 
 The Markdown table goes to stdout and, with ``--write FILE``, between the
 markers ``<!-- speed-table:begin -->`` and ``<!-- speed-table:end -->`` of
@@ -26,7 +31,9 @@ import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 
 from _bench import load_average, machine, mib, run_worker
 
@@ -105,6 +112,45 @@ def measure(rows: list[str], rounds: int, repeats: int) -> dict:
         timespec="minutes"), "rounds": rounds, "repeats": repeats, "rows": rows, "results": results}
 
 
+PAIRED = ("isotpp", "torch", "isotpp TPP", "isotpp ynn-off")
+PAIRED_LABELS = {"isotpp": "isotpp", "torch": "PyTorch reference", "isotpp TPP": "isotpp, TPP",
+                 "isotpp ynn-off": "isotpp, every YNNPACK fusion off (the default before 2026-12-01)"}
+
+
+def measure_paired(rounds: int, repeats: int) -> list[dict]:
+    """Per round, one process timing isotpp's, the reference's and the variants' steps alternated
+    (``bench_conv_step.py --paired``): steadier ratios than separate processes give."""
+    out = []
+    for rnd in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "paired.json")
+            start = load_average()
+            subprocess.run([sys.executable, STEP, "--paired", ",".join(PAIRED), "--repeats", str(repeats),
+                            "--json", path], check=True, stdout=subprocess.DEVNULL)
+            with open(path) as fh:
+                res = json.load(fh)
+        res["load_start"], res["load"] = start, load_average()
+        print(f"round {rnd + 1}: paired steps " + ", ".join(f"{n} {res['median_s'][n]:.3f} s" for n in PAIRED),
+              file=sys.stderr, flush=True)
+        out.append(res)
+    return out
+
+
+def render_paired(runs: list[dict]) -> str:
+    ratio = {n: statistics.median(r["ratio_to_first"][n] for r in runs) for n in PAIRED}
+    secs = {n: statistics.median(r["median_s"][n] for r in runs) for n in PAIRED}
+    lo = min(min(r["load_start"], r["load"]) for r in runs)
+    hi = max(max(r["load_start"], r["load"]) for r in runs)
+    lines = [f"The ResNet56 steps alternated in one process (`bench_conv_step.py --paired`, {len(runs)} runs × "
+             f"{runs[0]['repeats']} steps each, load {lo:.1f}–{hi:.1f}): the median of each step's time over "
+             "isotpp's in the same pair, steadier than the separate processes above.", "",
+             "| step | s / step | time / isotpp's |", "|---|---|---|"]
+    for n in PAIRED:
+        note = f" (isotpp {1 / ratio[n]:.2f}× slower)" if n == "torch" and ratio[n] < 1 else ""
+        lines.append(f"| {PAIRED_LABELS[n]} | {secs[n]:.2f} s | {ratio[n]:.3f}{note} |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(ms: float, unit: str) -> str:
     if unit == "s":
         return f"{ms / 1e3:.2f} s"
@@ -169,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--write", default=None, help="Markdown file with the markers to put the table in")
     ap.add_argument("--json", default=None, help="write every worker's result here")
     ap.add_argument("--from-json", default=None, help="render from a saved --json file instead of measuring")
+    ap.add_argument("--paired-runs", type=int, default=0, metavar="N",
+                    help="also time the steps alternated in one process, N times (bench_conv_step.py --paired)")
     args = ap.parse_args(argv)
     if args.from_json:
         with open(args.from_json) as fh:
@@ -180,11 +228,15 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(ALL)}")
         print(f"machine: {machine()}", file=sys.stderr)
         data = measure(rows, args.rounds, args.repeats)
+        if args.paired_runs:
+            data["paired"] = measure_paired(args.paired_runs, max(args.repeats, 8))
         data["load_end"] = load_average()
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(data, fh, indent=1)
     table = render(data)
+    if data.get("paired"):
+        table += "\n" + render_paired(data["paired"])
     print(table)
     if args.write:
         write_between_markers(args.write, table)
