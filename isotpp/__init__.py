@@ -37,9 +37,10 @@ _logger = logging.getLogger(__name__)
 
 # XLA's CPU backend sends only reductions to YNNPACK: its convolution fusions run weight-gradient
 # convolutions 2-5x slower than the Eigen path (isotpp/models/ops.py, docs/results.md), while its
-# reductions run the BatchNorm chains faster (the ResNet56 step 4-8 % faster than with every YNNPACK
+# reductions run the BatchNorm chains faster (the ResNet56 step 1-10 % faster than with every YNNPACK
 # fusion off, and as fast as with all but the convolutions on: bench_conv_step.py --paired, docs/speed.md).
-# Dots stay on Eigen (jaxlib 0.10.2's YNNPACK dot fusions hang on some rank-7/8 contractions: jax#39257).
+# Dots stay on Eigen (jaxlib 0.10.2's YNNPACK fusions reportedly crash or hang on some rank-7/8 multiply-reduce
+# patterns rewritten to dots: jax-ml/jax#39257).
 _CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=reduce",)
 
 

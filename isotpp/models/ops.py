@@ -10,8 +10,8 @@ Three things cost a ResNet56 training step on CPU most (jax 0.10):
   is written once and read by the conv and its gradient.
 * The YNNPACK "individual convolution" fusions run weight-gradient
   convolutions (a 32×32 "kernel" of output gradients) 2–5× slower than XLA's
-  Eigen path: :func:`isotpp.configure_cpu` turns them off (and keeps YNNPACK's
-  other fusions, whose reductions run the BatchNorm chains faster still).
+  Eigen path: :func:`isotpp.configure_cpu` sends only reductions to YNNPACK
+  (they run the BatchNorm chains faster still).
 * XLA's CPU backend sums over the batch and positions into a few channels
   (BatchNorm's statistics, and in the backward pass the sums of the output
   gradient) slowly: one narrow vector of C channels down 100,000+ rows.
