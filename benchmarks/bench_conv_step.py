@@ -257,13 +257,9 @@ def torch_step():
 
 
 def torch_worker(repeats: int) -> dict:
-    step = torch_step()
-    step()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t)
+    timed = _torch_timed(torch_step())
+    timed()  # warm-up
+    ts = [timed() for _ in range(repeats)]
     return {"compile_s": 0.0, "step_s": statistics.median(ts), "loss": 0.0, "peak_bytes": peak_rss_bytes(),
             "peak_source": "peak RSS"}
 
