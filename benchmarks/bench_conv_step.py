@@ -100,12 +100,8 @@ VARIANTS = {
 }
 
 
-def _setup(specs: list[dict]) -> None:
-    """The process-wide part of the variants (XLA flags, isotpp.configure_cpu): must agree between them."""
-    keys = {(spec.get("flags"), spec["defaults"]) for spec in specs}
-    if len(keys) != 1:
-        raise SystemExit("variants timed in one process must share their XLA flags")
-    flags, defaults = keys.pop()
+def _setup(defaults: bool, flags: str | None) -> None:
+    """The process's XLA flags, before its first computation: isotpp's (``defaults``) or XLA's, plus ``flags``."""
     if defaults:
         configure_xla(flags)
     elif flags:
@@ -162,7 +158,7 @@ def _timed(step, state, x, y):
 
 def worker(name: str, repeats: int) -> dict:
     spec = VARIANTS[name]
-    _setup([spec])
+    _setup(spec["defaults"], spec.get("flags"))
     step, state, x, y = build_step(spec)
     state, m, compile_s = _timed(step, state, x, y)
     ts = []
@@ -206,8 +202,10 @@ def paired(names: list[str], repeats: int) -> dict:
     first variant's step in the same pair is far steadier than times taken in separate processes.
     The process runs with isotpp's flags; a variant's own ``flags`` are options of its step's compilation
     (``jit(...).lower(...).compile(compiler_options=...)``)."""
-    specs = [VARIANTS[n] for n in names if n != "torch"]
-    _setup([{**spec, "flags": None} for spec in specs])
+    defaults = {VARIANTS[n]["defaults"] for n in names if n != "torch"}
+    if len(defaults) != 1:
+        raise SystemExit("variants timed in one process must all run with isotpp's flags or all with XLA's")
+    _setup(defaults.pop(), None)
     runs = []
     for name in names:
         if name == "torch":  # the reference in the same process: its steps never overlap isotpp's
