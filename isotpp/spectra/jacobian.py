@@ -347,7 +347,7 @@ def error_report(est: SpectrumEstimate) -> dict[str, float | int | str]:
     if est.stochastic is not None:
         s = est.stochastic.summary()
         return {"kind": "stochastic", "mean_stderr": s["mean_stderr"], "mean_lower": s["mean_lower"],
-                "mean_upper": s["mean"], "lambda_mean_stderr": s["lambda_mean_stderr"],
+                "mean_upper": s["mean_upper"], "lambda_mean_stderr": s["lambda_mean_stderr"],
                 "max_ritz": s["max_ritz"], "min_ritz": s["min_ritz"], "matvecs": s["matvecs"],
                 "probes": s["probes"], "steps": s["steps"]}
     eps = float(np.finfo(est.values.dtype).eps) if np.issubdtype(est.values.dtype, np.floating) else 0.0

@@ -42,8 +42,11 @@ also counts the samples' own differences: an upper bound).
 The quadrature's own error (few steps, much of the spectrum near 0) is not in
 that spread. For the mean JSV it is bracketed: the Gauss rule overestimates
 ∫√λ dμ_z and the (m + 1)-point Gauss–Radau rule with a node at 0 (from the
-same Lanczos run, β_m included) underestimates it; ``summary()`` reports both
-(``mean``, ``mean_lower``).
+same Lanczos run, β_m included) underestimates it. The reported mean JSV is
+each probe's midpoint of the two, whose quadrature error is at most half the
+bracket whichever end lies nearer (on ReLU networks the Radau end, on smooth
+tanh ones the Gauss end); ``summary()`` reports the midpoint (``mean``) and the
+bracket (``mean_lower``, ``mean_upper``).
 
 Only BatchNorm's running statistics (``bn="eval"``) are supported: with batch
 statistics the rows of the reference's "batch Jacobian" couple the samples and
@@ -224,16 +227,32 @@ class StochasticSpectrum:
         e = self._moment(lambda t: t)
         return float(e.mean()), _sem(e)
 
+    def _radau_sv(self) -> np.ndarray | None:  # (N, P): the Gauss–Radau value of each probe's mean s
+        if self.radau_nodes is None:
+            return None
+        return (self.radau_weights * np.sqrt(self.radau_nodes)).sum(-1)
+
     def sv_mean(self) -> tuple[float, float]:
-        """Mean singular value over samples and classes (SLQ), and its standard error."""
+        """Mean singular value over samples and classes, and its standard error over probes.
+
+        Each probe's value is the midpoint of its Gauss (above) and Gauss–Radau (below)
+        quadratures of ∫√λ, which bracket the probe's exact value; without the Radau rule,
+        the Gauss value.
+        """
         e = self._moment(np.sqrt)
+        radau = self._radau_sv()
+        if radau is not None:
+            e = (e + radau) / 2
         return float(e.mean()), _sem(e)
+
+    def sv_mean_upper(self) -> float:
+        """The Gauss estimate of the mean JSV: above the probes' exact value."""
+        return float(self._moment(np.sqrt).mean())
 
     def sv_mean_lower(self) -> float:
         """The Gauss–Radau estimate of the mean JSV: below the probes' exact value, as the Gauss one is above it."""
-        if self.radau_nodes is None:
-            return float("nan")
-        return float((self.radau_weights * np.sqrt(self.radau_nodes)).sum(-1).mean())
+        radau = self._radau_sv()
+        return float("nan") if radau is None else float(radau.mean())
 
     def pooled(self) -> tuple[np.ndarray, np.ndarray]:
         """Singular values and weights of the density pooled over samples and probes (weights sum to 1)."""
@@ -277,6 +296,7 @@ class StochasticSpectrum:
             "mean": mean,
             "mean_stderr": mean_se,
             "mean_lower": self.sv_mean_lower(),
+            "mean_upper": self.sv_mean_upper(),
             "max_ritz": s_max,
             "min_ritz": s_min,
             "n_samples": int(self.nodes.shape[0]),
